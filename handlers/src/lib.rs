@@ -1,0 +1,30 @@
+//! Handlers: what a developer implements to serve a mesh method, and the
+//! per-stream machinery that both ends of the stream share.
+//!
+//! - [`handler`]: the [`RequestHandler`] trait and the [`Context`] it gets.
+//! - [`typed`]: [`MethodHandler`], the typed layer over a [`Method`](gatemesh_proto::Method).
+//! - [`registry`]: [`Registry`], method name to handler.
+//! - [`error`]: [`HandlerError`], a gRPC code and a message.
+//! - [`dispatch`]: [`Dispatcher`], runs incoming requests with deadline,
+//!   cancellation and a concurrency limit.
+//! - [`pending`]: [`Pending`], the table of this side's outgoing calls
+//!   awaiting their answer.
+
+#![forbid(unsafe_code)]
+
+pub mod dispatch;
+pub mod error;
+pub mod handler;
+pub mod pending;
+pub mod registry;
+pub mod typed;
+
+pub use dispatch::{DispatchConfig, Dispatcher};
+pub use error::HandlerError;
+pub use handler::{Caller, Context, RequestHandler};
+pub use pending::{Completion, Outcome, Pending};
+pub use registry::{Registry, RegistryError};
+pub use typed::MethodHandler;
+
+/// Longest method name accepted on the wire or in a registry.
+pub const MAX_METHOD_NAME_LEN: usize = 128;

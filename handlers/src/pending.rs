@@ -1,0 +1,156 @@
+//! The calls one side of a stream has sent and still awaits answers for.
+//!
+//! Each call gets an id and a one-shot slot. An answer completes only the
+//! slot of that id on that stream, so no peer can ever complete another
+//! peer's call. When the stream ends every open slot fails at once.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use gatemesh_proto::pb;
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+/// A call's result: the encoded response, or the status it failed with.
+pub type Outcome = Result<Bytes, pb::Status>;
+
+/// What became of an answer handed to [`Pending::complete`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    /// It reached the waiting caller.
+    Delivered,
+    /// Its id was sent on this stream, but the call had already ended
+    /// (deadline, cancel, or another instance won).
+    Late,
+    /// Its id was never sent on this stream: a protocol violation.
+    Unknown,
+}
+
+#[derive(Debug)]
+pub struct Pending {
+    next_id: AtomicU64,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    slots: HashMap<u64, oneshot::Sender<Outcome>>,
+    closed: Option<pb::Status>,
+}
+
+impl Default for Pending {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Pending {
+    pub fn new() -> Self {
+        Self {
+            // Id 0 is never used, so a default-valued frame is never valid.
+            next_id: AtomicU64::new(1),
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    /// Opens a slot for a new call. Fails with the closing status once the
+    /// stream has ended.
+    pub fn start(&self) -> Result<(u64, oneshot::Receiver<Outcome>), pb::Status> {
+        let (tx, rx) = oneshot::channel();
+        let mut inner = self.inner.lock();
+        if let Some(status) = &inner.closed {
+            return Err(status.clone());
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        inner.slots.insert(id, tx);
+        Ok((id, rx))
+    }
+
+    /// Hands an answer to the call that awaits it.
+    pub fn complete(&self, id: u64, outcome: Outcome) -> Completion {
+        let slot = self.inner.lock().slots.remove(&id);
+        match slot {
+            Some(tx) => match tx.send(outcome) {
+                Ok(()) => Completion::Delivered,
+                Err(_) => Completion::Late,
+            },
+            None if id != 0 && id < self.next_id.load(Ordering::Relaxed) => Completion::Late,
+            None => Completion::Unknown,
+        }
+    }
+
+    /// The caller no longer waits for `id`. Returns whether it was still open
+    /// (and so whether the peer should be told to cancel).
+    pub fn abandon(&self, id: u64) -> bool {
+        self.inner.lock().slots.remove(&id).is_some()
+    }
+
+    /// Fails every open call with `status` and refuses new ones.
+    pub fn close(&self, status: pb::Status) {
+        let slots = {
+            let mut inner = self.inner.lock();
+            inner.closed.get_or_insert(status.clone());
+            std::mem::take(&mut inner.slots)
+        };
+        for (_, tx) in slots {
+            let _ = tx.send(Err(status.clone()));
+        }
+    }
+
+    /// Calls still waiting for their answer.
+    pub fn len(&self) -> usize {
+        self.inner.lock().slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn answers_reach_their_own_call_only() {
+        let pending = Pending::new();
+        let (a, mut rx_a) = pending.start().unwrap();
+        let (b, mut rx_b) = pending.start().unwrap();
+        assert_ne!(a, b);
+        assert_eq!(
+            pending.complete(b, Ok(Bytes::from_static(b"b"))),
+            Completion::Delivered
+        );
+        assert_eq!(rx_b.try_recv().unwrap().unwrap(), Bytes::from_static(b"b"));
+        assert!(rx_a.try_recv().is_err(), "a is still open");
+        assert_eq!(pending.len(), 1);
+    }
+
+    #[test]
+    fn late_and_unknown_answers_are_told_apart() {
+        let pending = Pending::new();
+        let (id, rx) = pending.start().unwrap();
+        assert!(pending.abandon(id));
+        assert_eq!(pending.complete(id, Ok(Bytes::new())), Completion::Late);
+        assert_eq!(pending.complete(0, Ok(Bytes::new())), Completion::Unknown);
+        assert_eq!(pending.complete(999, Ok(Bytes::new())), Completion::Unknown);
+        // The slot of a caller that went away without abandoning.
+        let (id2, rx2) = pending.start().unwrap();
+        drop(rx2);
+        assert_eq!(pending.complete(id2, Ok(Bytes::new())), Completion::Late);
+        assert!(pending.is_empty());
+        drop(rx);
+    }
+
+    #[test]
+    fn close_fails_open_calls_and_refuses_new_ones() {
+        let pending = Pending::new();
+        let (_, mut rx) = pending.start().unwrap();
+        pending.close(pb::Status::new(Code::Unavailable, "gone"));
+        assert_eq!(rx.try_recv().unwrap().unwrap_err().code(), Code::Unavailable);
+        assert_eq!(pending.start().unwrap_err().message, "gone");
+        assert!(pending.is_empty());
+    }
+}

@@ -1,0 +1,56 @@
+//! The gatemesh wire contract.
+//!
+//! - [`pb`]: the types generated from `proto/` (envelopes, the `Gateway` and
+//!   `GatewayAdmin` services, the method messages). Generated code stays in
+//!   this one module.
+//! - [`Method`] and [`methods`]: each mesh method's name bound to its request
+//!   and response types once, so callers and handlers cannot mix them up.
+//! - [`DESCRIPTOR_SET`]: the encoded descriptors, for gRPC reflection and for
+//!   turning JSON into method messages without per-method code.
+
+#![forbid(unsafe_code)]
+
+pub mod methods;
+
+/// Generated protobuf and gRPC code.
+#[allow(clippy::all, missing_docs, rust_2018_idioms)]
+pub mod pb {
+    tonic::include_proto!("gatemesh.v1");
+}
+
+pub use methods::{KnownMethod, Method};
+
+/// The protocol version this build speaks; sent in hello and welcome.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Encoded `FileDescriptorSet` of every file in `proto/`.
+pub const DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("gatemesh_descriptor");
+
+/// Metadata key that carries the shared secret on every gRPC call.
+pub const SECRET_METADATA_KEY: &str = "x-gatemesh-secret";
+
+impl pb::Status {
+    pub fn new(code: tonic::Code, message: impl Into<String>) -> Self {
+        Self {
+            code: code as i32,
+            message: message.into(),
+        }
+    }
+
+    /// The status code; an unknown number maps to `Unknown`.
+    pub fn code(&self) -> tonic::Code {
+        tonic::Code::from_i32(self.code)
+    }
+}
+
+impl From<pb::Status> for tonic::Status {
+    fn from(status: pb::Status) -> Self {
+        tonic::Status::new(status.code(), status.message)
+    }
+}
+
+impl From<&tonic::Status> for pb::Status {
+    fn from(status: &tonic::Status) -> Self {
+        Self::new(status.code(), status.message())
+    }
+}
