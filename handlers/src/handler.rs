@@ -13,8 +13,12 @@ use crate::HandlerError;
 /// written against the typed [`MethodHandler`](crate::MethodHandler) instead.
 #[async_trait]
 pub trait RequestHandler: Send + Sync + 'static {
-    async fn handle(&self, ctx: Context, method: &str, payload: Bytes)
-    -> Result<Bytes, HandlerError>;
+    async fn handle(
+        &self,
+        ctx: Context,
+        method: &str,
+        payload: Bytes,
+    ) -> Result<Bytes, HandlerError>;
 }
 
 /// Who sent a request: the instance (on the gateway) or the gateway (on an

@@ -143,7 +143,11 @@ mod tests {
             let (_, input, output) = catalogue.iter().find(|c| c.0 == name).unwrap();
             // prost renames VPS to Vps; compare case-insensitively.
             assert_eq!(input.to_lowercase(), req.to_lowercase(), "{name} request");
-            assert_eq!(output.to_lowercase(), resp.to_lowercase(), "{name} response");
+            assert_eq!(
+                output.to_lowercase(),
+                resp.to_lowercase(),
+                "{name} response"
+            );
         }
         let _ = pb::Hello::default().encoded_len();
     }

@@ -1,0 +1,568 @@
+//! The call API: send a typed request to the instances that serve its method
+//! and collect the answer(s) by a routing strategy.
+//!
+//! ```ignore
+//! let answer = mesh.call::<FindVpsByLease>(request).first_valid().await?;
+//! let replies = mesh.call::<FindVpsByLease>(request).env("prod").all().await?;
+//! ```
+//!
+//! Every call ends by its deadline. A call that ends for any reason (an
+//! answer won, the deadline passed, the caller dropped the future) removes
+//! its pending entries and tells the instances still working to cancel.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use gatemesh_handlers::{MAX_METHOD_NAME_LEN, Outcome};
+use gatemesh_proto::pb::gateway_message::Kind;
+use gatemesh_proto::{Method, methods, pb};
+use prost::Message;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::peer::SendError;
+use crate::stats::Stats;
+use crate::{CallError, Instances, Peer};
+
+/// How a call picks its instances and its answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Strategy {
+    /// Every serving instance; the first valid answer wins.
+    #[default]
+    FirstValid,
+    /// Every serving instance; every instance's outcome.
+    All,
+    /// One instance, the least busy; retried elsewhere if it vanishes.
+    One,
+}
+
+/// A strategy plus the filters and deadline of one call.
+#[derive(Debug, Clone, Default)]
+pub struct Route {
+    pub strategy: Strategy,
+    /// Only this instance.
+    pub instance: Option<String>,
+    /// Only instances with this environment label.
+    pub environment: Option<String>,
+    /// The call's deadline; the gateway's default when `None`.
+    pub timeout: Option<Duration>,
+}
+
+/// A successful answer and who gave it.
+#[derive(Debug, Clone)]
+pub struct Answer<T> {
+    pub value: T,
+    pub instance: Arc<str>,
+    pub environment: Arc<str>,
+    pub latency: Duration,
+}
+
+/// One instance's outcome in an `all` call.
+#[derive(Debug, Clone)]
+pub struct Reply<T> {
+    pub instance: Arc<str>,
+    pub environment: Arc<str>,
+    pub outcome: Result<T, CallError>,
+    pub latency: Duration,
+}
+
+/// A handle on the connected instances for making calls; cheap to clone.
+#[derive(Clone)]
+pub struct Mesh {
+    inner: Arc<MeshInner>,
+}
+
+struct MeshInner {
+    instances: Arc<Instances>,
+    stats: Arc<Stats>,
+    default_timeout: Duration,
+    max_message_bytes: usize,
+    draining: AtomicBool,
+    next: AtomicUsize,
+}
+
+impl Mesh {
+    pub(crate) fn new(
+        instances: Arc<Instances>,
+        stats: Arc<Stats>,
+        default_timeout: Duration,
+        max_message_bytes: usize,
+    ) -> Self {
+        Self {
+            inner: Arc::new(MeshInner {
+                instances,
+                stats,
+                default_timeout,
+                max_message_bytes,
+                draining: AtomicBool::new(false),
+                next: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// Starts building a typed call of `M`.
+    pub fn call<M: Method>(&self, request: M::Request) -> Call<'_, M> {
+        Call {
+            mesh: self,
+            request,
+            route: Route::default(),
+        }
+    }
+
+    pub fn instances(&self) -> &Arc<Instances> {
+        &self.inner.instances
+    }
+
+    /// Refuses new calls from now on.
+    pub(crate) fn drain(&self) {
+        self.inner.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// A call on raw bytes, for callers that know the method only by name
+    /// (the external API). `first_valid` uses the catalogue's validity check
+    /// where the method is known, and takes any success otherwise.
+    pub async fn call_raw(
+        &self,
+        method: &str,
+        payload: Bytes,
+        route: &Route,
+    ) -> Result<Vec<Reply<Bytes>>, CallError> {
+        let is_valid = methods::known_method(method).map(|m| m.is_valid);
+        let result = match route.strategy {
+            Strategy::All => self.all(method, payload, route, Ok).await,
+            Strategy::One => self
+                .one(method, payload, route, Ok)
+                .await
+                .map(|a| vec![a.into_reply()]),
+            Strategy::FirstValid => self
+                .first_valid(method, payload, route, |bytes: Bytes| match is_valid {
+                    Some(valid) if !valid(&bytes) => Verdict::NotMine,
+                    _ => Verdict::Valid(bytes),
+                })
+                .await
+                .map(|a| vec![a.into_reply()]),
+        };
+        self.record(&result);
+        result
+    }
+
+    fn record<T>(&self, result: &Result<T, CallError>) {
+        match result {
+            Ok(_) => Stats::bump(&self.inner.stats.calls_ok),
+            Err(_) => Stats::bump(&self.inner.stats.calls_failed),
+        }
+    }
+
+    fn deadline(&self, route: &Route) -> (Instant, Duration) {
+        let timeout = route.timeout.unwrap_or(self.inner.default_timeout);
+        (Instant::now() + timeout, timeout)
+    }
+
+    /// The instances a call goes to, or why there are none.
+    fn targets(
+        &self,
+        method: &str,
+        payload: &Bytes,
+        route: &Route,
+    ) -> Result<Vec<Arc<Peer>>, CallError> {
+        if self.inner.draining.load(Ordering::Relaxed) {
+            return Err(CallError::Draining);
+        }
+        if method.is_empty() || method.len() > MAX_METHOD_NAME_LEN {
+            return Err(CallError::InvalidArgument(format!(
+                "method name must be 1 to {MAX_METHOD_NAME_LEN} bytes"
+            )));
+        }
+        if payload.len() > self.inner.max_message_bytes {
+            return Err(CallError::InvalidArgument(format!(
+                "request of {} bytes exceeds the limit of {} bytes",
+                payload.len(),
+                self.inner.max_message_bytes
+            )));
+        }
+        let instances = &self.inner.instances;
+        if let Some(id) = &route.instance {
+            let peer = instances
+                .get(id)
+                .ok_or_else(|| CallError::NotConnected(id.clone()))?;
+            if !peer.info.methods.contains(method) {
+                return Err(CallError::NotServed {
+                    instance: id.clone(),
+                    method: method.to_string(),
+                });
+            }
+            if route
+                .environment
+                .as_deref()
+                .is_some_and(|e| e != &*peer.info.environment)
+                || !peer.routable(method)
+            {
+                return Err(CallError::NoResponders {
+                    method: method.to_string(),
+                    environment: route.environment.clone(),
+                });
+            }
+            return Ok(vec![peer]);
+        }
+        let peers = instances.routable(method, route.environment.as_deref());
+        if peers.is_empty() {
+            if methods::known_method(method).is_none() && !instances.anyone_serves(method) {
+                return Err(CallError::UnknownMethod(method.to_string()));
+            }
+            return Err(CallError::NoResponders {
+                method: method.to_string(),
+                environment: route.environment.clone(),
+            });
+        }
+        Ok(peers)
+    }
+
+    pub(crate) async fn first_valid<T>(
+        &self,
+        method: &str,
+        payload: Bytes,
+        route: &Route,
+        accept: impl Fn(Bytes) -> Verdict<T>,
+    ) -> Result<Answer<T>, CallError> {
+        let peers = self.targets(method, &payload, route)?;
+        let (deadline, timeout) = self.deadline(route);
+        let asked = peers.len();
+        let mut errors = Vec::new();
+        let mut running = FuturesUnordered::new();
+        for peer in peers {
+            match Outstanding::start(peer, method, payload.clone(), deadline) {
+                Ok(call) => running.push(call.finish()),
+                Err(e) => errors.push(e),
+            }
+        }
+        let mut not_mine = 0;
+        loop {
+            let next = match tokio::time::timeout_at(deadline, running.next()).await {
+                Err(_) => return Err(CallError::DeadlineExceeded(timeout)),
+                Ok(None) => break,
+                Ok(Some(next)) => next,
+            };
+            let (peer, latency, outcome) = next;
+            match outcome.map(&accept) {
+                Ok(Verdict::Valid(value)) => {
+                    // Dropping `running` cancels the calls still out.
+                    return Ok(Answer {
+                        value,
+                        instance: peer.info.id.clone(),
+                        environment: peer.info.environment.clone(),
+                        latency,
+                    });
+                }
+                Ok(Verdict::NotMine) => not_mine += 1,
+                Ok(Verdict::Bad(reason)) => errors.push(CallError::BadAnswer {
+                    instance: peer.info.id.clone(),
+                    reason,
+                }),
+                Err(e) => errors.push(e),
+            }
+        }
+        if not_mine > 0 || errors.is_empty() {
+            Err(CallError::NotFound { asked })
+        } else if errors.len() == 1 {
+            Err(errors.remove(0))
+        } else {
+            Err(CallError::AllFailed(errors))
+        }
+    }
+
+    pub(crate) async fn all<T>(
+        &self,
+        method: &str,
+        payload: Bytes,
+        route: &Route,
+        decode: impl Fn(Bytes) -> Result<T, String>,
+    ) -> Result<Vec<Reply<T>>, CallError> {
+        let peers = self.targets(method, &payload, route)?;
+        let (deadline, timeout) = self.deadline(route);
+        let mut replies: Vec<Option<Reply<T>>> = Vec::with_capacity(peers.len());
+        let mut running = FuturesUnordered::new();
+        for (index, peer) in peers.iter().enumerate() {
+            match Outstanding::start(peer.clone(), method, payload.clone(), deadline) {
+                Ok(call) => {
+                    replies.push(None);
+                    running.push(async move { (index, call.finish().await) });
+                }
+                Err(e) => replies.push(Some(Reply::of(peer, Err(e), Duration::ZERO))),
+            }
+        }
+        while let Ok(Some((index, (peer, latency, outcome)))) =
+            tokio::time::timeout_at(deadline, running.next()).await
+        {
+            let outcome = outcome.and_then(|bytes| {
+                decode(bytes).map_err(|reason| CallError::BadAnswer {
+                    instance: peer.info.id.clone(),
+                    reason,
+                })
+            });
+            replies[index] = Some(Reply::of(&peer, outcome, latency));
+        }
+        drop(running);
+        Ok(replies
+            .into_iter()
+            .zip(&peers)
+            .map(|(reply, peer)| {
+                reply.unwrap_or_else(|| {
+                    Reply::of(peer, Err(CallError::DeadlineExceeded(timeout)), timeout)
+                })
+            })
+            .collect())
+    }
+
+    pub(crate) async fn one<T>(
+        &self,
+        method: &str,
+        payload: Bytes,
+        route: &Route,
+        decode: impl Fn(Bytes) -> Result<T, String>,
+    ) -> Result<Answer<T>, CallError> {
+        let mut candidates = self.targets(method, &payload, route)?;
+        let (deadline, timeout) = self.deadline(route);
+        let mut errors = Vec::new();
+        while !candidates.is_empty() {
+            let peer = candidates.swap_remove(self.pick(&candidates));
+            let call = match Outstanding::start(peer, method, payload.clone(), deadline) {
+                Ok(call) => call,
+                Err(e) if e.is_retryable() => {
+                    errors.push(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let (peer, latency, outcome) = tokio::time::timeout_at(deadline, call.finish())
+                .await
+                .map_err(|_| CallError::DeadlineExceeded(timeout))?;
+            match outcome {
+                Ok(bytes) => {
+                    let value = decode(bytes).map_err(|reason| CallError::BadAnswer {
+                        instance: peer.info.id.clone(),
+                        reason,
+                    })?;
+                    return Ok(Answer {
+                        value,
+                        instance: peer.info.id.clone(),
+                        environment: peer.info.environment.clone(),
+                        latency,
+                    });
+                }
+                Err(e) if e.is_retryable() => errors.push(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(match errors.len() {
+            1 => errors.remove(0),
+            _ => CallError::AllFailed(errors),
+        })
+    }
+
+    /// The least busy candidate; ties go round robin.
+    fn pick(&self, candidates: &[Arc<Peer>]) -> usize {
+        let start = self.inner.next.fetch_add(1, Ordering::Relaxed) % candidates.len();
+        (0..candidates.len())
+            .map(|i| (start + i) % candidates.len())
+            .min_by_key(|&i| candidates[i].in_flight())
+            .unwrap_or(0)
+    }
+}
+
+/// What `first_valid` makes of a successful answer.
+pub(crate) enum Verdict<T> {
+    Valid(T),
+    /// A well-formed "not mine".
+    NotMine,
+    /// Undecodable.
+    Bad(String),
+}
+
+impl<T> Answer<T> {
+    fn into_reply(self) -> Reply<T> {
+        Reply {
+            instance: self.instance,
+            environment: self.environment,
+            outcome: Ok(self.value),
+            latency: self.latency,
+        }
+    }
+}
+
+impl<T> Reply<T> {
+    fn of(peer: &Peer, outcome: Result<T, CallError>, latency: Duration) -> Self {
+        Self {
+            instance: peer.info.id.clone(),
+            environment: peer.info.environment.clone(),
+            outcome,
+            latency,
+        }
+    }
+}
+
+/// One request sent to one instance, awaiting its answer. Dropped before
+/// the answer came, it removes its pending entry and sends a cancel.
+struct Outstanding {
+    peer: Arc<Peer>,
+    id: u64,
+    rx: oneshot::Receiver<Outcome>,
+    sent: Instant,
+    answered: bool,
+}
+
+impl Outstanding {
+    fn start(
+        peer: Arc<Peer>,
+        method: &str,
+        payload: Bytes,
+        deadline: Instant,
+    ) -> Result<Self, CallError> {
+        let (id, rx) = peer
+            .pending
+            .start()
+            .map_err(|_| CallError::Disconnected(peer.id().clone()))?;
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .as_millis();
+        let request = pb::Request {
+            id,
+            method: method.to_string(),
+            payload,
+            timeout_ms: u32::try_from(left).unwrap_or(u32::MAX).max(1),
+        };
+        match peer.send(Kind::Request(request)) {
+            Ok(()) => Ok(Self {
+                peer,
+                id,
+                rx,
+                sent: Instant::now(),
+                answered: false,
+            }),
+            Err(e) => {
+                peer.pending.abandon(id);
+                Err(match e {
+                    SendError::Full => CallError::Overloaded(peer.id().clone()),
+                    SendError::Closed => CallError::Disconnected(peer.id().clone()),
+                })
+            }
+        }
+    }
+
+    async fn finish(mut self) -> (Arc<Peer>, Duration, Result<Bytes, CallError>) {
+        let received = (&mut self.rx).await;
+        self.answered = true;
+        let latency = self.sent.elapsed();
+        let peer = self.peer.clone();
+        let outcome = match received {
+            Ok(Ok(bytes)) => {
+                peer.calls_served.fetch_add(1, Ordering::Relaxed);
+                Ok(bytes)
+            }
+            Ok(Err(status)) => {
+                peer.errors.fetch_add(1, Ordering::Relaxed);
+                Err(CallError::remote(peer.id().clone(), status))
+            }
+            Err(_) => Err(CallError::Disconnected(peer.id().clone())),
+        };
+        (peer, latency, outcome)
+    }
+}
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        if !self.answered && self.peer.pending.abandon(self.id) {
+            let cancel = pb::Cancel {
+                id: self.id,
+                reason: "call ended".into(),
+            };
+            // Best effort: a full queue means the instance is busy anyway,
+            // and its handler stops at the deadline it was given.
+            let _ = self.peer.send(Kind::Cancel(cancel));
+        }
+    }
+}
+
+/// A typed call being built; finish it with a strategy.
+pub struct Call<'m, M: Method> {
+    mesh: &'m Mesh,
+    request: M::Request,
+    route: Route,
+}
+
+fn decode<M: Method>(bytes: Bytes) -> Result<M::Response, String> {
+    M::Response::decode(bytes).map_err(|e| e.to_string())
+}
+
+impl<M: Method> Call<'_, M> {
+    /// Deadline of the whole call.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.route.timeout = Some(timeout);
+        self
+    }
+
+    /// Only instances with this environment label.
+    pub fn env(mut self, environment: impl Into<String>) -> Self {
+        self.route.environment = Some(environment.into());
+        self
+    }
+
+    fn payload(&self) -> Bytes {
+        self.request.encode_to_vec().into()
+    }
+
+    /// Every serving instance is asked; the first answer that
+    /// [`Method::is_valid`] accepts wins and the others are cancelled.
+    /// When all have answered and none validly: `NotFound`, at once.
+    pub async fn first_valid(self) -> Result<Answer<M::Response>, CallError> {
+        let result = self
+            .mesh
+            .first_valid(
+                M::NAME,
+                self.payload(),
+                &self.route,
+                |bytes| match M::Response::decode(bytes) {
+                    Ok(r) if M::is_valid(&r) => Verdict::Valid(r),
+                    Ok(_) => Verdict::NotMine,
+                    Err(e) => Verdict::Bad(e.to_string()),
+                },
+            )
+            .await;
+        self.mesh.record(&result);
+        result
+    }
+
+    /// Every serving instance is asked; one reply each, in instance order,
+    /// with those that did not answer by the deadline marked so.
+    pub async fn all(self) -> Result<Vec<Reply<M::Response>>, CallError> {
+        let result = self
+            .mesh
+            .all(M::NAME, self.payload(), &self.route, decode::<M>)
+            .await;
+        self.mesh.record(&result);
+        result
+    }
+
+    /// One instance, the least busy, is asked; if it disconnects before
+    /// answering, another is.
+    pub async fn one(self) -> Result<Answer<M::Response>, CallError> {
+        let result = self
+            .mesh
+            .one(M::NAME, self.payload(), &self.route, decode::<M>)
+            .await;
+        self.mesh.record(&result);
+        result
+    }
+
+    /// Exactly this instance is asked.
+    pub async fn to(
+        mut self,
+        instance: impl Into<String>,
+    ) -> Result<Answer<M::Response>, CallError> {
+        self.route.instance = Some(instance.into());
+        self.one().await
+    }
+}

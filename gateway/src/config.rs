@@ -1,0 +1,222 @@
+//! `vps-gateway` settings, read from `GATEWAY_*` environment variables.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use gatemesh_runtime::env::{ensure, from_vars};
+use gatemesh_runtime::{ConfigError, Secret};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct GatewayConfig {
+    /// `GATEWAY_API_SECRET`: instances and callers must present it.
+    pub api_secret: Secret,
+    /// `GATEWAY_GRPC_PORT`.
+    #[serde(default = "defaults::grpc_port")]
+    pub grpc_port: u16,
+    /// `GATEWAY_BIND`: the address to listen on.
+    #[serde(default = "defaults::bind")]
+    pub bind: IpAddr,
+    /// `GATEWAY_ID`: this gateway's name; the hostname when unset.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// `GATEWAY_CALL_TIMEOUT_MS`: deadline of a call that names none.
+    #[serde(default = "defaults::call_timeout_ms")]
+    pub call_timeout_ms: u64,
+    /// `GATEWAY_HEARTBEAT_INTERVAL_MS`: how often each side pings.
+    #[serde(default = "defaults::heartbeat_interval_ms")]
+    pub heartbeat_interval_ms: u64,
+    /// `GATEWAY_MAX_MISSED_HEARTBEATS`: silent intervals before a peer is dead.
+    #[serde(default = "defaults::max_missed_heartbeats")]
+    pub max_missed_heartbeats: u32,
+    /// `GATEWAY_QUEUE_CAPACITY`: frames queued to one instance before calls
+    /// to it fail with RESOURCE_EXHAUSTED.
+    #[serde(default = "defaults::queue_capacity")]
+    pub queue_capacity: usize,
+    /// `GATEWAY_STUCK_TIMEOUT_MS`: an instance whose queue stays full this
+    /// long is disconnected.
+    #[serde(default = "defaults::stuck_timeout_ms")]
+    pub stuck_timeout_ms: u64,
+    /// `GATEWAY_MAX_MESSAGE_BYTES`: largest payload accepted in one frame.
+    #[serde(default = "defaults::max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// `GATEWAY_MAX_CONCURRENCY`: calls from instances served at once.
+    #[serde(default = "defaults::max_concurrency")]
+    pub max_concurrency: usize,
+    /// `GATEWAY_DRAIN_GRACE_MS`: on shutdown, how long in-flight calls may finish.
+    #[serde(default = "defaults::drain_grace_ms")]
+    pub drain_grace_ms: u64,
+    /// `GATEWAY_RECONNECT_SPREAD_MS`: on shutdown, instances are told to come
+    /// back after a random delay up to this, so a restart is not a stampede.
+    #[serde(default = "defaults::reconnect_spread_ms")]
+    pub reconnect_spread_ms: u64,
+    /// `GATEWAY_LOG_FORMAT`: `text` or `json`.
+    #[serde(default)]
+    pub log_format: Option<String>,
+}
+
+mod defaults {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    pub fn grpc_port() -> u16 {
+        1537
+    }
+    pub fn bind() -> IpAddr {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    }
+    pub fn call_timeout_ms() -> u64 {
+        10_000
+    }
+    pub fn heartbeat_interval_ms() -> u64 {
+        5_000
+    }
+    pub fn max_missed_heartbeats() -> u32 {
+        3
+    }
+    pub fn queue_capacity() -> usize {
+        1024
+    }
+    pub fn stuck_timeout_ms() -> u64 {
+        10_000
+    }
+    pub fn max_message_bytes() -> usize {
+        4 * 1024 * 1024
+    }
+    pub fn max_concurrency() -> usize {
+        1024
+    }
+    pub fn drain_grace_ms() -> u64 {
+        10_000
+    }
+    pub fn reconnect_spread_ms() -> u64 {
+        5_000
+    }
+}
+
+impl GatewayConfig {
+    /// Reads the settings from `vars` (the process environment in `main`).
+    pub fn from_vars(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let config: Self = from_vars("GATEWAY_", vars)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Defaults around a secret, for tests and embedding.
+    pub fn with_secret(secret: &str) -> Self {
+        Self::from_vars([("GATEWAY_API_SECRET".to_string(), secret.to_string())])
+            .expect("defaults are valid")
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        ensure(
+            !self.api_secret.is_empty(),
+            "GATEWAY_API_SECRET",
+            "a non-empty secret",
+        )?;
+        ensure(
+            self.call_timeout_ms > 0,
+            "GATEWAY_CALL_TIMEOUT_MS",
+            "a positive number of milliseconds",
+        )?;
+        ensure(
+            (10..=3_600_000).contains(&self.heartbeat_interval_ms),
+            "GATEWAY_HEARTBEAT_INTERVAL_MS",
+            "10 to 3600000 milliseconds",
+        )?;
+        ensure(
+            self.max_missed_heartbeats >= 1,
+            "GATEWAY_MAX_MISSED_HEARTBEATS",
+            "at least 1",
+        )?;
+        ensure(
+            self.queue_capacity >= 1,
+            "GATEWAY_QUEUE_CAPACITY",
+            "at least 1",
+        )?;
+        ensure(
+            self.max_concurrency >= 1,
+            "GATEWAY_MAX_CONCURRENCY",
+            "at least 1",
+        )?;
+        ensure(
+            (1024..=256 * 1024 * 1024).contains(&self.max_message_bytes),
+            "GATEWAY_MAX_MESSAGE_BYTES",
+            "1024 to 268435456 bytes",
+        )?;
+        if let Some(format) = &self.log_format {
+            ensure(
+                matches!(format.as_str(), "text" | "json"),
+                "GATEWAY_LOG_FORMAT",
+                "`text` or `json`",
+            )?;
+        }
+        Ok(())
+    }
+
+    pub fn gateway_id(&self) -> String {
+        self.id.clone().unwrap_or_else(|| {
+            hostname::get()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "gateway".into())
+        })
+    }
+
+    pub fn call_timeout(&self) -> Duration {
+        Duration::from_millis(self.call_timeout_ms)
+    }
+
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+
+    /// Silence after which a peer counts as dead.
+    pub fn liveness_timeout(&self) -> Duration {
+        self.heartbeat_interval() * self.max_missed_heartbeats
+    }
+
+    pub fn stuck_timeout(&self) -> Duration {
+        Duration::from_millis(self.stuck_timeout_ms)
+    }
+
+    pub fn drain_grace(&self) -> Duration {
+        Duration::from_millis(self.drain_grace_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_and_errors_that_name_the_variable() {
+        let c = GatewayConfig::from_vars(vars(&[("GATEWAY_API_SECRET", "s")])).unwrap();
+        assert_eq!(c.grpc_port, 1537);
+        assert_eq!(c.call_timeout_ms, 10_000);
+        assert!(!format!("{c:?}").contains("\"s\""), "secret is masked");
+        let e = GatewayConfig::from_vars(vars(&[])).unwrap_err().to_string();
+        assert_eq!(e, "GATEWAY_API_SECRET is required but not set");
+        let e = GatewayConfig::from_vars(vars(&[
+            ("GATEWAY_API_SECRET", "s"),
+            ("GATEWAY_GRPC_PORT", "70000"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("GATEWAY_GRPC_PORT"), "{e}");
+        let e = GatewayConfig::from_vars(vars(&[
+            ("GATEWAY_API_SECRET", "s"),
+            ("GATEWAY_LOG_FORMAT", "xml"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("GATEWAY_LOG_FORMAT"), "{e}");
+    }
+}

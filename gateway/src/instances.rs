@@ -1,0 +1,108 @@
+//! The registry of connected instances, by instance id.
+//!
+//! The lock is held only to read or swap map entries, never across an
+//! `.await` or a send.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use tokio::sync::watch;
+
+use crate::Peer;
+
+#[derive(Debug)]
+pub struct Instances {
+    by_id: RwLock<HashMap<Arc<str>, Arc<Peer>>>,
+    /// Bumped on every registration and removal.
+    changes: watch::Sender<u64>,
+}
+
+impl Default for Instances {
+    fn default() -> Self {
+        Self {
+            by_id: RwLock::default(),
+            changes: watch::Sender::new(0),
+        }
+    }
+}
+
+impl Instances {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers `peer`; returns the older stream it replaces, if any.
+    pub fn insert(&self, peer: Arc<Peer>) -> Option<Arc<Peer>> {
+        let old = self.by_id.write().insert(peer.id().clone(), peer);
+        self.changes.send_modify(|g| *g += 1);
+        old
+    }
+
+    /// Resolves once `condition` holds, checking after every change.
+    pub async fn wait_until(&self, condition: impl Fn(&Self) -> bool) {
+        let mut changes = self.changes.subscribe();
+        while !condition(self) {
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Removes `peer`, but only if the entry is still that very stream.
+    pub fn remove(&self, peer: &Peer) -> bool {
+        let mut map = self.by_id.write();
+        match map.get(peer.id()) {
+            Some(current) if current.conn_id == peer.conn_id => {
+                map.remove(peer.id());
+                drop(map);
+                self.changes.send_modify(|g| *g += 1);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Peer>> {
+        self.by_id.read().get(id).cloned()
+    }
+
+    /// Instances that may take a new call for `method`, optionally only those
+    /// of one environment.
+    pub fn routable(&self, method: &str, environment: Option<&str>) -> Vec<Arc<Peer>> {
+        self.by_id
+            .read()
+            .values()
+            .filter(|p| p.routable(method) && environment.is_none_or(|e| &*p.info.environment == e))
+            .cloned()
+            .collect()
+    }
+
+    /// Whether any connected instance lists `method`, draining or not.
+    pub fn anyone_serves(&self, method: &str) -> bool {
+        self.by_id
+            .read()
+            .values()
+            .any(|p| p.info.methods.contains(method))
+    }
+
+    /// Every connected instance, sorted by id.
+    pub fn snapshot(&self) -> Vec<Arc<Peer>> {
+        let mut peers: Vec<_> = self.by_id.read().values().cloned().collect();
+        peers.sort_by(|a, b| a.id().cmp(b.id()));
+        peers
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Calls awaiting an answer, over every instance.
+    pub fn pending_calls(&self) -> usize {
+        self.by_id.read().values().map(|p| p.in_flight()).sum()
+    }
+}

@@ -1,0 +1,38 @@
+//! The gateway end of gatemesh.
+//!
+//! Instances dial in and hold one `RegisterGateway` stream each; the gateway
+//! routes typed calls to them and serves calls they make back.
+//!
+//! - [`config`]: [`GatewayConfig`], read from `GATEWAY_*` variables.
+//! - [`auth`]: the shared-secret check on every gRPC call.
+//! - [`peer`]: [`Peer`], one connected instance: its outbound queue, its
+//!   pending calls, its incoming requests.
+//! - [`instances`]: [`Instances`], the registry of connected peers.
+//! - [`stream`]: the `RegisterGateway` handshake and per-stream loop.
+//! - [`call`]: [`Mesh`], the typed call API and its routing strategies.
+//! - [`error`]: [`CallError`] and its one mapping to gRPC status codes.
+//! - [`admin`]: the `GatewayAdmin` unary API for callers outside the process.
+//! - [`info`]: methods the gateway itself serves to instances.
+//! - [`stats`]: counters operators read.
+//! - [`server`]: [`Gateway`], which wires it all up and runs it until shutdown.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod auth;
+pub mod call;
+pub mod config;
+pub mod error;
+pub mod info;
+pub mod instances;
+pub mod peer;
+pub mod server;
+pub mod stats;
+pub mod stream;
+
+pub use call::{Answer, Mesh, Reply, Route, Strategy};
+pub use config::GatewayConfig;
+pub use error::CallError;
+pub use instances::Instances;
+pub use peer::Peer;
+pub use server::Gateway;

@@ -1,0 +1,224 @@
+//! One connected instance, as the gateway sees it.
+//!
+//! The peer owns the sending half of the instance's bounded outbound queue
+//! (drained by tonic's writer for that stream), the table of calls awaiting
+//! the instance's answers, and the dispatcher for calls the instance makes
+//! to the gateway. Sends never wait: a full queue fails the call at once.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use gatemesh_handlers::{Caller, Dispatcher, Pending};
+use gatemesh_proto::pb;
+use gatemesh_proto::pb::gateway_message::Kind;
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// What an instance said about itself in hello, plus where it came from.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    pub id: Arc<str>,
+    pub environment: Arc<str>,
+    pub version: String,
+    pub methods: HashSet<String>,
+    pub remote_addr: Option<SocketAddr>,
+    pub connected_since: SystemTime,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendError {
+    /// The queue is full: the instance is not reading fast enough.
+    Full,
+    /// The stream has ended.
+    Closed,
+}
+
+pub struct Peer {
+    /// Unique per stream, so cleanup of an old stream never removes a newer
+    /// stream of the same instance id.
+    pub conn_id: u64,
+    pub info: PeerInfo,
+    pub caller: Caller,
+    tx: mpsc::Sender<pb::GatewayMessage>,
+    pub pending: Pending,
+    pub dispatcher: Arc<Dispatcher>,
+    closed: CancellationToken,
+    goodbye: Mutex<Option<pb::GoAway>>,
+    draining: AtomicBool,
+    epoch: Instant,
+    last_seen_ms: AtomicU64,
+    /// Since when (ms after `epoch`, plus one) the queue has been full; 0 when not.
+    full_since_ms: AtomicU64,
+    stuck_after: Duration,
+    pub calls_served: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+impl Peer {
+    pub(crate) fn new(
+        conn_id: u64,
+        info: PeerInfo,
+        tx: mpsc::Sender<pb::GatewayMessage>,
+        dispatcher: Arc<Dispatcher>,
+        stuck_after: Duration,
+    ) -> Self {
+        let caller = Caller::new(info.id.clone(), info.environment.clone());
+        Self {
+            conn_id,
+            info,
+            caller,
+            tx,
+            pending: Pending::new(),
+            dispatcher,
+            closed: CancellationToken::new(),
+            goodbye: Mutex::new(None),
+            draining: AtomicBool::new(false),
+            epoch: Instant::now(),
+            last_seen_ms: AtomicU64::new(0),
+            full_since_ms: AtomicU64::new(0),
+            stuck_after,
+            calls_served: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        }
+    }
+
+    pub fn id(&self) -> &Arc<str> {
+        &self.info.id
+    }
+
+    /// Whether new calls for `method` may go to this instance.
+    pub fn routable(&self, method: &str) -> bool {
+        self.info.methods.contains(method) && !self.is_draining() && !self.closed.is_cancelled()
+    }
+
+    /// Queues a frame without waiting. A queue that stays full longer than
+    /// the stuck limit closes the stream.
+    pub fn send(&self, kind: Kind) -> Result<(), SendError> {
+        match self.tx.try_send(pb::GatewayMessage { kind: Some(kind) }) {
+            Ok(()) => {
+                if self.full_since_ms.load(Ordering::Relaxed) != 0 {
+                    self.full_since_ms.store(0, Ordering::Relaxed);
+                }
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.note_full();
+                Err(SendError::Full)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Closed),
+        }
+    }
+
+    /// Queues a frame, waiting for room up to the stuck limit. For answers,
+    /// which must not be dropped just because the queue is momentarily full.
+    pub async fn send_wait(&self, kind: Kind) -> Result<(), SendError> {
+        let message = pb::GatewayMessage { kind: Some(kind) };
+        match tokio::time::timeout(self.stuck_after, self.tx.send(message)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(SendError::Closed),
+            Err(_) => {
+                self.close(None, "stuck: outbound queue full past the limit");
+                Err(SendError::Full)
+            }
+        }
+    }
+
+    fn note_full(&self) {
+        let now = self.now_ms() + 1;
+        let since =
+            match self
+                .full_since_ms
+                .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => now,
+                Err(since) => since,
+            };
+        if now.saturating_sub(since) >= self.stuck_after.as_millis() as u64 {
+            self.close(None, "stuck: outbound queue full past the limit");
+        }
+    }
+
+    /// Whether the queue has been full longer than the stuck limit.
+    pub fn is_stuck(&self) -> bool {
+        let since = self.full_since_ms.load(Ordering::Relaxed);
+        since != 0
+            && self.tx.capacity() == 0
+            && (self.now_ms() + 1).saturating_sub(since) >= self.stuck_after.as_millis() as u64
+    }
+
+    /// Frames waiting in the outbound queue.
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    pub(crate) fn touch(&self) {
+        self.last_seen_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Time since the last frame from the instance.
+    pub fn silent_for(&self) -> Duration {
+        Duration::from_millis(
+            self.now_ms()
+                .saturating_sub(self.last_seen_ms.load(Ordering::Relaxed)),
+        )
+    }
+
+    /// Wall-clock time of the last frame from the instance.
+    pub fn last_seen(&self) -> SystemTime {
+        SystemTime::now() - self.silent_for()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Ends the stream; `goodbye` is the last frame the instance sees.
+    pub fn close(&self, goodbye: Option<pb::GoAway>, reason: &str) {
+        if self.closed.is_cancelled() {
+            return;
+        }
+        tracing::debug!(instance = %self.info.id, conn = self.conn_id, reason, "closing stream");
+        *self.goodbye.lock() = goodbye;
+        self.closed.cancel();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    pub(crate) fn closed_token(&self) -> &CancellationToken {
+        &self.closed
+    }
+
+    pub(crate) fn take_goodbye(&self) -> Option<pb::GoAway> {
+        self.goodbye.lock().take()
+    }
+
+    /// Calls sent to this instance and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer")
+            .field("id", &self.info.id)
+            .field("conn_id", &self.conn_id)
+            .field("environment", &self.info.environment)
+            .finish_non_exhaustive()
+    }
+}

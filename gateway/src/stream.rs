@@ -1,0 +1,364 @@
+//! `RegisterGateway`: the handshake, then one loop per stream that reads the
+//! instance's frames, pings it, and cleans up when the stream ends.
+
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use futures_util::Stream;
+use gatemesh_handlers::dispatch::Rejection;
+use gatemesh_handlers::{Completion, Dispatcher, MAX_METHOD_NAME_LEN};
+use gatemesh_proto::pb::gateway_message::Kind;
+use gatemesh_proto::pb::instance_message::Kind as InKind;
+use gatemesh_proto::{PROTOCOL_VERSION, pb};
+use tokio::sync::mpsc;
+use tokio_util::sync::WaitForCancellationFutureOwned;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::peer::PeerInfo;
+use crate::server::Shared;
+use crate::stats::Stats;
+use crate::{Peer, auth};
+
+/// How long an instance has to send hello after opening the stream.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Protocol violations tolerated on one stream before it is closed.
+const MAX_VIOLATIONS: u32 = 16;
+const MAX_ID_LEN: usize = 128;
+const MAX_LABEL_LEN: usize = 64;
+const MAX_METHODS: usize = 1024;
+
+pub struct GatewayService {
+    pub(crate) shared: Arc<Shared>,
+}
+
+#[tonic::async_trait]
+impl pb::gateway_server::Gateway for GatewayService {
+    type RegisterGatewayStream = Outbound;
+
+    async fn register_gateway(
+        &self,
+        request: Request<Streaming<pb::InstanceMessage>>,
+    ) -> Result<Response<Outbound>, Status> {
+        let shared = &self.shared;
+        let remote_addr = request.remote_addr();
+        if let Err(status) = auth::check(request.metadata(), &shared.config.api_secret) {
+            Stats::bump(&shared.stats.refused_streams);
+            tracing::warn!(remote = ?remote_addr, reason = status.message(), "stream refused");
+            return Err(status);
+        }
+        if shared.is_draining() {
+            return Err(Status::unavailable("gateway is draining"));
+        }
+        let mut inbound = request.into_inner();
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+            Err(_) => return Err(Status::deadline_exceeded("no hello within 10 s")),
+            Ok(Err(status)) => return Err(status),
+            Ok(Ok(None)) => return Err(Status::cancelled("stream closed before hello")),
+            Ok(Ok(Some(pb::InstanceMessage {
+                kind: Some(InKind::Hello(hello)),
+            }))) => hello,
+            Ok(Ok(Some(_))) => {
+                Stats::bump(&shared.stats.refused_streams);
+                return Err(Status::invalid_argument("the first message must be hello"));
+            }
+        };
+        if let Err(status) = validate_hello(&hello) {
+            Stats::bump(&shared.stats.refused_streams);
+            tracing::warn!(remote = ?remote_addr, reason = status.message(), "hello refused");
+            return Err(status);
+        }
+
+        let (tx, rx) = mpsc::channel(shared.config.queue_capacity);
+        let info = PeerInfo {
+            id: hello.instance_id.into(),
+            environment: hello.environment.into(),
+            version: hello.version,
+            methods: hello.methods.into_iter().collect::<HashSet<_>>(),
+            remote_addr,
+            connected_since: SystemTime::now(),
+        };
+        let dispatcher = Arc::new(Dispatcher::new(
+            shared.registry.clone(),
+            shared.dispatch.clone(),
+            shared.permits.clone(),
+        ));
+        let peer = Arc::new(Peer::new(
+            shared.next_conn_id(),
+            info,
+            tx,
+            dispatcher,
+            shared.config.stuck_timeout(),
+        ));
+        peer.touch();
+        let welcome = pb::Welcome {
+            gateway_id: shared.gateway_id.clone(),
+            heartbeat_interval_ms: shared.config.heartbeat_interval_ms as u32,
+            protocol_version: PROTOCOL_VERSION,
+            max_missed_heartbeats: shared.config.max_missed_heartbeats,
+            methods: shared.registry.methods(),
+            max_message_bytes: shared.config.max_message_bytes as u64,
+        };
+        // The queue is new and empty, so this cannot fail.
+        let _ = peer.send(Kind::Welcome(welcome));
+        let outbound = Outbound::new(rx, peer.clone());
+
+        if let Some(old) = shared.instances.insert(peer.clone()) {
+            Stats::bump(&shared.stats.replaced);
+            tracing::info!(instance = %old.id(), old_conn = old.conn_id, new_conn = peer.conn_id,
+                "instance re-registered; closing its older stream");
+            old.close(
+                Some(pb::GoAway {
+                    reason: "replaced by a newer stream of the same instance id".into(),
+                    reconnect_after_ms: 0,
+                }),
+                "replaced",
+            );
+        }
+        Stats::bump(&shared.stats.registrations);
+        tracing::info!(
+            instance = %peer.info.id,
+            environment = %peer.info.environment,
+            version = %peer.info.version,
+            methods = ?peer.info.methods,
+            remote = ?remote_addr,
+            conn = peer.conn_id,
+            "instance registered"
+        );
+        let shared = shared.clone();
+        shared.clone().tasks.spawn(async move {
+            let reason = read_loop(&shared, &peer, inbound).await;
+            let removed = shared.instances.remove(&peer);
+            peer.close(None, &reason);
+            peer.pending.close(pb::Status::new(tonic::Code::Unavailable, "instance disconnected"));
+            peer.dispatcher.close();
+            Stats::bump(&shared.stats.disconnects);
+            tracing::info!(instance = %peer.info.id, conn = peer.conn_id, %reason, removed, "instance disconnected");
+        });
+        Ok(Response::new(outbound))
+    }
+}
+
+fn valid_name(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-:@/".contains(&b))
+}
+
+fn validate_hello(hello: &pb::Hello) -> Result<(), Status> {
+    if hello.protocol_version != PROTOCOL_VERSION {
+        return Err(Status::failed_precondition(format!(
+            "unsupported protocol version {}; this gateway speaks {PROTOCOL_VERSION}",
+            hello.protocol_version
+        )));
+    }
+    if !valid_name(&hello.instance_id, MAX_ID_LEN) {
+        return Err(Status::invalid_argument(format!(
+            "instance_id must be 1 to {MAX_ID_LEN} characters of [A-Za-z0-9._-:@/]"
+        )));
+    }
+    if !valid_name(&hello.environment, MAX_LABEL_LEN) {
+        return Err(Status::invalid_argument(format!(
+            "environment must be 1 to {MAX_LABEL_LEN} characters of [A-Za-z0-9._-:@/]"
+        )));
+    }
+    if hello.version.len() > MAX_ID_LEN {
+        return Err(Status::invalid_argument("version is too long"));
+    }
+    if hello.methods.len() > MAX_METHODS {
+        return Err(Status::invalid_argument(format!(
+            "more than {MAX_METHODS} methods"
+        )));
+    }
+    if let Some(bad) = hello
+        .methods
+        .iter()
+        .find(|m| m.is_empty() || m.len() > MAX_METHOD_NAME_LEN)
+    {
+        return Err(Status::invalid_argument(format!(
+            "method name {bad:?} must be 1 to {MAX_METHOD_NAME_LEN} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// Reads frames until the stream ends; returns why it ended.
+async fn read_loop(
+    shared: &Arc<Shared>,
+    peer: &Arc<Peer>,
+    mut inbound: Streaming<pb::InstanceMessage>,
+) -> String {
+    let interval = shared.config.heartbeat_interval();
+    let liveness = shared.config.liveness_timeout();
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut nonce = 0u64;
+    let mut violations = 0u32;
+    loop {
+        tokio::select! {
+            biased;
+            _ = peer.closed_token().cancelled() => return "closed by the gateway".into(),
+            frame = inbound.message() => match frame {
+                Ok(Some(frame)) => {
+                    peer.touch();
+                    if let Err(violation) = handle_frame(shared, peer, frame) {
+                        Stats::bump(&shared.stats.violations);
+                        violations += 1;
+                        tracing::warn!(instance = %peer.info.id, conn = peer.conn_id, violation, "protocol violation");
+                        if violations >= MAX_VIOLATIONS {
+                            return format!("{violations} protocol violations");
+                        }
+                    }
+                }
+                Ok(None) => return "instance closed the stream".into(),
+                Err(status) => return format!("stream error: {}", status.message()),
+            },
+            _ = ticker.tick() => {
+                if peer.silent_for() >= liveness {
+                    return format!("no heartbeat for {} ms", liveness.as_millis());
+                }
+                if peer.is_stuck() {
+                    return "stuck: outbound queue full past the limit".into();
+                }
+                nonce += 1;
+                let _ = peer.send(Kind::Ping(pb::Ping { nonce }));
+            }
+        }
+    }
+}
+
+/// Acts on one frame from the instance; `Err` names a protocol violation.
+fn handle_frame(
+    shared: &Arc<Shared>,
+    peer: &Arc<Peer>,
+    frame: pb::InstanceMessage,
+) -> Result<(), String> {
+    let max = shared.config.max_message_bytes;
+    match frame.kind {
+        None => Err("empty frame".into()),
+        Some(InKind::Hello(_)) => Err("hello sent twice".into()),
+        Some(InKind::Response(response)) => {
+            let outcome = match response.result {
+                Some(pb::response::Result::Payload(p)) if p.len() > max => Err(pb::Status::new(
+                    tonic::Code::ResourceExhausted,
+                    format!(
+                        "answer of {} bytes exceeds the limit of {max} bytes",
+                        p.len()
+                    ),
+                )),
+                Some(pb::response::Result::Payload(p)) => Ok(p),
+                Some(pb::response::Result::Status(s)) => Err(s),
+                None => Err(pb::Status::new(
+                    tonic::Code::Internal,
+                    "response with neither payload nor status",
+                )),
+            };
+            match peer.pending.complete(response.id, outcome) {
+                Completion::Delivered => Ok(()),
+                Completion::Late => {
+                    Stats::bump(&shared.stats.late_responses);
+                    Ok(())
+                }
+                Completion::Unknown => Err(format!(
+                    "response for id {} that was never sent",
+                    response.id
+                )),
+            }
+        }
+        Some(InKind::Request(request)) => {
+            let id = request.id;
+            let reply_to = peer.clone();
+            let reply = move |response: pb::Response| async move {
+                let _ = reply_to.send_wait(Kind::Response(response)).await;
+            };
+            if request.payload.len() > max {
+                let status = pb::Status::new(
+                    tonic::Code::ResourceExhausted,
+                    format!(
+                        "request of {} bytes exceeds the limit of {max} bytes",
+                        request.payload.len()
+                    ),
+                );
+                tokio::spawn(reply(pb::Response {
+                    id,
+                    result: Some(pb::response::Result::Status(status)),
+                }));
+                return Err(format!("oversized request {id}"));
+            }
+            match peer
+                .dispatcher
+                .dispatch(peer.caller.clone(), request, reply)
+            {
+                Ok(())
+                | Err(Rejection::UnknownMethod | Rejection::Overloaded | Rejection::Draining) => {
+                    Ok(())
+                }
+                Err(rejection) => Err(format!("request {id}: {rejection:?}")),
+            }
+        }
+        Some(InKind::Cancel(cancel)) => {
+            peer.dispatcher.cancel(cancel.id);
+            Ok(())
+        }
+        Some(InKind::Ping(ping)) => {
+            let _ = peer.send(Kind::Pong(pb::Pong { nonce: ping.nonce }));
+            Ok(())
+        }
+        Some(InKind::Pong(_)) => Ok(()),
+        Some(InKind::Goodbye(goodbye)) => {
+            peer.set_draining();
+            tracing::info!(instance = %peer.info.id, reason = %goodbye.reason, "instance draining");
+            Ok(())
+        }
+    }
+}
+
+/// The gateway -> instance half of a stream: the peer's queue, ended when
+/// the peer is closed, after a last `GoAway` when there is one.
+pub struct Outbound {
+    rx: mpsc::Receiver<pb::GatewayMessage>,
+    closed: Pin<Box<WaitForCancellationFutureOwned>>,
+    peer: Arc<Peer>,
+    done: bool,
+}
+
+impl Outbound {
+    fn new(rx: mpsc::Receiver<pb::GatewayMessage>, peer: Arc<Peer>) -> Self {
+        Self {
+            rx,
+            closed: Box::pin(peer.closed_token().clone().cancelled_owned()),
+            peer,
+            done: false,
+        }
+    }
+}
+
+impl Stream for Outbound {
+    type Item = Result<pb::GatewayMessage, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if self.closed.as_mut().poll(cx).is_ready() {
+            self.done = true;
+            return Poll::Ready(self.peer.take_goodbye().map(|goaway| {
+                Ok(pb::GatewayMessage {
+                    kind: Some(Kind::GoAway(goaway)),
+                })
+            }));
+        }
+        self.rx.poll_recv(cx).map(|m| m.map(Ok))
+    }
+}
+
+impl Drop for Outbound {
+    fn drop(&mut self) {
+        // tonic drops the response stream when the connection goes away;
+        // make sure the read loop hears of it even if the inbound half lingers.
+        self.peer.close(None, "outbound stream dropped");
+    }
+}

@@ -1,0 +1,191 @@
+//! `vps-service` settings, read from `VPS_*` environment variables.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use gatemesh_runtime::env::{ensure, from_vars};
+use gatemesh_runtime::{ConfigError, Secret};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServiceConfig {
+    /// `VPS_GATEWAY_URL`: one gateway URL or a comma-separated list
+    /// (`http://host:1537` or `https://...`).
+    pub gateway_url: String,
+    /// `VPS_GATEWAY_API_SECRET`: the gateway's `GATEWAY_API_SECRET`.
+    pub gateway_api_secret: Secret,
+    /// `VPS_INSTANCE_ID`: unique name of this instance; the hostname when unset.
+    #[serde(default)]
+    pub instance_id: Option<String>,
+    /// `VPS_ENVIRONMENT`: `beta`, `prod`, `dev`, ...
+    #[serde(default = "defaults::environment")]
+    pub environment: String,
+    /// `VPS_INVENTORY_FILE`: JSON or TOML list of VPS; a built-in sample when unset.
+    #[serde(default)]
+    pub inventory_file: Option<PathBuf>,
+    /// `VPS_MAX_CONCURRENCY`: handlers running at once; more are refused
+    /// with RESOURCE_EXHAUSTED.
+    #[serde(default = "defaults::max_concurrency")]
+    pub max_concurrency: usize,
+    /// `VPS_RECONNECT_BASE_MS`: first reconnect delay ceiling.
+    #[serde(default = "defaults::reconnect_base_ms")]
+    pub reconnect_base_ms: u64,
+    /// `VPS_RECONNECT_MAX_MS`: reconnect delay cap.
+    #[serde(default = "defaults::reconnect_max_ms")]
+    pub reconnect_max_ms: u64,
+    /// `VPS_DRAIN_GRACE_MS`: on shutdown, how long running handlers may finish.
+    #[serde(default = "defaults::drain_grace_ms")]
+    pub drain_grace_ms: u64,
+    /// `VPS_LOG_FORMAT`: `text` or `json`.
+    #[serde(default)]
+    pub log_format: Option<String>,
+}
+
+mod defaults {
+    pub fn environment() -> String {
+        "dev".into()
+    }
+    pub fn max_concurrency() -> usize {
+        256
+    }
+    pub fn reconnect_base_ms() -> u64 {
+        250
+    }
+    pub fn reconnect_max_ms() -> u64 {
+        30_000
+    }
+    pub fn drain_grace_ms() -> u64 {
+        10_000
+    }
+}
+
+impl ServiceConfig {
+    pub fn from_vars(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let config: Self = from_vars("VPS_", vars)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let urls = self.gateway_urls();
+        ensure(
+            !urls.is_empty(),
+            "VPS_GATEWAY_URL",
+            "one or more comma-separated gateway URLs",
+        )?;
+        for url in &urls {
+            ensure(
+                url.starts_with("http://") || url.starts_with("https://"),
+                "VPS_GATEWAY_URL",
+                &format!("URLs starting with http:// or https://, got {url:?}"),
+            )?;
+            ensure(
+                url.parse::<tonic::transport::Uri>().is_ok(),
+                "VPS_GATEWAY_URL",
+                &format!("valid URLs, got {url:?}"),
+            )?;
+        }
+        ensure(
+            !self.gateway_api_secret.is_empty(),
+            "VPS_GATEWAY_API_SECRET",
+            "a non-empty secret",
+        )?;
+        ensure(
+            !self.environment.is_empty(),
+            "VPS_ENVIRONMENT",
+            "a non-empty label",
+        )?;
+        ensure(
+            self.max_concurrency >= 1,
+            "VPS_MAX_CONCURRENCY",
+            "at least 1",
+        )?;
+        ensure(
+            self.reconnect_base_ms >= 1,
+            "VPS_RECONNECT_BASE_MS",
+            "at least 1",
+        )?;
+        ensure(
+            self.reconnect_max_ms >= self.reconnect_base_ms,
+            "VPS_RECONNECT_MAX_MS",
+            "at least VPS_RECONNECT_BASE_MS",
+        )?;
+        if let Some(format) = &self.log_format {
+            ensure(
+                matches!(format.as_str(), "text" | "json"),
+                "VPS_LOG_FORMAT",
+                "`text` or `json`",
+            )?;
+        }
+        Ok(())
+    }
+
+    pub fn gateway_urls(&self) -> Vec<String> {
+        self.gateway_url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
+    }
+
+    pub fn instance_id(&self) -> String {
+        self.instance_id.clone().unwrap_or_else(|| {
+            hostname::get()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "instance".into())
+        })
+    }
+
+    pub fn reconnect_base(&self) -> Duration {
+        Duration::from_millis(self.reconnect_base_ms)
+    }
+
+    pub fn reconnect_max(&self) -> Duration {
+        Duration::from_millis(self.reconnect_max_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn urls_secret_and_errors() {
+        let c = ServiceConfig::from_vars(vars(&[
+            ("VPS_GATEWAY_URL", "http://a:1537, http://b:1537"),
+            ("VPS_GATEWAY_API_SECRET", "s"),
+        ]))
+        .unwrap();
+        assert_eq!(c.gateway_urls(), ["http://a:1537", "http://b:1537"]);
+        assert_eq!(c.environment, "dev");
+        let e = ServiceConfig::from_vars(vars(&[("VPS_GATEWAY_URL", "http://a")]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "VPS_GATEWAY_API_SECRET is required but not set");
+        let e = ServiceConfig::from_vars(vars(&[
+            ("VPS_GATEWAY_URL", "a:1537"),
+            ("VPS_GATEWAY_API_SECRET", "s"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("VPS_GATEWAY_URL"), "{e}");
+        let e = ServiceConfig::from_vars(vars(&[
+            ("VPS_GATEWAY_URL", "http://a"),
+            ("VPS_GATEWAY_API_SECRET", "s"),
+            ("VPS_MAX_CONCURRENCY", "many"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("VPS_MAX_CONCURRENCY"), "{e}");
+    }
+}

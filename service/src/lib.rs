@@ -1,0 +1,22 @@
+//! The instance end of gatemesh: a VPS service instance that dials one or
+//! more gateways, serves its registered handlers over each stream, calls
+//! the gateway's methods back, and reconnects on its own.
+//!
+//! - [`config`]: [`ServiceConfig`], read from `VPS_*` variables.
+//! - [`instance`]: [`Instance`] and [`InstanceHandle`]: one link per gateway,
+//!   each with its own reconnect state.
+//! - [`link`]: one gateway's stream: handshake, frame loop, heartbeats.
+//! - [`inventory`]: the VPS inventory behind `FindVPSByLease`.
+//! - [`handlers`]: the handlers `vps-service` registers.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod handlers;
+pub mod instance;
+pub mod inventory;
+pub mod link;
+
+pub use config::ServiceConfig;
+pub use instance::{Instance, InstanceHandle, InstanceOptions};
+pub use link::{GatewayCallError, LinkStatus};

@@ -1,0 +1,432 @@
+//! One gateway's link: dial, hello, serve frames until the stream ends, and
+//! dial again after a backoff. Each gateway has its own link and its own
+//! reconnect state.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gatemesh_handlers::{Caller, Completion, DispatchConfig, Dispatcher, Pending, Registry};
+use gatemesh_proto::pb::gateway_message::Kind as InKind;
+use gatemesh_proto::pb::instance_message::Kind;
+use gatemesh_proto::{Method, PROTOCOL_VERSION, SECRET_METADATA_KEY, pb};
+use gatemesh_runtime::{Backoff, Secret};
+use parking_lot::Mutex;
+use prost::Message;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+use tonic::transport::Endpoint;
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection that stays up this long resets the reconnect backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(30);
+const QUEUE_CAPACITY: usize = 1024;
+/// Used until the gateway's welcome says otherwise.
+const DEFAULT_LIVENESS: Duration = Duration::from_secs(15);
+
+/// What the instance knows about one gateway link.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkStatus {
+    pub url: String,
+    pub connected: bool,
+    pub gateway_id: Option<String>,
+    /// Successful handshakes so far.
+    pub connects: u64,
+    pub last_error: Option<String>,
+}
+
+/// Why a call from the instance to the gateway failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayCallError {
+    #[error("not connected to the gateway")]
+    NotConnected,
+    #[error("outbound queue to the gateway is full")]
+    Overloaded,
+    #[error("deadline of {} ms passed", .0.as_millis())]
+    DeadlineExceeded(Duration),
+    #[error("gateway disconnected before answering")]
+    Disconnected,
+    #[error("gateway answered {code:?}: {message}")]
+    Remote { code: Code, message: String },
+    #[error("undecodable answer: {0}")]
+    BadAnswer(String),
+}
+
+impl GatewayCallError {
+    pub fn code(&self) -> Code {
+        match self {
+            Self::NotConnected | Self::Disconnected => Code::Unavailable,
+            Self::Overloaded => Code::ResourceExhausted,
+            Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            Self::Remote { code, .. } => *code,
+            Self::BadAnswer(_) => Code::Internal,
+        }
+    }
+}
+
+/// What every link of an instance shares.
+pub(crate) struct LinkConfig {
+    pub(crate) hello: pb::Hello,
+    pub(crate) secret: Secret,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) dispatch: DispatchConfig,
+    pub(crate) permits: Arc<Semaphore>,
+    pub(crate) reconnect_base: Duration,
+    pub(crate) reconnect_max: Duration,
+    pub(crate) drain_grace: Duration,
+}
+
+/// The live half of a connected link, for calls to the gateway.
+struct Session {
+    tx: mpsc::Sender<pb::InstanceMessage>,
+    pending: Pending,
+}
+
+pub struct Link {
+    url: String,
+    config: Arc<LinkConfig>,
+    status: watch::Sender<LinkStatus>,
+    session: Mutex<Option<Arc<Session>>>,
+}
+
+/// How a session ended when it was not an error.
+enum Ended {
+    Shutdown,
+    /// The gateway closed the stream; come back no sooner than this.
+    Closed {
+        reason: String,
+        reconnect_after: Duration,
+    },
+}
+
+impl Link {
+    pub(crate) fn new(url: String, config: Arc<LinkConfig>) -> Self {
+        let (status, _) = watch::channel(LinkStatus {
+            url: url.clone(),
+            ..LinkStatus::default()
+        });
+        Self {
+            url,
+            config,
+            status,
+            session: Mutex::new(None),
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn status(&self) -> LinkStatus {
+        self.status.borrow().clone()
+    }
+
+    pub fn watch(&self) -> watch::Receiver<LinkStatus> {
+        self.status.subscribe()
+    }
+
+    /// Keeps the link up until `shutdown` fires.
+    pub(crate) async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new(
+            self.config.reconnect_base,
+            self.config.reconnect_max,
+            STABLE_AFTER,
+        );
+        while !shutdown.is_cancelled() {
+            let (error, reconnect_after) = match self.session(&shutdown, &mut backoff).await {
+                Ok(Ended::Shutdown) => break,
+                Ok(Ended::Closed {
+                    reason,
+                    reconnect_after,
+                }) => (reason, reconnect_after),
+                Err(error) => (error, Duration::ZERO),
+            };
+            let delay = backoff.next_delay().max(reconnect_after);
+            self.status.send_modify(|s| {
+                s.connected = false;
+                s.last_error = Some(error.clone());
+            });
+            tracing::warn!(gateway = %self.url, %error, retry_in_ms = delay.as_millis() as u64, "gateway link down");
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        self.status.send_modify(|s| s.connected = false);
+    }
+
+    /// One connection, from dial to end. Cleans up whatever way it ends.
+    async fn session(
+        &self,
+        shutdown: &CancellationToken,
+        backoff: &mut Backoff,
+    ) -> Result<Ended, String> {
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let session = Arc::new(Session {
+            tx,
+            pending: Pending::new(),
+        });
+        let dispatcher = Arc::new(Dispatcher::new(
+            self.config.registry.clone(),
+            self.config.dispatch.clone(),
+            self.config.permits.clone(),
+        ));
+        let result = self
+            .serve(shutdown, backoff, &session, rx, &dispatcher)
+            .await;
+        {
+            let mut current = self.session.lock();
+            if current.as_ref().is_some_and(|s| Arc::ptr_eq(s, &session)) {
+                *current = None;
+            }
+        }
+        session
+            .pending
+            .close(pb::Status::new(Code::Unavailable, "gateway link down"));
+        dispatcher.close();
+        result
+    }
+
+    async fn serve(
+        &self,
+        shutdown: &CancellationToken,
+        backoff: &mut Backoff,
+        session: &Arc<Session>,
+        rx: mpsc::Receiver<pb::InstanceMessage>,
+        dispatcher: &Arc<Dispatcher>,
+    ) -> Result<Ended, String> {
+        let endpoint = Endpoint::from_shared(self.url.clone())
+            .map_err(|e| format!("bad gateway URL: {e}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .keep_alive_while_idle(true);
+        let channel = tokio::select! {
+            channel = endpoint.connect() => channel.map_err(|e| format!("cannot connect: {}", error_chain(&e)))?,
+            _ = shutdown.cancelled() => return Ok(Ended::Shutdown),
+        };
+        let mut client = pb::gateway_client::GatewayClient::new(channel)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        let hello = pb::InstanceMessage {
+            kind: Some(Kind::Hello(self.config.hello.clone())),
+        };
+        let _ = session.tx.send(hello).await;
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        let secret = self
+            .config
+            .secret
+            .expose()
+            .parse()
+            .map_err(|_| "the secret is not valid ASCII metadata".to_string())?;
+        request.metadata_mut().insert(SECRET_METADATA_KEY, secret);
+        let handshake = async {
+            let mut inbound = client
+                .register_gateway(request)
+                .await
+                .map_err(|s| format!("refused: {:?}: {}", s.code(), s.message()))?
+                .into_inner();
+            match inbound.message().await {
+                Ok(Some(pb::GatewayMessage {
+                    kind: Some(InKind::Welcome(welcome)),
+                })) => Ok((inbound, welcome)),
+                Ok(Some(_)) => Err("the gateway's first message was not welcome".to_string()),
+                Ok(None) => Err("the gateway closed the stream during the handshake".to_string()),
+                Err(s) => Err(format!("handshake failed: {:?}: {}", s.code(), s.message())),
+            }
+        };
+        let (mut inbound, welcome) = tokio::select! {
+            result = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake) => {
+                result.map_err(|_| "no welcome within 10 s".to_string())??
+            }
+            _ = shutdown.cancelled() => return Ok(Ended::Shutdown),
+        };
+        if welcome.protocol_version != PROTOCOL_VERSION {
+            return Err(format!(
+                "gateway speaks protocol {}, this instance {PROTOCOL_VERSION}",
+                welcome.protocol_version
+            ));
+        }
+        backoff.connected();
+        *self.session.lock() = Some(session.clone());
+        self.status.send_modify(|s| {
+            s.connected = true;
+            s.gateway_id = Some(welcome.gateway_id.clone());
+            s.connects += 1;
+            s.last_error = None;
+        });
+        tracing::info!(gateway = %self.url, gateway_id = %welcome.gateway_id, "registered with gateway");
+
+        let caller = Caller::new(welcome.gateway_id.clone(), "gateway");
+        let interval = Duration::from_millis(welcome.heartbeat_interval_ms.into());
+        let liveness = if interval.is_zero() {
+            DEFAULT_LIVENESS
+        } else {
+            interval * welcome.max_missed_heartbeats.max(1)
+        };
+        let check_every = if interval.is_zero() {
+            DEFAULT_LIVENESS / 3
+        } else {
+            interval
+        };
+        let mut ticker = tokio::time::interval_at(Instant::now() + check_every, check_every);
+        let mut last_seen = Instant::now();
+        let mut reconnect_after = Duration::ZERO;
+        let mut close_reason = None;
+        let mut drain_until: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled(), if drain_until.is_none() => {
+                    // Stop taking requests: the gateway stops routing here,
+                    // running handlers finish, then the stream closes.
+                    let goodbye = pb::Goodbye { reason: "instance shutting down".into() };
+                    let _ = session.tx.try_send(pb::InstanceMessage { kind: Some(Kind::Goodbye(goodbye)) });
+                    dispatcher.drain();
+                    drain_until = Some(Instant::now() + self.config.drain_grace);
+                }
+                _ = dispatcher.idle(), if drain_until.is_some() => return Ok(Ended::Shutdown),
+                _ = tokio::time::sleep_until(drain_until.unwrap_or_else(Instant::now)), if drain_until.is_some() => {
+                    tracing::warn!(gateway = %self.url, in_flight = dispatcher.in_flight(), "drain grace passed; closing");
+                    return Ok(Ended::Shutdown);
+                }
+                frame = inbound.message() => {
+                    let frame = match frame {
+                        Ok(Some(frame)) => frame,
+                        Ok(None) => {
+                            return Ok(Ended::Closed {
+                                reason: close_reason.unwrap_or_else(|| "gateway closed the stream".into()),
+                                reconnect_after,
+                            });
+                        }
+                        Err(s) => return Err(format!("stream error: {:?}: {}", s.code(), s.message())),
+                    };
+                    last_seen = Instant::now();
+                    match frame.kind {
+                        Some(InKind::Request(request)) => {
+                            let tx = session.tx.clone();
+                            let _ = dispatcher.dispatch(caller.clone(), request, move |response| async move {
+                                let _ = tx.send(pb::InstanceMessage { kind: Some(Kind::Response(response)) }).await;
+                            });
+                        }
+                        Some(InKind::Response(response)) => {
+                            let outcome = match response.result {
+                                Some(pb::response::Result::Payload(p)) => Ok(p),
+                                Some(pb::response::Result::Status(s)) => Err(s),
+                                None => Err(pb::Status::new(Code::Internal, "empty response")),
+                            };
+                            if session.pending.complete(response.id, outcome) == Completion::Unknown {
+                                tracing::warn!(gateway = %self.url, id = response.id, "response for a call never sent; dropped");
+                            }
+                        }
+                        Some(InKind::Cancel(cancel)) => {
+                            dispatcher.cancel(cancel.id);
+                        }
+                        Some(InKind::Ping(ping)) => {
+                            let _ = session.tx.try_send(pb::InstanceMessage { kind: Some(Kind::Pong(pb::Pong { nonce: ping.nonce })) });
+                        }
+                        Some(InKind::GoAway(goaway)) => {
+                            tracing::info!(gateway = %self.url, reason = %goaway.reason, reconnect_after_ms = goaway.reconnect_after_ms, "gateway says go away");
+                            reconnect_after = Duration::from_millis(goaway.reconnect_after_ms.into());
+                            close_reason = Some(format!("gateway: {}", goaway.reason));
+                        }
+                        Some(InKind::Pong(_)) | Some(InKind::Welcome(_)) | None => {}
+                    }
+                }
+                _ = ticker.tick() => {
+                    if last_seen.elapsed() >= liveness {
+                        return Err(format!("gateway silent for {} ms", liveness.as_millis()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Calls method `M` on the gateway over this link.
+    pub async fn call<M: Method>(
+        &self,
+        request: M::Request,
+        timeout: Duration,
+    ) -> Result<M::Response, GatewayCallError> {
+        let session = self
+            .session
+            .lock()
+            .clone()
+            .ok_or(GatewayCallError::NotConnected)?;
+        let (id, rx) = session
+            .pending
+            .start()
+            .map_err(|_| GatewayCallError::NotConnected)?;
+        let guard = CancelOnDrop {
+            session: &session,
+            id,
+        };
+        let frame = pb::InstanceMessage {
+            kind: Some(Kind::Request(pb::Request {
+                id,
+                method: M::NAME.to_string(),
+                payload: request.encode_to_vec().into(),
+                timeout_ms: u32::try_from(timeout.as_millis())
+                    .unwrap_or(u32::MAX)
+                    .max(1),
+            })),
+        };
+        session.tx.try_send(frame).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => GatewayCallError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => GatewayCallError::Disconnected,
+        })?;
+        let received = tokio::time::timeout(timeout, rx).await;
+        // Abandons the slot and tells the gateway, unless the answer came.
+        drop(guard);
+        match received {
+            Err(_) => Err(GatewayCallError::DeadlineExceeded(timeout)),
+            Ok(Err(_)) => Err(GatewayCallError::Disconnected),
+            Ok(Ok(Err(status))) => Err(GatewayCallError::Remote {
+                code: status.code(),
+                message: status.message,
+            }),
+            Ok(Ok(Ok(bytes))) => {
+                M::Response::decode(bytes).map_err(|e| GatewayCallError::BadAnswer(e.to_string()))
+            }
+        }
+    }
+}
+
+fn send_cancel(session: &Session, id: u64) {
+    let cancel = pb::Cancel {
+        id,
+        reason: "call ended".into(),
+    };
+    let _ = session.tx.try_send(pb::InstanceMessage {
+        kind: Some(Kind::Cancel(cancel)),
+    });
+}
+
+/// Cancels a gateway call whose caller dropped the future.
+struct CancelOnDrop<'a> {
+    session: &'a Session,
+    id: u64,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.session.pending.abandon(self.id) {
+            send_cancel(self.session, self.id);
+        }
+    }
+}
+
+/// `tonic::transport::Error` hides its cause; show the whole chain.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,156 @@
+//! Shared harness: a real gateway on 127.0.0.1:0 and real instances dialing
+//! it over loopback, in-process.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gatemesh_gateway::{Gateway, GatewayConfig};
+use gatemesh_handlers::{Context, HandlerError, Registry};
+use gatemesh_proto::methods::FindVpsByLease;
+use gatemesh_proto::pb::{FindVpsByLeaseRequest, FindVpsByLeaseResponse};
+use gatemesh_runtime::Secret;
+use gatemesh_service::{Instance, InstanceHandle, InstanceOptions};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const SECRET: &str = "test-secret";
+
+pub fn config() -> GatewayConfig {
+    let mut config = GatewayConfig::with_secret(SECRET);
+    config.id = Some("gw-test".into());
+    config.reconnect_spread_ms = 50;
+    config.drain_grace_ms = 2_000;
+    config
+}
+
+/// A gateway serving on an ephemeral loopback port.
+pub struct TestGateway {
+    pub gateway: Gateway,
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestGateway {
+    pub async fn start() -> Self {
+        Self::start_with(config()).await
+    }
+
+    pub async fn start_with(config: GatewayConfig) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(Gateway::new(config), listener)
+    }
+
+    /// Serves on a given address (to restart on the same port).
+    pub async fn start_at(addr: SocketAddr, config: GatewayConfig) -> Self {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        Self::serve(Gateway::new(config), listener)
+    }
+
+    pub fn serve(gateway: Gateway, listener: TcpListener) -> Self {
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(gateway.clone().serve(listener, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            gateway,
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Waits until `n` instances are registered.
+    pub async fn wait_instances(&self, n: usize) {
+        self.gateway.instances().wait_until(|i| i.len() == n).await;
+    }
+
+    /// Graceful shutdown; returns once the server has stopped.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+pub fn options(id: &str, env: &str) -> InstanceOptions {
+    let mut options = InstanceOptions::new(id, env, Secret::new(SECRET));
+    options.reconnect_base = Duration::from_millis(20);
+    options.reconnect_max = Duration::from_millis(200);
+    options.drain_grace = Duration::from_secs(2);
+    options
+}
+
+/// An instance serving FindVPSByLease with `handler`.
+pub fn start_instance<F, Fut>(
+    gateway: &TestGateway,
+    id: &str,
+    env: &str,
+    handler: F,
+) -> InstanceHandle
+where
+    F: Fn(Context, FindVpsByLeaseRequest) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<FindVpsByLeaseResponse, HandlerError>> + Send + 'static,
+{
+    let mut registry = Registry::new();
+    registry.method::<FindVpsByLease>(handler).unwrap();
+    Instance::new(options(id, env), registry).start([gateway.url()])
+}
+
+/// A handler that knows exactly one MAC.
+pub fn knows(
+    mac: &'static str,
+    vps_id: &'static str,
+) -> impl Fn(
+    Context,
+    FindVpsByLeaseRequest,
+) -> std::future::Ready<Result<FindVpsByLeaseResponse, HandlerError>>
++ Send
++ Sync
++ 'static {
+    move |_ctx, req| {
+        std::future::ready(Ok(if req.mac == mac {
+            FindVpsByLeaseResponse {
+                vps_id: vps_id.into(),
+                organization_id: "org".into(),
+            }
+        } else {
+            FindVpsByLeaseResponse::default()
+        }))
+    }
+}
+
+pub fn lease(ip: &str, mac: &str) -> FindVpsByLeaseRequest {
+    FindVpsByLeaseRequest {
+        ip: ip.into(),
+        mac: mac.into(),
+    }
+}
+
+/// Polls `condition` until it holds; panics after 20 s so a broken feature
+/// fails the test instead of hanging it. For state with no change signal.
+pub async fn eventually(what: &str, condition: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+pub type Shared<T> = Arc<parking_lot::Mutex<T>>;
