@@ -244,6 +244,7 @@ async fn an_instance_killed_mid_call_does_not_hang_the_call() {
 
 #[tokio::test]
 async fn an_instance_reconnects_after_the_gateway_restarts() {
+    init_logs();
     let gw = TestGateway::start().await;
     let addr = gw.addr;
     let instance = start_instance(&gw, "phoenix", "prod", knows("m", "vps-1"));

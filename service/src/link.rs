@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use gatemesh_handlers::{Caller, Completion, DispatchConfig, Dispatcher, Pending, Registry};
 use gatemesh_proto::pb::gateway_message::Kind as InKind;
 use gatemesh_proto::pb::instance_message::Kind;
@@ -158,36 +159,38 @@ impl Link {
         self.status.send_modify(|s| s.connected = false);
     }
 
-    /// One connection, from dial to end. Cleans up whatever way it ends.
+    /// One connection, from dial to end. Cleans up whatever way it ends,
+    /// including the future being dropped (the instance is killed).
     async fn session(
         &self,
         shutdown: &CancellationToken,
         backoff: &mut Backoff,
     ) -> Result<Ended, String> {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        let session = Arc::new(Session {
-            tx,
-            pending: Pending::new(),
-        });
-        let dispatcher = Arc::new(Dispatcher::new(
-            self.config.registry.clone(),
-            self.config.dispatch.clone(),
-            self.config.permits.clone(),
-        ));
-        let result = self
-            .serve(shutdown, backoff, &session, rx, &dispatcher)
-            .await;
-        {
-            let mut current = self.session.lock();
-            if current.as_ref().is_some_and(|s| Arc::ptr_eq(s, &session)) {
-                *current = None;
-            }
-        }
-        session
-            .pending
-            .close(pb::Status::new(Code::Unavailable, "gateway link down"));
-        dispatcher.close();
-        result
+        let guard = SessionGuard {
+            link: self,
+            session: Arc::new(Session {
+                tx,
+                pending: Pending::new(),
+            }),
+            dispatcher: Arc::new(Dispatcher::new(
+                self.config.registry.clone(),
+                self.config.dispatch.clone(),
+                self.config.permits.clone(),
+            )),
+            ended: CancellationToken::new(),
+        };
+        // Handlers still running hold senders of `rx`; ending the request
+        // stream with the session closes our half of the stream regardless.
+        let outbound = ReceiverStream::new(rx).take_until(guard.ended.clone().cancelled_owned());
+        self.serve(
+            shutdown,
+            backoff,
+            &guard.session,
+            outbound,
+            &guard.dispatcher,
+        )
+        .await
     }
 
     async fn serve(
@@ -195,7 +198,7 @@ impl Link {
         shutdown: &CancellationToken,
         backoff: &mut Backoff,
         session: &Arc<Session>,
-        rx: mpsc::Receiver<pb::InstanceMessage>,
+        outbound: impl futures_util::Stream<Item = pb::InstanceMessage> + Send + 'static,
         dispatcher: &Arc<Dispatcher>,
     ) -> Result<Ended, String> {
         let endpoint = Endpoint::from_shared(self.url.clone())
@@ -216,7 +219,7 @@ impl Link {
             kind: Some(Kind::Hello(self.config.hello.clone())),
         };
         let _ = session.tx.send(hello).await;
-        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        let mut request = tonic::Request::new(outbound);
         let secret = self
             .config
             .secret
@@ -392,6 +395,34 @@ impl Link {
                 M::Response::decode(bytes).map_err(|e| GatewayCallError::BadAnswer(e.to_string()))
             }
         }
+    }
+}
+
+/// Tears a session down: the link forgets it, calls waiting on the
+/// gateway fail, running handlers are cancelled, the request stream ends.
+struct SessionGuard<'a> {
+    link: &'a Link,
+    session: Arc<Session>,
+    dispatcher: Arc<Dispatcher>,
+    ended: CancellationToken,
+}
+
+impl Drop for SessionGuard<'_> {
+    fn drop(&mut self) {
+        {
+            let mut current = self.link.session.lock();
+            if current
+                .as_ref()
+                .is_some_and(|s| Arc::ptr_eq(s, &self.session))
+            {
+                *current = None;
+            }
+        }
+        self.session
+            .pending
+            .close(pb::Status::new(Code::Unavailable, "gateway link down"));
+        self.dispatcher.close();
+        self.ended.cancel();
     }
 }
 

@@ -154,3 +154,10 @@ pub async fn eventually(what: &str, condition: impl Fn() -> bool) {
 }
 
 pub type Shared<T> = Arc<parking_lot::Mutex<T>>;
+
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
