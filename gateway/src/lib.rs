@@ -4,6 +4,7 @@
 //! routes typed calls to them and serves calls they make back.
 //!
 //! - [`config`]: [`GatewayConfig`], read from `GATEWAY_*` variables.
+//! - [`dhcp`]: the DHCP manager: dnsmasq leases to VPS ids to a hosts file.
 //! - [`auth`]: the shared-secret check on every gRPC call.
 //! - [`peer`]: [`Peer`], one connected instance: its outbound queue, its
 //!   pending calls, its incoming requests.
@@ -22,6 +23,7 @@ pub mod admin;
 pub mod auth;
 pub mod call;
 pub mod config;
+pub mod dhcp;
 pub mod error;
 pub mod info;
 pub mod instances;
