@@ -51,6 +51,12 @@ method!(
     pb::GetGatewayInfoRequest => pb::GetGatewayInfoResponse
 );
 
+method!(
+    /// Served by the gateway: the DHCP manager's leases and their VPS ids.
+    GetLeases, "GetLeases",
+    pb::GetLeasesRequest => pb::GetLeasesResponse
+);
+
 /// What the gateway knows about a method when only its name is given (the
 /// external call API): how to tell a valid answer from "not mine".
 #[derive(Debug, Clone, Copy)]
@@ -73,7 +79,11 @@ const fn known<M: Method>() -> KnownMethod {
 }
 
 /// Every method declared above.
-pub const KNOWN: &[KnownMethod] = &[known::<FindVpsByLease>(), known::<GetGatewayInfo>()];
+pub const KNOWN: &[KnownMethod] = &[
+    known::<FindVpsByLease>(),
+    known::<GetGatewayInfo>(),
+    known::<GetLeases>(),
+];
 
 /// Looks a method up by its wire name.
 pub fn known_method(name: &str) -> Option<&'static KnownMethod> {
@@ -137,6 +147,11 @@ mod tests {
                 GetGatewayInfo::NAME,
                 type_name::<<GetGatewayInfo as Method>::Request>(),
                 type_name::<<GetGatewayInfo as Method>::Response>(),
+            ),
+            (
+                GetLeases::NAME,
+                type_name::<<GetLeases as Method>::Request>(),
+                type_name::<<GetLeases as Method>::Response>(),
             ),
         ];
         for (name, req, resp) in types {
