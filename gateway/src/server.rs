@@ -123,6 +123,11 @@ impl Gateway {
         &self.shared.gateway_id
     }
 
+    /// Whether shutdown has begun (new streams and calls are refused).
+    pub fn is_draining(&self) -> bool {
+        self.shared.is_draining()
+    }
+
     pub fn config(&self) -> &GatewayConfig {
         &self.shared.config
     }

@@ -136,7 +136,8 @@ impl Dispatcher {
                     None
                 }
             };
-            this.finish(id);
+            // Queue the answer before counting the request as finished, so
+            // a drain that waits for idle never closes ahead of an answer.
             if let Some(result) = result {
                 reply(pb::Response {
                     id,
@@ -144,6 +145,7 @@ impl Dispatcher {
                 })
                 .await;
             }
+            this.finish(id);
         });
         Ok(())
     }

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use gatemesh_handlers::{Caller, Completion, DispatchConfig, Dispatcher, Pending, Registry};
 use gatemesh_proto::pb::gateway_message::Kind as InKind;
 use gatemesh_proto::pb::instance_message::Kind;
@@ -15,7 +14,6 @@ use parking_lot::Mutex;
 use prost::Message;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::Endpoint;
@@ -181,14 +179,22 @@ impl Link {
             ended: CancellationToken::new(),
         };
         // Handlers still running hold senders of `rx`; ending the request
-        // stream with the session closes our half of the stream regardless.
-        let outbound = ReceiverStream::new(rx).take_until(guard.ended.clone().cancelled_owned());
+        // stream with the session closes our half of the stream regardless,
+        // after the frames already queued (answers of a drain) are sent.
+        let outbound = futures_util::stream::unfold((rx, guard.ended.clone()), |(mut rx, ended)| async move {
+            tokio::select! {
+                biased;
+                Some(frame) = rx.recv() => Some((frame, (rx, ended))),
+                _ = ended.cancelled() => rx.try_recv().ok().map(|frame| (frame, (rx, ended))),
+            }
+        });
         self.serve(
             shutdown,
             backoff,
             &guard.session,
             outbound,
             &guard.dispatcher,
+            &guard.ended,
         )
         .await
     }
@@ -200,6 +206,7 @@ impl Link {
         session: &Arc<Session>,
         outbound: impl futures_util::Stream<Item = pb::InstanceMessage> + Send + 'static,
         dispatcher: &Arc<Dispatcher>,
+        ended: &CancellationToken,
     ) -> Result<Ended, String> {
         let endpoint = Endpoint::from_shared(self.url.clone())
             .map_err(|e| format!("bad gateway URL: {e}"))?
@@ -281,6 +288,7 @@ impl Link {
         let mut reconnect_after = Duration::ZERO;
         let mut close_reason = None;
         let mut drain_until: Option<Instant> = None;
+        let mut closing = false;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled(), if drain_until.is_none() => {
@@ -291,7 +299,13 @@ impl Link {
                     dispatcher.drain();
                     drain_until = Some(Instant::now() + self.config.drain_grace);
                 }
-                _ = dispatcher.idle(), if drain_until.is_some() => return Ok(Ended::Shutdown),
+                _ = dispatcher.idle(), if drain_until.is_some() && !closing => {
+                    // Every answer is queued: end our half and keep reading
+                    // until the gateway ends its half. Dropping the response
+                    // stream now would reset the whole stream, answers and all.
+                    ended.cancel();
+                    closing = true;
+                }
                 _ = tokio::time::sleep_until(drain_until.unwrap_or_else(Instant::now)), if drain_until.is_some() => {
                     tracing::warn!(gateway = %self.url, in_flight = dispatcher.in_flight(), "drain grace passed; closing");
                     return Ok(Ended::Shutdown);
@@ -299,6 +313,7 @@ impl Link {
                 frame = inbound.message() => {
                     let frame = match frame {
                         Ok(Some(frame)) => frame,
+                        Ok(None) if closing => return Ok(Ended::Shutdown),
                         Ok(None) => {
                             return Ok(Ended::Closed {
                                 reason: close_reason.unwrap_or_else(|| "gateway closed the stream".into()),

@@ -161,3 +161,125 @@ pub fn init_logs() {
         .with_test_writer()
         .try_init();
 }
+
+/// A scripted instance on a raw stream: the test decides what it sends and
+/// whether it reads at all.
+pub struct RawPeer {
+    pub tx: tokio::sync::mpsc::Sender<gatemesh_proto::pb::InstanceMessage>,
+    pub inbound: tonic::Streaming<gatemesh_proto::pb::GatewayMessage>,
+}
+
+impl RawPeer {
+    pub async fn connect(url: &str, id: &str, env: &str, methods: &[&str]) -> Result<Self, tonic::Status> {
+        use gatemesh_proto::pb;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let hello = pb::Hello {
+            instance_id: id.into(),
+            environment: env.into(),
+            version: "raw".into(),
+            methods: methods.iter().map(|m| m.to_string()).collect(),
+            protocol_version: gatemesh_proto::PROTOCOL_VERSION,
+        };
+        tx.send(pb::InstanceMessage {
+            kind: Some(pb::instance_message::Kind::Hello(hello)),
+        })
+        .await
+        .unwrap();
+        let mut client = pb::gateway_client::GatewayClient::connect(url.to_string())
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        request
+            .metadata_mut()
+            .insert(gatemesh_proto::SECRET_METADATA_KEY, SECRET.parse().unwrap());
+        let inbound = client.register_gateway(request).await?.into_inner();
+        Ok(Self { tx, inbound })
+    }
+
+    /// The next frame that is not a ping (pings are answered).
+    pub async fn next(&mut self) -> Option<gatemesh_proto::pb::gateway_message::Kind> {
+        use gatemesh_proto::pb::gateway_message::Kind;
+        use gatemesh_proto::pb::instance_message::Kind as Out;
+        loop {
+            match self.inbound.message().await.ok()??.kind {
+                Some(Kind::Ping(p)) => {
+                    let pong = gatemesh_proto::pb::Pong { nonce: p.nonce };
+                    let _ = self
+                        .tx
+                        .send(gatemesh_proto::pb::InstanceMessage {
+                            kind: Some(Out::Pong(pong)),
+                        })
+                        .await;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// A TCP proxy on loopback whose existing connections can be blackholed:
+/// bytes are swallowed in both directions, and nothing is reset.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    blackholed: Arc<parking_lot::Mutex<Vec<Arc<std::sync::atomic::AtomicBool>>>>,
+    task: JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: SocketAddr) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        async fn pump(hole: Arc<AtomicBool>, mut r: tokio::net::tcp::OwnedReadHalf, mut w: tokio::net::tcp::OwnedWriteHalf) {
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = match r.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                if !hole.load(Ordering::Relaxed) && w.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+            // Blackholed: keep the socket open, no FIN, no RST.
+            if hole.load(Ordering::Relaxed) {
+                std::future::pending::<()>().await;
+            }
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let blackholed: Arc<parking_lot::Mutex<Vec<Arc<AtomicBool>>>> = Arc::default();
+        let conns = blackholed.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let hole = Arc::new(AtomicBool::new(false));
+                conns.lock().push(hole.clone());
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(pump(hole.clone(), cr, sw));
+                tokio::spawn(pump(hole, sr, cw));
+            }
+        });
+        Self { addr, blackholed, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Swallows all traffic on the connections open now; new ones pass.
+    pub fn blackhole_existing(&self) {
+        for hole in self.blackholed.lock().drain(..) {
+            hole.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
