@@ -281,7 +281,9 @@ impl Mesh {
         route: &Route,
         decode: impl Fn(Bytes) -> Result<T, String>,
     ) -> Result<Vec<Reply<T>>, CallError> {
-        let peers = self.targets(method, &payload, route)?;
+        let mut peers = self.targets(method, &payload, route)?;
+        // Replies come back in a stable order, whatever the map's order.
+        peers.sort_by(|a, b| a.id().cmp(b.id()));
         let (deadline, timeout) = self.deadline(route);
         let mut replies: Vec<Option<Reply<T>>> = Vec::with_capacity(peers.len());
         let mut running = FuturesUnordered::new();
@@ -425,9 +427,13 @@ impl Outstanding {
             .pending
             .start()
             .map_err(|_| CallError::Disconnected(peer.id().clone()))?;
+        // Rounded up, as gRPC does: rounded down, the handler's deadline
+        // fell up to 1 ms before the caller's, so it could give up on a
+        // caller still waiting for it.
         let left = deadline
             .saturating_duration_since(Instant::now())
-            .as_millis();
+            .as_nanos()
+            .div_ceil(1_000_000);
         let request = pb::Request {
             id,
             method: method.to_string(),
@@ -535,7 +541,7 @@ impl<M: Method> Call<'_, M> {
         result
     }
 
-    /// Every serving instance is asked; one reply each, in instance order,
+    /// Every serving instance is asked; one reply each, sorted by instance id,
     /// with those that did not answer by the deadline marked so.
     pub async fn all(self) -> Result<Vec<Reply<M::Response>>, CallError> {
         let result = self
