@@ -1,0 +1,142 @@
+//! The command line.
+
+use std::fmt;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use gatemesh_proto::pb;
+
+/// Operate a gatemesh gateway: list its instances, call any mesh method.
+#[derive(Debug, Parser)]
+#[command(name = "gatemesh", version, about)]
+pub struct Cli {
+    /// The gateway's gRPC address.
+    #[arg(
+        long,
+        global = true,
+        env = "GATEMESH_GATEWAY",
+        default_value = "http://127.0.0.1:1537"
+    )]
+    pub gateway: String,
+    /// The gateway's shared secret.
+    #[arg(
+        long,
+        global = true,
+        env = "GATEWAY_API_SECRET",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    pub secret: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List the instances connected to the gateway.
+    Instances(InstancesArgs),
+    /// Invoke a method on the mesh with a JSON request; print the answer(s) as JSON.
+    Call(CallArgs),
+    /// List the methods this build knows, with their request and response types.
+    Methods,
+}
+
+#[derive(Debug, Args)]
+pub struct InstancesArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CallArgs {
+    /// The method's name, e.g. FindVPSByLease (`gatemesh methods` lists them).
+    pub method: String,
+    /// The request as JSON, e.g. '{"ip":"10.0.0.5","mac":"52:54:00:12:34:56"}'.
+    #[arg(long, default_value = "{}")]
+    pub json: String,
+    /// How the gateway picks instances and answers.
+    #[arg(long, value_enum, default_value_t = StrategyArg::FirstValid)]
+    pub strategy: StrategyArg,
+    /// Only this instance.
+    #[arg(long, value_name = "ID")]
+    pub instance: Option<String>,
+    /// Only instances with this environment label.
+    #[arg(long, value_name = "LABEL")]
+    pub env: Option<String>,
+    /// Deadline of the call, e.g. 500ms, 2s, 1m (the gateway's default when unset).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StrategyArg {
+    /// Every serving instance; the first valid answer wins.
+    FirstValid,
+    /// Every serving instance; one result each.
+    All,
+    /// One instance, the least busy; retried elsewhere if it disconnects.
+    One,
+}
+
+impl From<StrategyArg> for pb::Strategy {
+    fn from(s: StrategyArg) -> Self {
+        match s {
+            StrategyArg::FirstValid => pb::Strategy::FirstValid,
+            StrategyArg::All => pb::Strategy::All,
+            StrategyArg::One => pb::Strategy::One,
+        }
+    }
+}
+
+impl fmt::Display for StrategyArg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::FirstValid => "first-valid",
+            Self::All => "all",
+            Self::One => "one",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn call_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "gatemesh",
+            "call",
+            "FindVPSByLease",
+            "--json",
+            "{}",
+            "--strategy",
+            "all",
+            "--env",
+            "prod",
+            "--timeout",
+            "1m 30s",
+            "--gateway",
+            "http://gw:1",
+            "--secret",
+            "s",
+        ])
+        .unwrap();
+        let Command::Call(call) = cli.command else {
+            panic!("not a call")
+        };
+        assert_eq!(call.strategy, StrategyArg::All);
+        assert_eq!(call.timeout, Some(Duration::from_secs(90)));
+        assert_eq!(call.env.as_deref(), Some("prod"));
+        assert_eq!(cli.gateway, "http://gw:1");
+        let bad = Cli::try_parse_from(["gatemesh", "call", "M", "--timeout", "soon"]).unwrap_err();
+        assert!(bad.to_string().contains("--timeout"), "{bad}");
+    }
+}

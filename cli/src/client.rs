@@ -1,0 +1,116 @@
+//! The `GatewayAdmin` connection: the secret on every call, and gRPC
+//! failures turned into one readable line (`NOT_FOUND: ...`).
+
+use std::time::Duration;
+
+use anyhow::{anyhow, bail};
+use gatemesh_proto::pb;
+use gatemesh_proto::pb::gateway_admin_client::GatewayAdminClient;
+use tonic::Code;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time past the call's own deadline that the CLI waits for the gateway's
+/// answer, so a gateway that never answers cannot hang it.
+const ANSWER_SLACK: Duration = Duration::from_secs(5);
+
+pub struct AdminClient {
+    inner: GatewayAdminClient<Channel>,
+    secret: MetadataValue<tonic::metadata::Ascii>,
+}
+
+impl AdminClient {
+    pub async fn connect(url: &str, secret: &str) -> anyhow::Result<Self> {
+        if secret.is_empty() {
+            bail!("no secret: set GATEWAY_API_SECRET or pass --secret");
+        }
+        let secret = secret
+            .parse()
+            .map_err(|_| anyhow!("the secret must be printable ASCII"))?;
+        let endpoint = Endpoint::from_shared(url.to_string())
+            .map_err(|e| anyhow!("invalid gateway URL {url:?}: {e}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true);
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| anyhow!("cannot connect to the gateway at {url}: {}", chain(&e)))?;
+        Ok(Self {
+            inner: GatewayAdminClient::new(channel).max_decoding_message_size(64 << 20),
+            secret,
+        })
+    }
+
+    fn request<T>(&self, message: T, timeout: Option<Duration>) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request
+            .metadata_mut()
+            .insert(gatemesh_proto::SECRET_METADATA_KEY, self.secret.clone());
+        if let Some(timeout) = timeout {
+            request.set_timeout(timeout + ANSWER_SLACK);
+        }
+        request
+    }
+
+    pub async fn list_instances(&mut self) -> anyhow::Result<Vec<pb::InstanceInfo>> {
+        let request = self.request(pb::ListInstancesRequest {}, Some(Duration::from_secs(10)));
+        let response = self.inner.list_instances(request).await.map_err(status)?;
+        Ok(response.into_inner().instances)
+    }
+
+    pub async fn call(
+        &mut self,
+        request: pb::CallRequest,
+        timeout: Option<Duration>,
+    ) -> anyhow::Result<pb::CallResponse> {
+        let request = self.request(request, timeout);
+        let response = self.inner.call(request).await.map_err(status)?;
+        Ok(response.into_inner())
+    }
+}
+
+/// `CODE: message`, the gateway's own words after the code's name.
+pub fn status(status: tonic::Status) -> anyhow::Error {
+    let message = status.message();
+    if message.is_empty() {
+        anyhow!("{}", code_name(status.code()))
+    } else {
+        anyhow!("{}: {message}", code_name(status.code()))
+    }
+}
+
+/// The canonical upper-case name of a gRPC code.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// `tonic::transport::Error` hides its cause; show the whole chain.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
