@@ -132,6 +132,7 @@ impl Mesh {
         route: &Route,
     ) -> Result<Vec<Reply<Bytes>>, CallError> {
         let is_valid = methods::known_method(method).map(|m| m.is_valid);
+        let started = Instant::now();
         let result = match route.strategy {
             Strategy::All => self.all(method, payload, route, Ok).await,
             Strategy::One => self
@@ -146,14 +147,34 @@ impl Mesh {
                 .await
                 .map(|a| vec![a.into_reply()]),
         };
-        self.record(&result);
+        self.record(method, route.strategy, started, &result);
         result
     }
 
-    fn record<T>(&self, result: &Result<T, CallError>) {
-        match result {
-            Ok(_) => Stats::bump(&self.inner.stats.calls_ok),
-            Err(_) => Stats::bump(&self.inner.stats.calls_failed),
+    /// Counts a finished call and logs it when it failed: `debug` for
+    /// outcomes that are routine at scale (not found, nobody serves it),
+    /// `warn` for real failures.
+    fn record<T>(
+        &self,
+        method: &str,
+        strategy: Strategy,
+        started: Instant,
+        result: &Result<T, CallError>,
+    ) {
+        self.inner
+            .stats
+            .record_call(method, strategy, result, started.elapsed());
+        if let Err(e) = result {
+            let code = e.code();
+            let strategy = crate::stats::strategy_label(strategy);
+            if matches!(
+                e,
+                CallError::NotFound { .. } | CallError::NoResponders { .. }
+            ) {
+                tracing::debug!(method, strategy, ?code, error = %e, "call failed");
+            } else {
+                tracing::warn!(method, strategy, ?code, error = %e, "call failed");
+            }
         }
     }
 
@@ -524,6 +545,7 @@ impl<M: Method> Call<'_, M> {
     /// [`Method::is_valid`] accepts wins and the others are cancelled.
     /// When all have answered and none validly: `NotFound`, at once.
     pub async fn first_valid(self) -> Result<Answer<M::Response>, CallError> {
+        let started = Instant::now();
         let result = self
             .mesh
             .first_valid(
@@ -537,29 +559,32 @@ impl<M: Method> Call<'_, M> {
                 },
             )
             .await;
-        self.mesh.record(&result);
+        self.mesh
+            .record(M::NAME, Strategy::FirstValid, started, &result);
         result
     }
 
     /// Every serving instance is asked; one reply each, sorted by instance id,
     /// with those that did not answer by the deadline marked so.
     pub async fn all(self) -> Result<Vec<Reply<M::Response>>, CallError> {
+        let started = Instant::now();
         let result = self
             .mesh
             .all(M::NAME, self.payload(), &self.route, decode::<M>)
             .await;
-        self.mesh.record(&result);
+        self.mesh.record(M::NAME, Strategy::All, started, &result);
         result
     }
 
     /// One instance, the least busy, is asked; if it disconnects before
     /// answering, another is.
     pub async fn one(self) -> Result<Answer<M::Response>, CallError> {
+        let started = Instant::now();
         let result = self
             .mesh
             .one(M::NAME, self.payload(), &self.route, decode::<M>)
             .await;
-        self.mesh.record(&result);
+        self.mesh.record(M::NAME, Strategy::One, started, &result);
         result
     }
 

@@ -17,6 +17,14 @@ pub struct GatewayConfig {
     /// `GATEWAY_BIND`: the address to listen on.
     #[serde(default = "defaults::bind")]
     pub bind: IpAddr,
+    /// `GATEWAY_HTTP_PORT`: the operator HTTP endpoints (`/health`,
+    /// `/ready`, `/instances`, `/metrics`), plain HTTP even when gRPC uses TLS.
+    #[serde(default = "defaults::http_port")]
+    pub http_port: u16,
+    /// `GATEWAY_HTTP_BIND`: the address of the HTTP endpoints; `GATEWAY_BIND`
+    /// when unset.
+    #[serde(default)]
+    pub http_bind: Option<IpAddr>,
     /// `GATEWAY_ID`: this gateway's name; the hostname when unset.
     #[serde(default)]
     pub id: Option<String>,
@@ -60,6 +68,9 @@ mod defaults {
 
     pub fn grpc_port() -> u16 {
         1537
+    }
+    pub fn http_port() -> u16 {
+        9091
     }
     pub fn bind() -> IpAddr {
         IpAddr::V4(Ipv4Addr::UNSPECIFIED)
@@ -164,6 +175,11 @@ impl GatewayConfig {
         })
     }
 
+    /// Where the operator HTTP endpoints listen.
+    pub fn http_addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.http_bind.unwrap_or(self.bind), self.http_port)
+    }
+
     pub fn call_timeout(&self) -> Duration {
         Duration::from_millis(self.call_timeout_ms)
     }
@@ -201,6 +217,14 @@ mod tests {
         let c = GatewayConfig::from_vars(vars(&[("GATEWAY_API_SECRET", "s")])).unwrap();
         assert_eq!(c.grpc_port, 1537);
         assert_eq!(c.call_timeout_ms, 10_000);
+        assert_eq!(c.http_addr().to_string(), "0.0.0.0:9091");
+        let c = GatewayConfig::from_vars(vars(&[
+            ("GATEWAY_API_SECRET", "s"),
+            ("GATEWAY_BIND", "127.0.0.1"),
+            ("GATEWAY_HTTP_PORT", "9100"),
+        ]))
+        .unwrap();
+        assert_eq!(c.http_addr().to_string(), "127.0.0.1:9100");
         assert!(!format!("{c:?}").contains("\"s\""), "secret is masked");
         let e = GatewayConfig::from_vars(vars(&[])).unwrap_err().to_string();
         assert_eq!(e, "GATEWAY_API_SECRET is required but not set");

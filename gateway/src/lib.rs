@@ -14,7 +14,10 @@
 //! - [`error`]: [`CallError`] and its one mapping to gRPC status codes.
 //! - [`admin`]: the `GatewayAdmin` unary API for callers outside the process.
 //! - [`info`]: methods the gateway itself serves to instances.
-//! - [`stats`]: counters operators read.
+//! - [`stats`]: counters operators read, and the fixed label sets they use.
+//! - [`metrics`]: [`Metrics`], the Prometheus exposition of those counters.
+//! - [`http`]: the operator HTTP endpoints (`/health`, `/ready`,
+//!   `/instances`, `/metrics`) and the health-check hook components use.
 //! - [`server`]: [`Gateway`], which wires it all up and runs it until shutdown.
 
 #![forbid(unsafe_code)]
@@ -25,8 +28,10 @@ pub mod call;
 pub mod config;
 pub mod dhcp;
 pub mod error;
+pub mod http;
 pub mod info;
 pub mod instances;
+pub mod metrics;
 pub mod peer;
 pub mod server;
 pub mod stats;
@@ -36,5 +41,6 @@ pub use call::{Answer, Mesh, Reply, Route, Strategy};
 pub use config::GatewayConfig;
 pub use error::CallError;
 pub use instances::Instances;
+pub use metrics::Metrics;
 pub use peer::Peer;
 pub use server::Gateway;

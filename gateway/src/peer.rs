@@ -7,8 +7,8 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use gatemesh_handlers::{Caller, Dispatcher, Pending};
@@ -49,6 +49,8 @@ pub struct Peer {
     pub dispatcher: Arc<Dispatcher>,
     closed: CancellationToken,
     goodbye: Mutex<Option<pb::GoAway>>,
+    /// Why the gateway closed the stream, when it did.
+    close_reason: OnceLock<String>,
     draining: AtomicBool,
     epoch: Instant,
     last_seen_ms: AtomicU64,
@@ -77,6 +79,7 @@ impl Peer {
             dispatcher,
             closed: CancellationToken::new(),
             goodbye: Mutex::new(None),
+            close_reason: OnceLock::new(),
             draining: AtomicBool::new(false),
             epoch: Instant::now(),
             last_seen_ms: AtomicU64::new(0),
@@ -192,7 +195,13 @@ impl Peer {
         }
         tracing::debug!(instance = %self.info.id, conn = self.conn_id, reason, "closing stream");
         *self.goodbye.lock() = goodbye;
+        let _ = self.close_reason.set(reason.to_string());
         self.closed.cancel();
+    }
+
+    /// The reason given to the first [`Peer::close`].
+    pub fn close_reason(&self) -> Option<&str> {
+        self.close_reason.get().map(String::as_str)
     }
 
     pub fn is_closed(&self) -> bool {

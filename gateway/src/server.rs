@@ -17,12 +17,18 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
 
 use crate::admin::AdminService;
 use crate::auth::SecretInterceptor;
+use crate::metrics::{Metrics, ServedObserver};
 use crate::stats::Stats;
 use crate::stream::GatewayService;
 use crate::{GatewayConfig, Instances, Mesh};
+
+const GATEWAY_SERVICE: &str = "gatemesh.v1.Gateway";
+const ADMIN_SERVICE: &str = "gatemesh.v1.GatewayAdmin";
+const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
 
 /// Room for the envelope around a payload of the maximum size.
 const FRAME_OVERHEAD: usize = 64 * 1024;
@@ -40,6 +46,12 @@ pub(crate) struct Shared {
     pub(crate) tasks: TaskTracker,
     next_conn: AtomicU64,
     draining: AtomicBool,
+    /// Set once the gRPC server runs; `/ready` waits for it.
+    pub(crate) serving: AtomicBool,
+    pub(crate) started: Instant,
+    pub(crate) metrics: Metrics,
+    pub(crate) checks: crate::http::Checks,
+    pub(crate) health: tonic_health::server::HealthReporter,
 }
 
 impl Shared {
@@ -55,7 +67,7 @@ impl Shared {
 /// A gateway: the registry of connected instances and the services around it.
 #[derive(Clone)]
 pub struct Gateway {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl Gateway {
@@ -84,8 +96,11 @@ impl Gateway {
             config.call_timeout(),
             config.max_message_bytes,
         );
+        let started = Instant::now();
+        let metrics = Metrics::new(stats.clone(), Arc::downgrade(&instances), started);
         let dispatch = DispatchConfig {
             default_timeout: config.call_timeout(),
+            observer: Some(Arc::new(ServedObserver(stats.clone()))),
             ..DispatchConfig::default()
         };
         let permits = Arc::new(Semaphore::new(config.max_concurrency));
@@ -102,6 +117,11 @@ impl Gateway {
                 tasks: TaskTracker::new(),
                 next_conn: AtomicU64::new(1),
                 draining: AtomicBool::new(false),
+                serving: AtomicBool::new(false),
+                started,
+                metrics,
+                checks: Default::default(),
+                health: tonic_health::server::HealthReporter::new(),
             }),
         })
     }
@@ -132,6 +152,11 @@ impl Gateway {
         &self.shared.config
     }
 
+    /// The Prometheus registry behind `/metrics`.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
     /// Serves on `listener` until `shutdown` resolves, then drains: new
     /// streams and calls are refused, calls in flight get up to the drain
     /// grace period to finish, instances are told when to come back, and the
@@ -158,12 +183,31 @@ impl Gateway {
             .max_encoding_message_size(max_frame),
             SecretInterceptor(config.api_secret.clone()),
         );
+        let health = tonic_health::pb::health_server::HealthServer::new(
+            tonic_health::server::HealthService::from_health_reporter(shared.health.clone()),
+        );
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(gatemesh_proto::DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name(GATEWAY_SERVICE)
+            .with_service_name(ADMIN_SERVICE)
+            .with_service_name(HEALTH_SERVICE)
+            .build_v1()
+            .context("building the reflection service")?;
+        for service in ["", GATEWAY_SERVICE, ADMIN_SERVICE] {
+            shared
+                .health
+                .set_service_status(service, ServingStatus::Serving)
+                .await;
+        }
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(config.heartbeat_interval()))
             .http2_keepalive_timeout(Some(config.liveness_timeout()))
             .add_service(gateway)
             .add_service(admin)
+            .add_service(health)
+            .add_service(reflection)
             .serve_with_incoming_shutdown(
                 TcpIncoming::from(listener).with_nodelay(Some(true)),
                 async {
@@ -171,6 +215,7 @@ impl Gateway {
                 },
             );
         tokio::pin!(server);
+        shared.serving.store(true, Ordering::Relaxed);
         tokio::select! {
             result = &mut server => return result.context("gRPC server failed"),
             _ = shutdown => {}
@@ -194,6 +239,12 @@ impl Gateway {
         let shared = &self.shared;
         shared.draining.store(true, Ordering::Relaxed);
         shared.mesh.drain();
+        for service in ["", GATEWAY_SERVICE, ADMIN_SERVICE] {
+            shared
+                .health
+                .set_service_status(service, ServingStatus::NotServing)
+                .await;
+        }
         let peers = shared.instances.snapshot();
         for peer in &peers {
             peer.dispatcher.drain();

@@ -1,8 +1,24 @@
-//! Counters that describe how the gateway fares; read by operators.
+//! Counters that describe how the gateway fares; read by operators through
+//! [`crate::metrics`] and the admin API.
+//!
+//! The plain counters are bumped with [`Stats::bump`]; the labelled families
+//! (calls by method, strategy and outcome, their latency, disconnects by
+//! reason) have fixed, small label sets so the hot path neither allocates
+//! nor grows them without bound.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-#[derive(Debug, Default)]
+use gatemesh_handlers::dispatch::code_name;
+use gatemesh_proto::methods;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+
+use crate::{CallError, Strategy};
+
+#[derive(Debug)]
 pub struct Stats {
     pub registrations: AtomicU64,
     pub replaced: AtomicU64,
@@ -16,6 +32,129 @@ pub struct Stats {
     pub violations: AtomicU64,
     /// Sends refused because an instance's queue was full.
     pub queue_full: AtomicU64,
+    pub(crate) calls: Family<CallLabels, Counter>,
+    pub(crate) call_seconds: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub(crate) disconnect_reasons: Family<ReasonLabels, Counter>,
+    /// Calls instances made to the gateway's own methods.
+    pub(crate) served: Family<ServedLabels, Counter>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            registrations: AtomicU64::new(0),
+            replaced: AtomicU64::new(0),
+            disconnects: AtomicU64::new(0),
+            refused_streams: AtomicU64::new(0),
+            calls_ok: AtomicU64::new(0),
+            calls_failed: AtomicU64::new(0),
+            late_responses: AtomicU64::new(0),
+            violations: AtomicU64::new(0),
+            queue_full: AtomicU64::new(0),
+            calls: Family::default(),
+            call_seconds: Family::new_with_constructor(latency_histogram),
+            disconnect_reasons: Family::default(),
+            served: Family::default(),
+        }
+    }
+}
+
+/// 0.5 ms to about 16 s, doubling.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct CallLabels {
+    pub(crate) method: &'static str,
+    pub(crate) strategy: &'static str,
+    pub(crate) outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct RouteLabels {
+    pub(crate) method: &'static str,
+    pub(crate) strategy: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct ReasonLabels {
+    pub(crate) reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct ServedLabels {
+    pub(crate) method: &'static str,
+    pub(crate) outcome: &'static str,
+}
+
+/// A method's metric label: catalogue methods by name, anything else as
+/// `other`, so a caller cannot grow the series without bound.
+pub fn method_label(method: &str) -> &'static str {
+    methods::known_method(method).map_or("other", |m| m.name)
+}
+
+pub fn strategy_label(strategy: Strategy) -> &'static str {
+    match strategy {
+        Strategy::FirstValid => "first_valid",
+        Strategy::All => "all",
+        Strategy::One => "one",
+    }
+}
+
+/// `ok`, or the gRPC code the call failed with.
+pub fn outcome_label<T>(result: &Result<T, CallError>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(e) => code_name(e.code()),
+    }
+}
+
+/// Why a stream ended, in the small fixed set the metrics use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DisconnectReason {
+    ClosedByInstance,
+    HeartbeatTimeout,
+    Stuck,
+    Replaced,
+    Shutdown,
+    ProtocolViolations,
+    StreamError,
+}
+
+impl DisconnectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClosedByInstance => "closed_by_instance",
+            Self::HeartbeatTimeout => "heartbeat_timeout",
+            Self::Stuck => "stuck",
+            Self::Replaced => "replaced",
+            Self::Shutdown => "shutdown",
+            Self::ProtocolViolations => "protocol_violations",
+            Self::StreamError => "stream_error",
+        }
+    }
+
+    /// Classifies the reason text the stream loop and [`crate::Peer::close`]
+    /// give. Anything unrecognised is a stream error: the transport ended
+    /// under us.
+    pub fn classify(reason: &str) -> Self {
+        if reason.starts_with("instance closed") {
+            Self::ClosedByInstance
+        } else if reason.starts_with("no heartbeat") {
+            Self::HeartbeatTimeout
+        } else if reason.starts_with("stuck") {
+            Self::Stuck
+        } else if reason.starts_with("replaced") {
+            Self::Replaced
+        } else if reason.starts_with("gateway shutting down") {
+            Self::Shutdown
+        } else if reason.ends_with("protocol violations") {
+            Self::ProtocolViolations
+        } else {
+            Self::StreamError
+        }
+    }
 }
 
 impl Stats {
@@ -25,5 +164,87 @@ impl Stats {
 
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// One finished call through [`crate::Mesh`].
+    pub(crate) fn record_call<T>(
+        &self,
+        method: &str,
+        strategy: Strategy,
+        result: &Result<T, CallError>,
+        elapsed: Duration,
+    ) {
+        match result {
+            Ok(_) => Self::bump(&self.calls_ok),
+            Err(_) => Self::bump(&self.calls_failed),
+        }
+        let method = method_label(method);
+        let strategy = strategy_label(strategy);
+        self.calls
+            .get_or_create(&CallLabels {
+                method,
+                strategy,
+                outcome: outcome_label(result),
+            })
+            .inc();
+        self.call_seconds
+            .get_or_create(&RouteLabels { method, strategy })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub(crate) fn record_disconnect(&self, reason: DisconnectReason) {
+        Self::bump(&self.disconnects);
+        self.disconnect_reasons
+            .get_or_create(&ReasonLabels {
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+
+    /// Finished calls with these labels; `outcome` is `ok` or a code name.
+    pub fn calls(&self, method: &str, strategy: Strategy, outcome: &'static str) -> u64 {
+        self.calls
+            .get(&CallLabels {
+                method: method_label(method),
+                strategy: strategy_label(strategy),
+                outcome,
+            })
+            .map_or(0, |c| c.get())
+    }
+
+    pub fn disconnects_by(&self, reason: DisconnectReason) -> u64 {
+        self.disconnect_reasons
+            .get(&ReasonLabels {
+                reason: reason.as_str(),
+            })
+            .map_or(0, |c| c.get())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disconnect_reasons_fall_in_the_fixed_set() {
+        use DisconnectReason::*;
+        for (text, class) in [
+            ("instance closed the stream", ClosedByInstance),
+            ("no heartbeat for 15000 ms", HeartbeatTimeout),
+            ("stuck: outbound queue full past the limit", Stuck),
+            ("replaced", Replaced),
+            ("gateway shutting down", Shutdown),
+            ("16 protocol violations", ProtocolViolations),
+            ("stream error: h2 protocol error", StreamError),
+            ("outbound stream dropped", StreamError),
+        ] {
+            assert_eq!(DisconnectReason::classify(text), class, "{text}");
+        }
+    }
+
+    #[test]
+    fn unknown_methods_share_one_label() {
+        assert_eq!(method_label("FindVPSByLease"), "FindVPSByLease");
+        assert_eq!(method_label("made-up-by-a-caller"), "other");
     }
 }

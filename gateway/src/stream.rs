@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::peer::PeerInfo;
 use crate::server::Shared;
-use crate::stats::Stats;
+use crate::stats::{DisconnectReason, Stats};
 use crate::{Peer, auth};
 
 /// How long an instance has to send hello after opening the stream.
@@ -132,10 +132,15 @@ impl pb::gateway_server::Gateway for GatewayService {
             let reason = read_loop(&shared, &peer, inbound).await;
             let removed = shared.instances.remove(&peer);
             peer.close(None, &reason);
-            peer.pending.close(pb::Status::new(tonic::Code::Unavailable, "instance disconnected"));
+            peer.pending.close(pb::Status::new(
+                tonic::Code::Unavailable,
+                "instance disconnected",
+            ));
             peer.dispatcher.close();
-            Stats::bump(&shared.stats.disconnects);
-            tracing::info!(instance = %peer.info.id, conn = peer.conn_id, %reason, removed, "instance disconnected");
+            let class = DisconnectReason::classify(&reason);
+            shared.stats.record_disconnect(class);
+            tracing::info!(instance = %peer.info.id, conn = peer.conn_id, class = class.as_str(),
+                %reason, removed, "instance disconnected");
         });
         Ok(Response::new(outbound))
     }
@@ -200,7 +205,9 @@ async fn read_loop(
     loop {
         tokio::select! {
             biased;
-            _ = peer.closed_token().cancelled() => return "closed by the gateway".into(),
+            _ = peer.closed_token().cancelled() => {
+                return peer.close_reason().unwrap_or("closed by the gateway").to_string();
+            }
             frame = inbound.message() => match frame {
                 Ok(Some(frame)) => {
                     peer.touch();

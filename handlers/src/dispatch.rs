@@ -21,6 +21,8 @@ use crate::{Caller, Context, MAX_METHOD_NAME_LEN, Registry, RequestHandler};
 
 #[derive(Debug, Clone)]
 pub struct DispatchConfig {
+    /// Told about every request, for metrics; `None` costs nothing.
+    pub observer: Option<Arc<dyn DispatchObserver>>,
     /// Deadline for a request that carries none.
     pub default_timeout: Duration,
     /// Longest deadline honoured, whatever the request asks.
@@ -35,7 +37,51 @@ impl Default for DispatchConfig {
             default_timeout: Duration::from_secs(10),
             max_timeout: Duration::from_secs(300),
             cancel_grace: Duration::from_millis(250),
+            observer: None,
         }
+    }
+}
+
+/// Hears how each request fares, so an end can keep metrics without this
+/// crate knowing how they are exported. Called on the request's path: keep
+/// it to a few atomic operations.
+pub trait DispatchObserver: Send + Sync + 'static {
+    /// A request was admitted and its handler is starting.
+    fn started(&self, _method: &str) {}
+    /// An admitted request ended: `Ok` when the handler answered with a
+    /// payload, else the code it was answered with (`Cancelled` when the
+    /// caller gave up and no answer was sent).
+    fn finished(&self, _method: &str, _outcome: Result<(), Code>, _elapsed: Duration) {}
+    /// A request was refused before reaching a handler.
+    fn rejected(&self, _method: &str, _code: Code) {}
+}
+
+impl std::fmt::Debug for dyn DispatchObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DispatchObserver")
+    }
+}
+
+/// A stable lowercase name for a gRPC code, for metric labels and logs.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "ok",
+        Code::Cancelled => "cancelled",
+        Code::Unknown => "unknown",
+        Code::InvalidArgument => "invalid_argument",
+        Code::DeadlineExceeded => "deadline_exceeded",
+        Code::NotFound => "not_found",
+        Code::AlreadyExists => "already_exists",
+        Code::PermissionDenied => "permission_denied",
+        Code::ResourceExhausted => "resource_exhausted",
+        Code::FailedPrecondition => "failed_precondition",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out_of_range",
+        Code::Unimplemented => "unimplemented",
+        Code::Internal => "internal",
+        Code::Unavailable => "unavailable",
+        Code::DataLoss => "data_loss",
+        Code::Unauthenticated => "unauthenticated",
     }
 }
 
@@ -100,6 +146,9 @@ impl Dispatcher {
         let (handler, token, permit) = match self.admit(&request) {
             Ok(admitted) => admitted,
             Err((rejection, code, message)) => {
+                if let Some(observer) = &self.config.observer {
+                    observer.rejected(&request.method, code);
+                }
                 tokio::spawn(reply(error_response(id, code, message)));
                 return Err(rejection);
             }
@@ -109,7 +158,11 @@ impl Dispatcher {
             0 => this.config.default_timeout,
             ms => Duration::from_millis(ms.into()).min(this.config.max_timeout),
         };
-        let deadline = Instant::now() + timeout;
+        let started = Instant::now();
+        let deadline = started + timeout;
+        if let Some(observer) = &this.config.observer {
+            observer.started(&request.method);
+        }
         tokio::spawn(async move {
             let _permit = permit;
             let grace = this.config.cancel_grace;
@@ -136,6 +189,14 @@ impl Dispatcher {
                     None
                 }
             };
+            if let Some(observer) = &this.config.observer {
+                let outcome = match &result {
+                    Some(pb::response::Result::Payload(_)) => Ok(()),
+                    Some(pb::response::Result::Status(status)) => Err(status.code()),
+                    None => Err(Code::Cancelled),
+                };
+                observer.finished(&method, outcome, started.elapsed());
+            }
             // Queue the answer before counting the request as finished, so
             // a drain that waits for idle never closes ahead of an answer.
             if let Some(result) = result {

@@ -19,7 +19,7 @@ pub mod pending;
 pub mod registry;
 pub mod typed;
 
-pub use dispatch::{DispatchConfig, Dispatcher};
+pub use dispatch::{DispatchConfig, DispatchObserver, Dispatcher};
 pub use error::HandlerError;
 pub use handler::{Caller, Context, RequestHandler};
 pub use pending::{Completion, Outcome, Pending};

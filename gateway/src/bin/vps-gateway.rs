@@ -15,9 +15,22 @@ async fn main() -> anyhow::Result<()> {
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} (GATEWAY_BIND, GATEWAY_GRPC_PORT)"))?;
+    let http_addr = config.http_addr();
+    let http_listener = TcpListener::bind(http_addr).await.with_context(|| {
+        format!("cannot listen on {http_addr} (GATEWAY_HTTP_BIND, GATEWAY_HTTP_PORT)")
+    })?;
     let gateway = Gateway::new(config);
-    tracing::info!(gateway = gateway.id(), %addr, "gateway listening");
-    gateway
+    tracing::info!(gateway = gateway.id(), %addr, %http_addr, "gateway listening");
+    // The HTTP endpoints outlive the gRPC server's drain, so `/health`
+    // reports it; they stop once the gateway has.
+    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http = tokio::spawn(gateway.clone().serve_http(http_listener, async {
+        let _ = http_stopped.await;
+    }));
+    let served = gateway
         .serve(listener, gatemesh_runtime::shutdown::signal())
-        .await
+        .await;
+    let _ = http_stop.send(());
+    http.await.context("HTTP server task")??;
+    served
 }
