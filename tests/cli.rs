@@ -1,0 +1,488 @@
+//! The `gatemesh` CLI run as a process against a real `vps-gateway` and
+//! real `vps-service` processes, each instance with its own inventory.
+//!
+//! `vps-gateway` and `vps-service` belong to other packages, so cargo does
+//! not pass their paths to this package's tests: they are looked for next to
+//! the `gatemesh` binary and built there first (`cargo build`, a no-op when
+//! they are fresh). `cargo test --workspace` has built them already.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const SECRET: &str = "cli-test-secret";
+const PROD_MAC: &str = "52:54:00:12:34:56";
+
+/// Where cargo put `gatemesh`, and so the workspace's other binaries.
+fn bin_dir() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_gatemesh"))
+        .parent()
+        .expect("the binary has a directory")
+}
+
+/// A binary of the gateway or service package, built on first use.
+fn workspace_bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.current_dir(env!("CARGO_MANIFEST_DIR")).args([
+            "build",
+            "--quiet",
+            "--bins",
+            "-p",
+            "gatemesh-gateway",
+            "-p",
+            "gatemesh-service",
+        ]);
+        if bin_dir().file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build");
+        assert!(
+            status.success(),
+            "building vps-gateway and vps-service failed"
+        );
+    });
+    let path = bin_dir().join(name);
+    assert!(path.exists(), "{} is missing", path.display());
+    path
+}
+
+/// A child process, killed when dropped.
+struct Proc(Child);
+
+impl Proc {
+    fn spawn(program: &Path, env: &[(&str, String)]) -> Self {
+        let child = Command::new(program)
+            .env_clear()
+            .env("RUST_LOG", "error")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+        Self(child)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A loopback port that was free a moment ago.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "gatemesh-cli-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One instance to start: id, environment, and the one VPS it knows.
+struct Spec {
+    id: &'static str,
+    env: &'static str,
+    vps: (&'static str, &'static str, &'static str, &'static str),
+}
+
+const INSTANCES: [Spec; 3] = [
+    Spec {
+        id: "beta-1",
+        env: "beta",
+        vps: ("vps-beta-7", "org-b", "52:54:00:00:00:0b", "10.0.0.11"),
+    },
+    Spec {
+        id: "dev-1",
+        env: "dev",
+        vps: ("vps-dev-1", "org-d", "52:54:00:00:00:0d", "10.0.0.13"),
+    },
+    Spec {
+        id: "prod-1",
+        env: "prod",
+        vps: ("vps-prod-42", "org-p", PROD_MAC, "10.0.0.5"),
+    },
+];
+
+/// A `vps-gateway` process and `vps-service` processes dialing it.
+struct Mesh {
+    url: String,
+    // Dropped in order: instances, then the gateway, then their files.
+    _services: Vec<Proc>,
+    _gateway: Proc,
+    _dir: TempDir,
+}
+
+impl Mesh {
+    fn start() -> Self {
+        let dir = TempDir::new();
+        let port = free_port();
+        let gateway = Proc::spawn(
+            &workspace_bin("vps-gateway"),
+            &[
+                ("GATEWAY_API_SECRET", SECRET.into()),
+                ("GATEWAY_BIND", "127.0.0.1".into()),
+                ("GATEWAY_GRPC_PORT", port.to_string()),
+                ("GATEWAY_HTTP_PORT", free_port().to_string()),
+                ("GATEWAY_ID", "gw-cli".into()),
+            ],
+        );
+        let url = format!("http://127.0.0.1:{port}");
+        let service = workspace_bin("vps-service");
+        let services = INSTANCES
+            .iter()
+            .map(|spec| {
+                let (vps_id, org, mac, ip) = spec.vps;
+                let inventory = dir.0.join(format!("{}.json", spec.id));
+                let json = serde_json::json!({"vps": [
+                    {"vps_id": vps_id, "organization_id": org, "mac": mac, "ip": ip}
+                ]});
+                std::fs::write(&inventory, json.to_string()).unwrap();
+                Proc::spawn(
+                    &service,
+                    &[
+                        ("VPS_GATEWAY_URL", url.clone()),
+                        ("VPS_GATEWAY_API_SECRET", SECRET.into()),
+                        ("VPS_INSTANCE_ID", spec.id.into()),
+                        ("VPS_ENVIRONMENT", spec.env.into()),
+                        ("VPS_INVENTORY_FILE", inventory.display().to_string()),
+                        ("VPS_RECONNECT_BASE_MS", "20".into()),
+                        ("VPS_RECONNECT_MAX_MS", "200".into()),
+                    ],
+                )
+            })
+            .collect();
+        let mesh = Self {
+            url,
+            _services: services,
+            _gateway: gateway,
+            _dir: dir,
+        };
+        mesh.wait_instances(INSTANCES.len());
+        mesh
+    }
+
+    /// Polls `gatemesh instances --json` until `n` instances are listed.
+    fn wait_instances(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = self.cli(&["instances", "--json"]);
+            if out.status.success() && stdout_json(&out).as_array().map(Vec::len) == Some(n) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{n} instances never connected; last attempt: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs `gatemesh --gateway URL ARGS` with the secret in the environment.
+    fn cli(&self, args: &[&str]) -> Output {
+        gatemesh(
+            &[("GATEWAY_API_SECRET", SECRET)],
+            &with_gateway(&self.url, args),
+        )
+    }
+}
+
+fn with_gateway<'a>(url: &'a str, args: &[&'a str]) -> Vec<&'a str> {
+    let mut all = vec!["--gateway", url];
+    all.extend_from_slice(args);
+    all
+}
+
+fn gatemesh(env: &[(&str, &str)], args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gatemesh"))
+        .env_clear()
+        .envs(env.iter().copied())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run gatemesh")
+}
+
+fn stdout_json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+}
+
+/// The answer of a successful call, as JSON.
+fn ok_json(out: Output) -> Value {
+    assert!(
+        out.status.success(),
+        "gatemesh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "no chatter when stderr is not a terminal"
+    );
+    stdout_json(&out)
+}
+
+/// The one-line error of a failed command.
+fn error_line(out: Output) -> String {
+    assert!(!out.status.success(), "expected a failure");
+    assert!(out.stdout.is_empty(), "nothing on stdout on failure");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    lines[0].to_string()
+}
+
+/// `(instance, environment, vps_id)` of each result.
+fn results(answer: &Value) -> Vec<(String, String, String)> {
+    answer["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| {
+            assert!(r["latency_ms"].is_number(), "{r}");
+            (
+                r["instance"].as_str().unwrap().to_string(),
+                r["environment"].as_str().unwrap().to_string(),
+                r["response"]["vps_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn triple(a: &str, b: &str, c: &str) -> (String, String, String) {
+    (a.into(), b.into(), c.into())
+}
+
+#[test]
+fn instances_lists_every_connected_instance_as_a_table_and_as_json() {
+    let mesh = Mesh::start();
+    let listed = ok_json(mesh.cli(&["instances", "--json"]));
+    let listed = listed.as_array().unwrap();
+    let ids: Vec<(&str, &str)> = listed
+        .iter()
+        .map(|i| {
+            (
+                i["instance_id"].as_str().unwrap(),
+                i["environment"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        [("beta-1", "beta"), ("dev-1", "dev"), ("prod-1", "prod")]
+    );
+    for info in listed {
+        assert_eq!(info["version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(info["methods"], serde_json::json!(["FindVPSByLease"]));
+        assert!(
+            info["remote_addr"]
+                .as_str()
+                .unwrap()
+                .starts_with("127.0.0.1:")
+        );
+        assert!(info["connected_since_ms"].as_u64().unwrap() > 0);
+        for counter in ["in_flight", "calls_served", "errors"] {
+            assert!(info[counter].is_u64(), "{counter} in {info}");
+        }
+    }
+
+    let out = mesh.cli(&["instances"]);
+    assert!(out.status.success());
+    let table = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(
+        lines.len(),
+        4,
+        "a header and one row per instance:\n{table}"
+    );
+    let header: Vec<&str> = lines[0].split("  ").filter(|c| !c.is_empty()).collect();
+    assert_eq!(
+        header.iter().map(|c| c.trim()).collect::<Vec<_>>(),
+        [
+            "ID",
+            "ENV",
+            "VERSION",
+            "METHODS",
+            "REMOTE",
+            "CONNECTED",
+            "LAST SEEN",
+            "IN FLIGHT",
+            "SERVED",
+            "ERRORS"
+        ]
+    );
+    for (line, spec) in lines[1..].iter().zip(&INSTANCES) {
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(
+            &cells[..4],
+            [
+                spec.id,
+                spec.env,
+                env!("CARGO_PKG_VERSION"),
+                "FindVPSByLease"
+            ]
+        );
+        assert!(line.contains(" ago"), "{line}");
+    }
+}
+
+#[test]
+fn call_routes_by_every_strategy_and_filter() {
+    let mesh = Mesh::start();
+    let request = format!(r#"{{"ip":"10.0.0.5","mac":"{PROD_MAC}"}}"#);
+    let call = |extra: &[&str]| {
+        let mut args = vec!["call", "FindVPSByLease", "--json", request.as_str()];
+        args.extend_from_slice(extra);
+        mesh.cli(&args)
+    };
+
+    // first-valid is the default; the answer shows every field.
+    for extra in [&[][..], &["--strategy", "first-valid", "--timeout", "2s"]] {
+        let answer = ok_json(call(extra));
+        assert_eq!(answer["method"], "FindVPSByLease");
+        assert_eq!(answer["strategy"], "first-valid");
+        assert_eq!(results(&answer), [triple("prod-1", "prod", "vps-prod-42")]);
+        assert_eq!(answer["results"][0]["response"]["organization_id"], "org-p");
+    }
+
+    let answer = ok_json(call(&["--strategy", "all"]));
+    assert_eq!(
+        results(&answer),
+        [
+            triple("beta-1", "beta", ""),
+            triple("dev-1", "dev", ""),
+            triple("prod-1", "prod", "vps-prod-42"),
+        ],
+        "one result per instance, \"not mine\" included"
+    );
+
+    let mut served_by = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        let answer = ok_json(call(&["--strategy", "one"]));
+        let results = results(&answer);
+        assert_eq!(results.len(), 1);
+        served_by.insert(results[0].0.clone());
+    }
+    assert_eq!(served_by.len(), 3, "one spreads calls: {served_by:?}");
+
+    let answer = ok_json(call(&["--strategy", "all", "--instance", "dev-1"]));
+    assert_eq!(results(&answer), [triple("dev-1", "dev", "")]);
+    let answer = ok_json(call(&["--strategy", "all", "--env", "beta"]));
+    assert_eq!(results(&answer), [triple("beta-1", "beta", "")]);
+
+    // Errors from the gateway: one line, its code and its words.
+    assert_eq!(
+        error_line(call(&["--env", "beta"])),
+        "error: NOT_FOUND: not found: 1 instance(s) answered, none with a valid answer"
+    );
+    let nobody = mesh.cli(&[
+        "call",
+        "FindVPSByLease",
+        "--json",
+        r#"{"mac":"00:00:00:00:00:00"}"#,
+    ]);
+    assert_eq!(
+        error_line(nobody),
+        "error: NOT_FOUND: not found: 3 instance(s) answered, none with a valid answer"
+    );
+    assert_eq!(
+        error_line(call(&["--env", "staging"])),
+        "error: UNAVAILABLE: no instance in environment \"staging\" serves FindVPSByLease"
+    );
+    assert_eq!(
+        error_line(call(&["--instance", "gone-1"])),
+        "error: UNAVAILABLE: instance gone-1 is not connected"
+    );
+    let wrong_secret = gatemesh(
+        &[],
+        &with_gateway(&mesh.url, &["--secret", "nope", "instances"]),
+    );
+    assert_eq!(
+        error_line(wrong_secret),
+        "error: UNAUTHENTICATED: wrong secret"
+    );
+}
+
+#[test]
+fn call_errors_are_one_clear_line_and_a_failing_exit_code() {
+    // Closed port: nothing listens there.
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let run =
+        |args: &[&str]| gatemesh(&[("GATEWAY_API_SECRET", SECRET)], &with_gateway(&url, args));
+
+    let line = error_line(run(&["call", "FindVpsByLeas", "--json", "{}"]));
+    assert!(
+        line.starts_with(
+            "error: unknown method \"FindVpsByLeas\"; known methods: FindVPSByLease, "
+        ),
+        "{line}"
+    );
+    let line = error_line(run(&["call", "findvpsbylease"]));
+    assert!(line.contains("did you mean \"FindVPSByLease\"?"), "{line}");
+
+    let line = error_line(run(&[
+        "call",
+        "FindVPSByLease",
+        "--json",
+        r#"{"ip": "10.0.0.5""#,
+    ]));
+    assert!(
+        line.starts_with("error: invalid JSON for gatemesh.v1.FindVPSByLeaseRequest (the request of FindVPSByLease): "),
+        "{line}"
+    );
+    assert!(line.contains("EOF"), "names the problem: {line}");
+    let line = error_line(run(&[
+        "call",
+        "FindVPSByLease",
+        "--json",
+        r#"{"ipaddr":"10.0.0.5"}"#,
+    ]));
+    assert!(line.contains("unrecognized field name 'ipaddr'"), "{line}");
+    assert!(line.ends_with("its fields are: ip, mac"), "{line}");
+
+    let line = error_line(gatemesh(&[], &with_gateway(&url, &["instances"])));
+    assert_eq!(
+        line,
+        "error: no secret: set GATEWAY_API_SECRET or pass --secret"
+    );
+
+    let line = error_line(run(&["instances"]));
+    assert!(
+        line.starts_with(&format!("error: cannot connect to the gateway at {url}: ")),
+        "{line}"
+    );
+
+    let bad_timeout = run(&["call", "FindVPSByLease", "--timeout", "soon"]);
+    assert!(!bad_timeout.status.success());
+    assert!(String::from_utf8_lossy(&bad_timeout.stderr).contains("--timeout"));
+}
