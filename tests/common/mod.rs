@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod process;
+
 pub mod http;
 use std::future::Future;
 use std::net::SocketAddr;
