@@ -1,6 +1,7 @@
 //! `vps-gateway` settings, read from `GATEWAY_*` environment variables.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use gatemesh_runtime::env::{ensure, from_vars};
@@ -61,6 +62,36 @@ pub struct GatewayConfig {
     /// `GATEWAY_LOG_FORMAT`: `text` or `json`.
     #[serde(default)]
     pub log_format: Option<String>,
+    /// `GATEWAY_DHCP_LEASES_FILE`: dnsmasq's lease file; setting it turns
+    /// the DHCP manager on.
+    #[serde(default)]
+    pub dhcp_leases_file: Option<PathBuf>,
+    /// `GATEWAY_DHCP_HOSTS_FILE`: the `addn-hosts` file the manager writes.
+    #[serde(default)]
+    pub dhcp_hosts_file: Option<PathBuf>,
+    /// `GATEWAY_DNSMASQ_PID_FILE`: dnsmasq's pid file, to SIGHUP it after
+    /// the hosts file changes; no reload when unset.
+    #[serde(default)]
+    pub dnsmasq_pid_file: Option<PathBuf>,
+    /// `GATEWAY_DHCP_RECONCILE_MS`: full re-read of the lease file, a
+    /// safety net under the file watch.
+    #[serde(default = "defaults::dhcp_reconcile_ms")]
+    pub dhcp_reconcile_ms: u64,
+    /// `GATEWAY_DHCP_CONCURRENCY`: lease resolutions in flight at once.
+    #[serde(default = "defaults::dhcp_concurrency")]
+    pub dhcp_concurrency: usize,
+    /// `GATEWAY_DHCP_CALL_TIMEOUT_MS`: deadline of one lease resolution.
+    #[serde(default = "defaults::dhcp_call_timeout_ms")]
+    pub dhcp_call_timeout_ms: u64,
+    /// `GATEWAY_DHCP_RETRY_MAX_MS`: cap of the backoff between attempts
+    /// at a lease nobody knows yet.
+    #[serde(default = "defaults::dhcp_retry_max_ms")]
+    pub dhcp_retry_max_ms: u64,
+    /// `GATEWAY_DHCP_VPS_HOSTNAME_PREFIX`: a lease whose hostname starts
+    /// with this is named by its hostname, without a call; empty turns
+    /// that off.
+    #[serde(default = "defaults::dhcp_vps_hostname_prefix")]
+    pub dhcp_vps_hostname_prefix: String,
 }
 
 mod defaults {
@@ -101,6 +132,21 @@ mod defaults {
     }
     pub fn reconnect_spread_ms() -> u64 {
         5_000
+    }
+    pub fn dhcp_reconcile_ms() -> u64 {
+        30_000
+    }
+    pub fn dhcp_concurrency() -> usize {
+        64
+    }
+    pub fn dhcp_call_timeout_ms() -> u64 {
+        2_000
+    }
+    pub fn dhcp_retry_max_ms() -> u64 {
+        60_000
+    }
+    pub fn dhcp_vps_hostname_prefix() -> String {
+        "vps-".into()
     }
 }
 
@@ -163,7 +209,50 @@ impl GatewayConfig {
                 "`text` or `json`",
             )?;
         }
-        Ok(())
+        self.validate_dhcp()
+    }
+
+    fn validate_dhcp(&self) -> Result<(), ConfigError> {
+        if self.dhcp_leases_file.is_none() {
+            return Ok(());
+        }
+        ensure(
+            self.dhcp_hosts_file.is_some(),
+            "GATEWAY_DHCP_HOSTS_FILE",
+            "a path, since GATEWAY_DHCP_LEASES_FILE is set",
+        )?;
+        ensure(
+            self.dhcp_leases_file != self.dhcp_hosts_file,
+            "GATEWAY_DHCP_HOSTS_FILE",
+            "a path other than GATEWAY_DHCP_LEASES_FILE",
+        )?;
+        ensure(
+            self.dhcp_reconcile_ms >= 10,
+            "GATEWAY_DHCP_RECONCILE_MS",
+            "at least 10 milliseconds",
+        )?;
+        ensure(
+            (1..=100_000).contains(&self.dhcp_concurrency),
+            "GATEWAY_DHCP_CONCURRENCY",
+            "1 to 100000",
+        )?;
+        ensure(
+            self.dhcp_call_timeout_ms >= 1,
+            "GATEWAY_DHCP_CALL_TIMEOUT_MS",
+            "a positive number of milliseconds",
+        )?;
+        ensure(
+            self.dhcp_retry_max_ms >= 1,
+            "GATEWAY_DHCP_RETRY_MAX_MS",
+            "a positive number of milliseconds",
+        )?;
+        ensure(
+            self.dhcp_vps_hostname_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')),
+            "GATEWAY_DHCP_VPS_HOSTNAME_PREFIX",
+            "letters, digits, `-`, `_` or `.`",
+        )
     }
 
     pub fn gateway_id(&self) -> String {
@@ -242,5 +331,34 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.starts_with("GATEWAY_LOG_FORMAT"), "{e}");
+    }
+
+    #[test]
+    fn dhcp_settings() {
+        let c = GatewayConfig::from_vars(vars(&[
+            ("GATEWAY_API_SECRET", "s"),
+            ("GATEWAY_DHCP_LEASES_FILE", "/var/lib/misc/dnsmasq.leases"),
+            ("GATEWAY_DHCP_HOSTS_FILE", "/run/gatemesh/hosts"),
+        ]))
+        .unwrap();
+        assert_eq!(c.dhcp_reconcile_ms, 30_000);
+        assert_eq!(c.dhcp_concurrency, 64);
+        assert_eq!(c.dhcp_vps_hostname_prefix, "vps-");
+        let e = GatewayConfig::from_vars(vars(&[
+            ("GATEWAY_API_SECRET", "s"),
+            ("GATEWAY_DHCP_LEASES_FILE", "/var/lib/misc/dnsmasq.leases"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("GATEWAY_DHCP_HOSTS_FILE"), "{e}");
+        let e = GatewayConfig::from_vars(vars(&[
+            ("GATEWAY_API_SECRET", "s"),
+            ("GATEWAY_DHCP_LEASES_FILE", "/l"),
+            ("GATEWAY_DHCP_HOSTS_FILE", "/h"),
+            ("GATEWAY_DHCP_CONCURRENCY", "0"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("GATEWAY_DHCP_CONCURRENCY"), "{e}");
     }
 }

@@ -49,6 +49,12 @@ impl Instances {
         }
     }
 
+    /// A receiver that sees every registration and removal, for tasks that
+    /// wait on more than the registry (see [`Self::wait_until`] otherwise).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
     /// Removes `peer`, but only if the entry is still that very stream.
     pub fn remove(&self, peer: &Peer) -> bool {
         let mut map = self.by_id.write();

@@ -41,6 +41,8 @@ pub(crate) struct Shared {
     pub(crate) stats: Arc<Stats>,
     pub(crate) mesh: Mesh,
     pub(crate) registry: Arc<Registry>,
+    /// The DHCP manager's read side, once one is attached.
+    pub(crate) dhcp: std::sync::OnceLock<crate::dhcp::DhcpHandle>,
     pub(crate) dispatch: DispatchConfig,
     pub(crate) permits: Arc<Semaphore>,
     pub(crate) tasks: TaskTracker,
@@ -112,6 +114,7 @@ impl Gateway {
                 stats,
                 mesh,
                 registry: Arc::new(registry),
+                dhcp: std::sync::OnceLock::new(),
                 dispatch,
                 permits,
                 tasks: TaskTracker::new(),
@@ -146,6 +149,17 @@ impl Gateway {
     /// Whether shutdown has begun (new streams and calls are refused).
     pub fn is_draining(&self) -> bool {
         self.shared.is_draining()
+    }
+
+    /// The DHCP manager's status and leases, when this gateway runs one.
+    pub fn dhcp(&self) -> Option<&crate::dhcp::DhcpHandle> {
+        self.shared.dhcp.get()
+    }
+
+    /// Makes a manager's state visible through [`Self::dhcp`]; the first
+    /// one attached stays.
+    pub fn attach_dhcp(&self, handle: crate::dhcp::DhcpHandle) {
+        let _ = self.shared.dhcp.set(handle);
     }
 
     pub fn config(&self) -> &GatewayConfig {

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use anyhow::Context;
-use gatemesh_gateway::{Gateway, GatewayConfig};
+use gatemesh_gateway::GatewayConfig;
 use tokio::net::TcpListener;
 
 #[tokio::main]
@@ -19,7 +19,7 @@ async fn main() -> anyhow::Result<()> {
     let http_listener = TcpListener::bind(http_addr).await.with_context(|| {
         format!("cannot listen on {http_addr} (GATEWAY_HTTP_BIND, GATEWAY_HTTP_PORT)")
     })?;
-    let gateway = Gateway::new(config);
+    let (gateway, dhcp) = gatemesh_gateway::dhcp::gateway_with_dhcp(config)?;
     tracing::info!(gateway = gateway.id(), %addr, %http_addr, "gateway listening");
     // The HTTP endpoints outlive the gRPC server's drain, so `/health`
     // reports it; they stop once the gateway has.
@@ -30,6 +30,9 @@ async fn main() -> anyhow::Result<()> {
     let served = gateway
         .serve(listener, gatemesh_runtime::shutdown::signal())
         .await;
+    if let Some(dhcp) = dhcp {
+        dhcp.stop().await;
+    }
     let _ = http_stop.send(());
     http.await.context("HTTP server task")??;
     served

@@ -1,0 +1,169 @@
+//! The `addn-hosts` file dnsmasq reads, and the SIGHUP that makes it
+//! read it again.
+
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// First line of every file the manager writes.
+pub const HEADER: &str = "# written by vps-gateway's DHCP manager; edits are overwritten\n";
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostsError {
+    #[error("cannot write hosts file {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read dnsmasq pid file {path}: {source}")]
+    PidFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("dnsmasq pid file {path} holds {content:?}, not a process id")]
+    BadPid { path: PathBuf, content: String },
+    #[error("cannot signal dnsmasq (pid {pid}): {source}")]
+    Signal { pid: i32, source: nix::Error },
+}
+
+/// The file's content: one `<ip> <name>` line per entry, sorted and
+/// deduplicated so equal state always gives equal bytes.
+pub fn render<'a>(entries: impl IntoIterator<Item = (IpAddr, &'a str)>) -> String {
+    let mut lines: Vec<(IpAddr, &str)> = entries.into_iter().collect();
+    lines.sort_unstable();
+    lines.dedup();
+    let mut out = String::with_capacity(HEADER.len() + lines.len() * 32);
+    out.push_str(HEADER);
+    for (ip, name) in lines {
+        out.push_str(&ip.to_string());
+        out.push(' ');
+        out.push_str(name);
+        out.push('\n');
+    }
+    out
+}
+
+/// Replaces `path` with `content` so that a reader sees the old file or
+/// the new one, never a mix: a temporary file in the same directory,
+/// fsynced, renamed over the old one, then the directory fsynced.
+pub fn write_atomically(path: &Path, content: &str) -> Result<(), HostsError> {
+    let fail = |source| HostsError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| fail(std::io::Error::other("the path names no file")))?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(content.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(fail(e));
+    }
+    // The rename is durable once the directory is; not every filesystem
+    // lets a directory be fsynced, and the file is in place either way.
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Sends SIGHUP to the process named in `pid_file`; dnsmasq rereads its
+/// `addn-hosts` files on it. Returns the pid signalled.
+pub fn reload(pid_file: &Path) -> Result<i32, HostsError> {
+    let content = std::fs::read_to_string(pid_file).map_err(|source| HostsError::PidFile {
+        path: pid_file.to_path_buf(),
+        source,
+    })?;
+    let pid = content
+        .trim()
+        .parse::<i32>()
+        .ok()
+        .filter(|pid| *pid > 1)
+        .ok_or_else(|| HostsError::BadPid {
+            path: pid_file.to_path_buf(),
+            content: content.chars().take(32).collect(),
+        })?;
+    kill(Pid::from_raw(pid), Signal::SIGHUP)
+        .map_err(|source| HostsError::Signal { pid, source })?;
+    Ok(pid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("gatemesh-hosts-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn render_is_sorted_and_stable() {
+        let a: IpAddr = "10.0.0.10".parse().unwrap();
+        let b: IpAddr = "10.0.0.9".parse().unwrap();
+        let v6: IpAddr = "fd00::1".parse().unwrap();
+        let one = render([(a, "vps-a"), (v6, "vps-a"), (b, "vps-b"), (a, "vps-a")]);
+        let two = render([(b, "vps-b"), (a, "vps-a"), (v6, "vps-a")]);
+        assert_eq!(one, two);
+        assert_eq!(
+            one,
+            format!("{HEADER}10.0.0.9 vps-b\n10.0.0.10 vps-a\nfd00::1 vps-a\n")
+        );
+        assert_eq!(render([]), HEADER);
+    }
+
+    #[test]
+    fn writes_atomically_and_leaves_no_temporary_file() {
+        let dir = dir("write");
+        let path = dir.join("hosts");
+        write_atomically(&path, "one\n").unwrap();
+        write_atomically(&path, "two\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "two\n");
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["hosts"]);
+        let e = write_atomically(&dir.join("missing/hosts"), "x").unwrap_err();
+        assert!(e.to_string().contains("missing/hosts"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn reload_failures_say_what_went_wrong() {
+        let dir = dir("reload");
+        let e = reload(&dir.join("none.pid")).unwrap_err();
+        assert!(matches!(e, HostsError::PidFile { .. }), "{e}");
+        let bad = dir.join("bad.pid");
+        std::fs::write(&bad, "dnsmasq\n").unwrap();
+        assert!(matches!(
+            reload(&bad).unwrap_err(),
+            HostsError::BadPid { .. }
+        ));
+        std::fs::write(&bad, "1\n").unwrap();
+        assert!(
+            matches!(reload(&bad).unwrap_err(), HostsError::BadPid { .. }),
+            "never signal init"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
