@@ -395,3 +395,35 @@ async fn many_concurrent_calls_over_one_stream_get_their_own_answers() {
     assert_eq!(served.load(Ordering::Relaxed), CALLS);
     assert_eq!(gw.gateway.instances().pending_calls(), 0);
 }
+
+#[tokio::test]
+async fn an_instance_started_before_its_gateway_registers_once_it_is_up() {
+    let port = common::process::free_port();
+    let addr = common::process::loopback(port);
+    let mut registry = gatemesh_handlers::Registry::new();
+    registry
+        .method::<FindVpsByLease>(knows("m", "vps-early"))
+        .unwrap();
+    let early = gatemesh_service::Instance::new(options("early", "dev"), registry)
+        .start([format!("http://{addr}")]);
+    // The link keeps failing (nothing listens) and says why.
+    let _ = early.links()[0]
+        .watch()
+        .wait_for(|s| {
+            s.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("cannot connect"))
+        })
+        .await;
+    let gw = TestGateway::start_at(addr, config()).await;
+    early.wait_connected().await;
+    gw.wait_instances(1).await;
+    let answer = gw
+        .gateway
+        .mesh()
+        .call::<FindVpsByLease>(lease("1", "m"))
+        .first_valid()
+        .await
+        .unwrap();
+    assert_eq!(answer.value.vps_id, "vps-early");
+}
