@@ -23,10 +23,9 @@ pub struct Cli {
         long,
         global = true,
         env = "GATEWAY_API_SECRET",
-        hide_env_values = true,
-        default_value = ""
+        hide_env_values = true
     )]
-    pub secret: String,
+    pub secret: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -34,7 +34,11 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
     };
     match cli.command {
         Command::Instances(args) => {
-            let mut client = client::AdminClient::connect(&cli.gateway, &cli.secret).await?;
+            let mut client = client::AdminClient::connect(
+                &cli.gateway,
+                cli.secret.as_deref().unwrap_or_default(),
+            )
+            .await?;
             let instances = client.list_instances().await?;
             if args.json {
                 serde_json::to_writer_pretty(&mut *out, &output::instances_json(&instances))?;
@@ -60,7 +64,11 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
                     .map(|t| u32::try_from(t.as_millis()).unwrap_or(u32::MAX).max(1))
                     .unwrap_or(0),
             };
-            let mut client = client::AdminClient::connect(&cli.gateway, &cli.secret).await?;
+            let mut client = client::AdminClient::connect(
+                &cli.gateway,
+                cli.secret.as_deref().unwrap_or_default(),
+            )
+            .await?;
             progress(&format!(
                 "calling {} ({}{}{}) via {}...",
                 method.name(),
