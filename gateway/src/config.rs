@@ -8,6 +8,8 @@ use gatemesh_runtime::env::{ensure, from_vars};
 use gatemesh_runtime::{ConfigError, Secret};
 use serde::Deserialize;
 
+use crate::tls::GatewayTls;
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct GatewayConfig {
     /// `GATEWAY_API_SECRET`: instances and callers must present it.
@@ -62,6 +64,27 @@ pub struct GatewayConfig {
     /// `GATEWAY_LOG_FORMAT`: `text` or `json`.
     #[serde(default)]
     pub log_format: Option<String>,
+    /// `GATEWAY_TLS_CERT`: the gRPC port's certificate chain (PEM); with
+    /// `GATEWAY_TLS_KEY` it turns TLS on.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// `GATEWAY_TLS_KEY`: the private key of `GATEWAY_TLS_CERT` (PEM).
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// `GATEWAY_TLS_CLIENT_CA`: CA certificates (PEM) that sign instance
+    /// certificates; turns mTLS on, binding each instance id to its
+    /// certificate.
+    #[serde(default)]
+    pub tls_client_ca: Option<PathBuf>,
+    /// `GATEWAY_TLS_SECRET_OPTIONAL`: under mTLS, a peer with a verified
+    /// client certificate may leave the shared secret out (a wrong one is
+    /// still refused). Off by default.
+    #[serde(default)]
+    pub tls_secret_optional: bool,
+    /// The TLS material read from the files above at start; set directly
+    /// when embedding or testing.
+    #[serde(skip)]
+    pub tls: Option<GatewayTls>,
     /// `GATEWAY_DHCP_LEASES_FILE`: dnsmasq's lease file; setting it turns
     /// the DHCP manager on.
     #[serde(default)]
@@ -155,8 +178,9 @@ impl GatewayConfig {
     pub fn from_vars(
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let config: Self = from_vars("GATEWAY_", vars)?;
+        let mut config: Self = from_vars("GATEWAY_", vars)?;
         config.validate()?;
+        config.tls = GatewayTls::from_config(&config)?;
         Ok(config)
     }
 
@@ -209,7 +233,18 @@ impl GatewayConfig {
                 "`text` or `json`",
             )?;
         }
+        ensure(
+            !self.tls_secret_optional || self.tls_client_ca.is_some(),
+            "GATEWAY_TLS_SECRET_OPTIONAL",
+            "`true` only with GATEWAY_TLS_CLIENT_CA set (mTLS)",
+        )?;
         self.validate_dhcp()
+    }
+
+    /// Whether a peer holding a verified client certificate may leave the
+    /// shared secret out.
+    pub fn secret_optional_with_cert(&self) -> bool {
+        self.tls_secret_optional && self.tls.as_ref().is_some_and(GatewayTls::is_mtls)
     }
 
     fn validate_dhcp(&self) -> Result<(), ConfigError> {
@@ -331,6 +366,42 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.starts_with("GATEWAY_LOG_FORMAT"), "{e}");
+    }
+
+    #[test]
+    fn half_given_or_unreadable_tls_settings_name_what_is_wrong() {
+        let err = |list: &[(&str, &str)]| {
+            let mut all = vec![("GATEWAY_API_SECRET", "s")];
+            all.extend_from_slice(list);
+            GatewayConfig::from_vars(vars(&all))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err(&[("GATEWAY_TLS_CERT", "/etc/gw/cert.pem")]);
+        assert!(e.starts_with("GATEWAY_TLS_KEY: required"), "{e}");
+        let e = err(&[("GATEWAY_TLS_KEY", "/etc/gw/key.pem")]);
+        assert!(e.starts_with("GATEWAY_TLS_CERT: required"), "{e}");
+        let e = err(&[("GATEWAY_TLS_CLIENT_CA", "/etc/gw/ca.pem")]);
+        assert!(e.starts_with("GATEWAY_TLS_CLIENT_CA: mTLS needs"), "{e}");
+        let e = err(&[("GATEWAY_TLS_SECRET_OPTIONAL", "true")]);
+        assert!(e.starts_with("GATEWAY_TLS_SECRET_OPTIONAL"), "{e}");
+        let e = err(&[
+            ("GATEWAY_TLS_CERT", "/nonexistent/cert.pem"),
+            ("GATEWAY_TLS_KEY", "/nonexistent/key.pem"),
+        ]);
+        assert!(e.starts_with("GATEWAY_TLS_CERT: cannot read"), "{e}");
+        let garbage =
+            std::env::temp_dir().join(format!("gatemesh-garbage-{}.pem", std::process::id()));
+        std::fs::write(&garbage, "not a certificate").unwrap();
+        let path = garbage.to_str().unwrap();
+        let e = err(&[("GATEWAY_TLS_CERT", path), ("GATEWAY_TLS_KEY", path)]);
+        assert!(
+            e.starts_with("GATEWAY_TLS_CERT: expected a PEM file"),
+            "{e}"
+        );
+        let _ = std::fs::remove_file(&garbage);
+        let c = GatewayConfig::from_vars(vars(&[("GATEWAY_API_SECRET", "s")])).unwrap();
+        assert!(c.tls.is_none() && !c.secret_optional_with_cert());
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! - [`config`]: [`GatewayConfig`], read from `GATEWAY_*` variables.
 //! - [`dhcp`]: the DHCP manager: dnsmasq leases to VPS ids to a hosts file.
 //! - [`auth`]: the shared-secret check on every gRPC call.
+//! - [`tls`]: [`GatewayTls`], TLS and mTLS on the gRPC port, and the
+//!   binding of an instance id to its client certificate.
 //! - [`peer`]: [`Peer`], one connected instance: its outbound queue, its
 //!   pending calls, its incoming requests.
 //! - [`instances`]: [`Instances`], the registry of connected peers.
@@ -36,6 +38,7 @@ pub mod peer;
 pub mod server;
 pub mod stats;
 pub mod stream;
+pub mod tls;
 
 pub use call::{Answer, Mesh, Reply, Route, Strategy};
 pub use config::GatewayConfig;
@@ -44,3 +47,4 @@ pub use instances::Instances;
 pub use metrics::Metrics;
 pub use peer::Peer;
 pub use server::Gateway;
+pub use tls::GatewayTls;

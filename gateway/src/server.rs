@@ -195,7 +195,7 @@ impl Gateway {
             })
             .max_decoding_message_size(max_frame)
             .max_encoding_message_size(max_frame),
-            SecretInterceptor(config.api_secret.clone()),
+            SecretInterceptor::for_config(config),
         );
         let health = tonic_health::pb::health_server::HealthServer::new(
             tonic_health::server::HealthService::from_health_reporter(shared.health.clone()),
@@ -215,7 +215,7 @@ impl Gateway {
                 .await;
         }
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tonic::transport::Server::builder()
+        let server = crate::tls::apply(tonic::transport::Server::builder(), config)?
             .http2_keepalive_interval(Some(config.heartbeat_interval()))
             .http2_keepalive_timeout(Some(config.liveness_timeout()))
             .add_service(gateway)

@@ -13,6 +13,7 @@ use gatemesh_handlers::{Completion, Dispatcher, MAX_METHOD_NAME_LEN};
 use gatemesh_proto::pb::gateway_message::Kind;
 use gatemesh_proto::pb::instance_message::Kind as InKind;
 use gatemesh_proto::{PROTOCOL_VERSION, pb};
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 use tonic::{Request, Response, Status, Streaming};
@@ -20,7 +21,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::peer::PeerInfo;
 use crate::server::Shared;
 use crate::stats::{DisconnectReason, Stats};
-use crate::{Peer, auth};
+use crate::{Peer, auth, tls};
 
 /// How long an instance has to send hello after opening the stream.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,7 +45,12 @@ impl pb::gateway_server::Gateway for GatewayService {
     ) -> Result<Response<Outbound>, Status> {
         let shared = &self.shared;
         let remote_addr = request.remote_addr();
-        if let Err(status) = auth::check(request.metadata(), &shared.config.api_secret) {
+        let mtls = shared.config.tls.as_ref().is_some_and(|t| t.is_mtls());
+        let peer_certs = mtls.then(|| request.peer_certs()).flatten();
+        let secret_optional = shared.config.secret_optional_with_cert();
+        if let Err(status) =
+            auth::check_request(&request, &shared.config.api_secret, secret_optional)
+        {
             Stats::bump(&shared.stats.refused_streams);
             tracing::warn!(remote = ?remote_addr, reason = status.message(), "stream refused");
             return Err(status);
@@ -68,6 +74,12 @@ impl pb::gateway_server::Gateway for GatewayService {
         if let Err(status) = validate_hello(&hello) {
             Stats::bump(&shared.stats.refused_streams);
             tracing::warn!(remote = ?remote_addr, reason = status.message(), "hello refused");
+            return Err(status);
+        }
+        if mtls && let Err(status) = tls::check_identity(peer_certs.as_deref(), &hello.instance_id)
+        {
+            Stats::bump(&shared.stats.refused_streams);
+            tracing::warn!(remote = ?remote_addr, reason = status.message(), "identity refused");
             return Err(status);
         }
 
@@ -104,6 +116,7 @@ impl pb::gateway_server::Gateway for GatewayService {
         // The queue is new and empty, so this cannot fail.
         let _ = peer.send(Kind::Welcome(welcome));
         let outbound = Outbound::new(rx, peer.clone());
+        let end_status = outbound.end_status.clone();
 
         if let Some(old) = shared.instances.insert(peer.clone()) {
             Stats::bump(&shared.stats.replaced);
@@ -129,7 +142,7 @@ impl pb::gateway_server::Gateway for GatewayService {
         );
         let shared = shared.clone();
         shared.clone().tasks.spawn(async move {
-            let reason = read_loop(&shared, &peer, inbound).await;
+            let reason = read_loop(&shared, &peer, inbound, &end_status).await;
             let removed = shared.instances.remove(&peer);
             peer.close(None, &reason);
             peer.pending.close(pb::Status::new(
@@ -195,6 +208,7 @@ async fn read_loop(
     shared: &Arc<Shared>,
     peer: &Arc<Peer>,
     mut inbound: Streaming<pb::InstanceMessage>,
+    end_status: &Mutex<Option<Status>>,
 ) -> String {
     let interval = shared.config.heartbeat_interval();
     let liveness = shared.config.liveness_timeout();
@@ -216,12 +230,23 @@ async fn read_loop(
                         violations += 1;
                         tracing::warn!(instance = %peer.info.id, conn = peer.conn_id, violation, "protocol violation");
                         if violations >= MAX_VIOLATIONS {
+                            *end_status.lock() = Some(Status::invalid_argument(format!(
+                                "closed after {violations} protocol violations; the last: {violation}"
+                            )));
                             return format!("{violations} protocol violations");
                         }
                     }
                 }
                 Ok(None) => return "instance closed the stream".into(),
-                Err(status) => return format!("stream error: {}", status.message()),
+                Err(status) => {
+                    // An oversized frame: say so before the stream ends.
+                    if status.code() == tonic::Code::OutOfRange {
+                        *end_status.lock() = Some(Status::resource_exhausted(format!(
+                            "frame refused: {}", status.message()
+                        )));
+                    }
+                    return format!("stream error: {}", status.message());
+                }
             },
             _ = ticker.tick() => {
                 if peer.silent_for() >= liveness {
@@ -275,6 +300,7 @@ fn handle_frame(
                 )),
             }
         }
+        Some(InKind::Request(request)) if request.id == 0 => Err("request with id 0".into()),
         Some(InKind::Request(request)) => {
             let id = request.id;
             let reply_to = peer.clone();
@@ -306,6 +332,9 @@ fn handle_frame(
                 Err(rejection) => Err(format!("request {id}: {rejection:?}")),
             }
         }
+        // A cancel for an id that is not running is dropped: the request
+        // may just have ended. It only ever reaches this stream's requests.
+        Some(InKind::Cancel(cancel)) if cancel.id == 0 => Err("cancel for id 0".into()),
         Some(InKind::Cancel(cancel)) => {
             peer.dispatcher.cancel(cancel.id);
             Ok(())
@@ -328,6 +357,9 @@ fn handle_frame(
 pub struct Outbound {
     rx: mpsc::Receiver<pb::GatewayMessage>,
     closed: Pin<Box<WaitForCancellationFutureOwned>>,
+    closing: bool,
+    /// The status the stream ends with when the gateway ended it for cause.
+    end_status: Arc<Mutex<Option<Status>>>,
     peer: Arc<Peer>,
     done: bool,
 }
@@ -337,6 +369,8 @@ impl Outbound {
         Self {
             rx,
             closed: Box::pin(peer.closed_token().clone().cancelled_owned()),
+            closing: false,
+            end_status: Arc::default(),
             peer,
             done: false,
         }
@@ -350,13 +384,17 @@ impl Stream for Outbound {
         if self.done {
             return Poll::Ready(None);
         }
-        if self.closed.as_mut().poll(cx).is_ready() {
-            self.done = true;
-            return Poll::Ready(self.peer.take_goodbye().map(|goaway| {
-                Ok(pb::GatewayMessage {
+        if self.closing || self.closed.as_mut().poll(cx).is_ready() {
+            // The last frames: the GoAway if there is one, then the status
+            // the gateway ended the stream for, if any.
+            self.closing = true;
+            if let Some(goaway) = self.peer.take_goodbye() {
+                return Poll::Ready(Some(Ok(pb::GatewayMessage {
                     kind: Some(Kind::GoAway(goaway)),
-                })
-            }));
+                })));
+            }
+            self.done = true;
+            return Poll::Ready(self.end_status.lock().take().map(Err));
         }
         self.rx.poll_recv(cx).map(|m| m.map(Ok))
     }

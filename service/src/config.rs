@@ -7,6 +7,8 @@ use gatemesh_runtime::env::{ensure, from_vars};
 use gatemesh_runtime::{ConfigError, Secret};
 use serde::Deserialize;
 
+use crate::tls::ClientTls;
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct ServiceConfig {
     /// `VPS_GATEWAY_URL`: one gateway URL or a comma-separated list
@@ -39,6 +41,20 @@ pub struct ServiceConfig {
     /// `VPS_LOG_FORMAT`: `text` or `json`.
     #[serde(default)]
     pub log_format: Option<String>,
+    /// `VPS_TLS_CA`: CA certificates (PEM) that sign the gateways'
+    /// certificates; the system's roots when unset.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// `VPS_TLS_CERT`: this instance's client certificate (PEM), for mTLS
+    /// gateways; its DNS SAN (or CN) must be the instance id.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// `VPS_TLS_KEY`: the private key of `VPS_TLS_CERT` (PEM).
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// The TLS material read from the files above at start.
+    #[serde(skip)]
+    pub tls: ClientTls,
 }
 
 mod defaults {
@@ -63,8 +79,9 @@ impl ServiceConfig {
     pub fn from_vars(
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let config: Self = from_vars("VPS_", vars)?;
+        let mut config: Self = from_vars("VPS_", vars)?;
         config.validate()?;
+        config.tls = ClientTls::from_config(&config)?;
         Ok(config)
     }
 
@@ -188,4 +205,35 @@ mod tests {
         .to_string();
         assert!(e.starts_with("VPS_MAX_CONCURRENCY"), "{e}");
     }
-}
+
+    #[test]
+    fn half_given_tls_settings_name_what_is_missing() {
+        let err = |list: &[(&str, &str)]| {
+            let mut all = vec![
+                ("VPS_GATEWAY_URL", "https://gw:1537"),
+                ("VPS_GATEWAY_API_SECRET", "s"),
+            ];
+            all.extend_from_slice(list);
+            ServiceConfig::from_vars(vars(&all))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err(&[("VPS_TLS_CERT", "/etc/vps/cert.pem")]);
+        assert!(e.starts_with("VPS_TLS_KEY: required"), "{e}");
+        let e = err(&[("VPS_TLS_KEY", "/etc/vps/key.pem")]);
+        assert!(e.starts_with("VPS_TLS_CERT: required"), "{e}");
+        let e = err(&[("VPS_TLS_CA", "/nonexistent/ca.pem")]);
+        assert!(e.starts_with("VPS_TLS_CA: cannot read"), "{e}");
+        let e = err(&[
+            ("VPS_TLS_CERT", "/nonexistent/c.pem"),
+            ("VPS_TLS_KEY", "/nonexistent/k.pem"),
+        ]);
+        assert!(e.starts_with("VPS_TLS_CERT: cannot read"), "{e}");
+        // https with no CA: the system's roots.
+        let c = ServiceConfig::from_vars(vars(&[
+            ("VPS_GATEWAY_URL", "https://gw:1537"),
+            ("VPS_GATEWAY_API_SECRET", "s"),
+        ]))
+        .unwrap();
+        assert!(c.tls.ca_pem.is_none() && c.tls.identity.is_none());
+    }}

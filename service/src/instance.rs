@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ServiceConfig;
 use crate::link::{GatewayCallError, Link, LinkConfig, LinkStatus};
+use crate::tls::ClientTls;
 
 /// Who an instance is and how it behaves on its links.
 #[derive(Debug, Clone)]
@@ -28,6 +29,8 @@ pub struct InstanceOptions {
     /// On shutdown, how long running handlers may finish.
     pub drain_grace: Duration,
     pub dispatch: DispatchConfig,
+    /// TLS for `https://` gateways (system roots by default).
+    pub tls: ClientTls,
 }
 
 impl InstanceOptions {
@@ -42,6 +45,7 @@ impl InstanceOptions {
             reconnect_max: Duration::from_secs(30),
             drain_grace: Duration::from_secs(10),
             dispatch: DispatchConfig::default(),
+            tls: ClientTls::default(),
         }
     }
 
@@ -51,6 +55,7 @@ impl InstanceOptions {
             reconnect_base: config.reconnect_base(),
             reconnect_max: config.reconnect_max(),
             drain_grace: Duration::from_millis(config.drain_grace_ms),
+            tls: config.tls.clone(),
             ..Self::new(
                 config.instance_id(),
                 config.environment.clone(),
@@ -89,6 +94,7 @@ impl Instance {
             reconnect_base: options.reconnect_base,
             reconnect_max: options.reconnect_max,
             drain_grace: options.drain_grace,
+            tls: options.tls.clone(),
         });
         let shutdown = CancellationToken::new();
         let links: Vec<Arc<Link>> = urls

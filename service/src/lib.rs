@@ -6,6 +6,8 @@
 //! - [`instance`]: [`Instance`] and [`InstanceHandle`]: one link per gateway,
 //!   each with its own reconnect state.
 //! - [`link`]: one gateway's stream: handshake, frame loop, heartbeats.
+//! - [`tls`]: [`ClientTls`](tls::ClientTls), TLS and the client
+//!   certificate for `https://` gateways.
 //! - [`inventory`]: the VPS inventory behind `FindVPSByLease`.
 //! - [`handlers`]: the handlers `vps-service` registers.
 
@@ -16,6 +18,7 @@ pub mod handlers;
 pub mod instance;
 pub mod inventory;
 pub mod link;
+pub mod tls;
 
 pub use config::ServiceConfig;
 pub use instance::{Instance, InstanceHandle, InstanceOptions};

@@ -18,6 +18,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::Endpoint;
 
+use crate::tls::ClientTls;
+
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A connection that stays up this long resets the reconnect backoff.
@@ -76,6 +78,7 @@ pub(crate) struct LinkConfig {
     pub(crate) reconnect_base: Duration,
     pub(crate) reconnect_max: Duration,
     pub(crate) drain_grace: Duration,
+    pub(crate) tls: ClientTls,
 }
 
 /// The live half of a connected link, for calls to the gateway.
@@ -181,13 +184,14 @@ impl Link {
         // Handlers still running hold senders of `rx`; ending the request
         // stream with the session closes our half of the stream regardless,
         // after the frames already queued (answers of a drain) are sent.
-        let outbound = futures_util::stream::unfold((rx, guard.ended.clone()), |(mut rx, ended)| async move {
-            tokio::select! {
-                biased;
-                Some(frame) = rx.recv() => Some((frame, (rx, ended))),
-                _ = ended.cancelled() => rx.try_recv().ok().map(|frame| (frame, (rx, ended))),
-            }
-        });
+        let outbound =
+            futures_util::stream::unfold((rx, guard.ended.clone()), |(mut rx, ended)| async move {
+                tokio::select! {
+                    biased;
+                    Some(frame) = rx.recv() => Some((frame, (rx, ended))),
+                    _ = ended.cancelled() => rx.try_recv().ok().map(|frame| (frame, (rx, ended))),
+                }
+            });
         self.serve(
             shutdown,
             backoff,
@@ -208,15 +212,29 @@ impl Link {
         dispatcher: &Arc<Dispatcher>,
         ended: &CancellationToken,
     ) -> Result<Ended, String> {
-        let endpoint = Endpoint::from_shared(self.url.clone())
-            .map_err(|e| format!("bad gateway URL: {e}"))?
+        let mut endpoint =
+            Endpoint::from_shared(self.url.clone()).map_err(|e| format!("bad gateway URL: {e}"))?;
+        let https = self.url.starts_with("https://");
+        if https {
+            endpoint = endpoint
+                .tls_config(self.config.tls.client_config())
+                .map_err(|e| format!("TLS settings: {}", error_chain(&e)))?;
+        }
+        let endpoint = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(20))
             .keep_alive_while_idle(true);
         let channel = tokio::select! {
-            channel = endpoint.connect() => channel.map_err(|e| format!("cannot connect: {}", error_chain(&e)))?,
+            channel = endpoint.connect() => channel.map_err(|e| {
+                let hint = if https && self.config.tls.ca_pem.is_none() {
+                    " (verified against the system roots: set VPS_TLS_CA for a private CA)"
+                } else {
+                    ""
+                };
+                format!("cannot connect: {}{hint}", error_chain(&e))
+            })?,
             _ = shutdown.cancelled() => return Ok(Ended::Shutdown),
         };
         let mut client = pb::gateway_client::GatewayClient::new(channel)
