@@ -283,3 +283,90 @@ async fn grpc_health_serves_and_reflection_lists_the_gateway() {
     }
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn instance_health_and_metrics_follow_its_links_and_handlers() {
+    use gatemesh_handlers::Registry;
+    use gatemesh_service::http::HttpState;
+    use gatemesh_service::{Instance, ServiceMetrics};
+
+    init_logs();
+    let gw = TestGateway::start().await;
+    let mut registry = Registry::new();
+    registry
+        .method::<FindVpsByLease>(knows("aa:aa", "vps-a"))
+        .unwrap();
+    let metrics = Arc::new(ServiceMetrics::new(registry.methods()));
+    let mut options = options("inst-a", "prod");
+    options.dispatch.observer = Some(metrics.clone());
+    let instance = Instance::new(options, registry).start([gw.url()]);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = listener.local_addr().unwrap();
+    let state = HttpState::new(instance.id(), instance.links(), metrics.clone());
+    tokio::spawn(gatemesh_service::http::serve(
+        state,
+        listener,
+        std::future::pending(),
+    ));
+    instance.wait_connected().await;
+    gw.wait_instances(1).await;
+
+    let (status, health) = get_json(http, "/health").await;
+    assert_eq!((status, &health["status"]), (200, &Value::from("healthy")));
+    assert_eq!(health["instance_id"], "inst-a");
+    let link = &health["links"][0];
+    assert_eq!(link["gateway"], gw.url());
+    assert_eq!(link["connected"], true);
+    assert_eq!(link["gateway_id"], "gw-test");
+    assert_eq!(link["connects"], 1);
+
+    let mesh = gw.gateway.mesh();
+    for mac in ["aa:aa", "aa:aa", "zz:zz"] {
+        let _ = mesh
+            .call::<FindVpsByLease>(lease("10.0.0.1", mac))
+            .first_valid()
+            .await;
+    }
+    // The handler answered all three (a "not mine" is a valid answer).
+    let (status, text) = get(http, "/metrics").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        sample(
+            &text,
+            "gatemesh_service_handler_calls_total",
+            r#"method="FindVPSByLease",outcome="ok""#
+        ),
+        3.0
+    );
+    assert_eq!(metrics.calls("FindVPSByLease", "ok"), 3);
+    assert_eq!(
+        sample(&text, "gatemesh_service_handlers_in_flight", ""),
+        0.0
+    );
+    let gateway = format!(r#"gateway="{}""#, gw.url());
+    assert_eq!(sample(&text, "gatemesh_service_link_up", &gateway), 1.0);
+    assert_eq!(
+        sample(&text, "gatemesh_service_link_connects_total", &gateway),
+        1.0
+    );
+
+    // Its only gateway gone, the instance is unhealthy.
+    let url = gw.url();
+    gw.stop().await;
+    let mut watch = instance.links()[0].watch();
+    watch.wait_for(|s| !s.connected).await.unwrap();
+    let (status, health) = get_json(http, "/health").await;
+    assert_eq!(
+        (status, &health["status"]),
+        (503, &Value::from("unhealthy"))
+    );
+    assert_eq!(health["links"][0]["connected"], false);
+    let (_, text) = get(http, "/metrics").await;
+    let gateway = format!(r#"gateway="{url}""#);
+    assert_eq!(sample(&text, "gatemesh_service_link_up", &gateway), 0.0);
+    assert_eq!(
+        sample(&text, "gatemesh_service_link_disconnects_total", &gateway),
+        1.0
+    );
+    instance.shutdown().await;
+}

@@ -38,6 +38,13 @@ pub struct ServiceConfig {
     /// `VPS_DRAIN_GRACE_MS`: on shutdown, how long running handlers may finish.
     #[serde(default = "defaults::drain_grace_ms")]
     pub drain_grace_ms: u64,
+    /// `VPS_HTTP_PORT`: the operator endpoints (`/health`, `/metrics`);
+    /// off when unset.
+    #[serde(default)]
+    pub http_port: Option<u16>,
+    /// `VPS_HTTP_BIND`: the address of the operator endpoints.
+    #[serde(default = "defaults::http_bind")]
+    pub http_bind: std::net::IpAddr,
     /// `VPS_LOG_FORMAT`: `text` or `json`.
     #[serde(default)]
     pub log_format: Option<String>,
@@ -58,6 +65,9 @@ pub struct ServiceConfig {
 }
 
 mod defaults {
+    pub fn http_bind() -> std::net::IpAddr {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    }
     pub fn environment() -> String {
         "dev".into()
     }
@@ -185,6 +195,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.gateway_urls(), ["http://a:1537", "http://b:1537"]);
         assert_eq!(c.environment, "dev");
+        assert_eq!(c.http_port, None, "the endpoints are off by default");
         let e = ServiceConfig::from_vars(vars(&[("VPS_GATEWAY_URL", "http://a")]))
             .unwrap_err()
             .to_string();

@@ -6,6 +6,8 @@
 //! - [`instance`]: [`Instance`] and [`InstanceHandle`]: one link per gateway,
 //!   each with its own reconnect state.
 //! - [`link`]: one gateway's stream: handshake, frame loop, heartbeats.
+//! - [`http`]: the operator endpoints (`/health`, `/metrics`) and
+//!   [`ServiceMetrics`], the handler counters behind them.
 //! - [`tls`]: [`ClientTls`](tls::ClientTls), TLS and the client
 //!   certificate for `https://` gateways.
 //! - [`inventory`]: the VPS inventory behind `FindVPSByLease`.
@@ -15,11 +17,13 @@
 
 pub mod config;
 pub mod handlers;
+pub mod http;
 pub mod instance;
 pub mod inventory;
 pub mod link;
 pub mod tls;
 
 pub use config::ServiceConfig;
+pub use http::ServiceMetrics;
 pub use instance::{Instance, InstanceHandle, InstanceOptions};
 pub use link::{GatewayCallError, LinkStatus};

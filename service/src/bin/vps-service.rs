@@ -1,34 +1,68 @@
 //! `vps-service`: reads `VPS_*` settings, loads the inventory, and serves
 //! `FindVPSByLease` to every configured gateway until SIGTERM or SIGINT.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
 use gatemesh_handlers::Registry;
 use gatemesh_proto::methods::FindVpsByLease;
 use gatemesh_service::handlers::FindVpsByLeaseHandler;
-use gatemesh_service::inventory::{Inventory, MemoryInventory};
-use gatemesh_service::{Instance, InstanceOptions, ServiceConfig};
+use gatemesh_service::http::HttpState;
+use gatemesh_service::inventory::{Inventory, MemoryInventory, PostgresInventory};
+use gatemesh_service::{Instance, InstanceOptions, ServiceConfig, ServiceMetrics};
+use tokio::net::TcpListener;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = ServiceConfig::from_vars(std::env::vars()).context("invalid configuration")?;
     gatemesh_runtime::logging::init(config.log_format.as_deref());
-    let inventory: Arc<dyn Inventory> = match &config.inventory_file {
-        Some(path) => Arc::new(MemoryInventory::load(path).context("VPS_INVENTORY_FILE")?),
-        None => {
-            tracing::info!("VPS_INVENTORY_FILE not set; serving the built-in sample inventory");
+    let inventory: Arc<dyn Inventory> = match (&config.database_url, &config.inventory_file) {
+        (Some(url), _) => Arc::new(
+            PostgresInventory::connect(url.expose(), config.database_pool_size)
+                .await
+                .context("VPS_DATABASE_URL: the PostgreSQL inventory is unavailable")?,
+        ),
+        (None, Some(path)) => Arc::new(MemoryInventory::load(path).context("VPS_INVENTORY_FILE")?),
+        (None, None) => {
+            tracing::info!(
+                "neither VPS_DATABASE_URL nor VPS_INVENTORY_FILE set; serving the built-in sample inventory"
+            );
             Arc::new(MemoryInventory::sample())
         }
     };
     let mut registry = Registry::new();
     registry.method::<FindVpsByLease>(FindVpsByLeaseHandler::new(inventory))?;
-    let options = InstanceOptions::from_config(&config);
+    let mut options = InstanceOptions::from_config(&config);
+    let metrics = Arc::new(ServiceMetrics::new(registry.methods()));
+    options.dispatch.observer = Some(metrics.clone());
+    let http_listener = match config.http_port {
+        Some(port) => {
+            let addr = SocketAddr::new(config.http_bind, port);
+            let listener = TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen on {addr} (VPS_HTTP_BIND, VPS_HTTP_PORT)")
+            })?;
+            Some((addr, listener))
+        }
+        None => None,
+    };
     tracing::info!(instance = %options.id, environment = %options.environment,
         gateways = ?config.gateway_urls(), "starting instance");
     let instance = Instance::new(options, registry).start(config.gateway_urls());
+    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http = http_listener.map(|(addr, listener)| {
+        tracing::info!(%addr, "operator endpoints listening");
+        let state = HttpState::new(instance.id(), instance.links(), metrics);
+        tokio::spawn(gatemesh_service::http::serve(state, listener, async {
+            let _ = http_stopped.await;
+        }))
+    });
     gatemesh_runtime::shutdown::signal().await;
     instance.shutdown().await;
+    let _ = http_stop.send(());
+    if let Some(http) = http {
+        http.await.context("HTTP server task")??;
+    }
     tracing::info!("instance stopped");
     Ok(())
 }

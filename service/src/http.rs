@@ -1,0 +1,316 @@
+//! The instance's operator HTTP endpoints, on `VPS_HTTP_PORT` (off when
+//! unset):
+//!
+//! - `GET /health`: each gateway link's state as JSON; `healthy` when every
+//!   link is up, `degraded` when some are, `unhealthy` (503) when none is.
+//! - `GET /metrics`: Prometheus text: handler calls by method and outcome,
+//!   their latency, handlers in flight, link connects and disconnects.
+//!
+//! [`ServiceMetrics`] counts handler calls as the dispatcher's
+//! [`DispatchObserver`]: set it in [`InstanceOptions::dispatch`](crate::InstanceOptions)
+//! before the instance starts.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use gatemesh_handlers::DispatchObserver;
+use gatemesh_handlers::dispatch::code_name;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tonic::Code;
+
+use crate::link::Link;
+
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CallLabels {
+    method: Arc<str>,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct MethodLabels {
+    method: Arc<str>,
+}
+
+/// Handler metrics of one instance. Method labels are the registered
+/// methods (interned once) plus `other`, so a peer cannot grow them.
+#[derive(Debug)]
+pub struct ServiceMetrics {
+    methods: HashMap<String, Arc<str>>,
+    other: Arc<str>,
+    calls: Family<CallLabels, Counter>,
+    seconds: Family<MethodLabels, Histogram, fn() -> Histogram>,
+    in_flight: Gauge,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+impl ServiceMetrics {
+    /// Metrics for an instance serving `methods` (its registry's methods).
+    pub fn new(methods: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Self {
+            methods: methods
+                .into_iter()
+                .map(|m| {
+                    let m = m.into();
+                    let label = Arc::from(m.as_str());
+                    (m, label)
+                })
+                .collect(),
+            other: Arc::from("other"),
+            calls: Family::default(),
+            seconds: Family::new_with_constructor(latency_histogram),
+            in_flight: Gauge::default(),
+        }
+    }
+
+    fn label(&self, method: &str) -> Arc<str> {
+        self.methods.get(method).unwrap_or(&self.other).clone()
+    }
+
+    fn count(&self, method: &str, outcome: &'static str) {
+        self.calls
+            .get_or_create(&CallLabels {
+                method: self.label(method),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// Handler calls with these labels so far; `outcome` is `ok` or a code name.
+    pub fn calls(&self, method: &str, outcome: &'static str) -> u64 {
+        self.calls
+            .get(&CallLabels {
+                method: self.label(method),
+                outcome,
+            })
+            .map_or(0, |c| c.get())
+    }
+
+    pub fn in_flight(&self) -> i64 {
+        self.in_flight.get()
+    }
+}
+
+impl DispatchObserver for ServiceMetrics {
+    fn started(&self, _method: &str) {
+        self.in_flight.inc();
+    }
+
+    fn finished(&self, method: &str, outcome: Result<(), Code>, elapsed: Duration) {
+        self.in_flight.dec();
+        self.count(method, outcome.map_or_else(code_name, |()| "ok"));
+        self.seconds
+            .get_or_create(&MethodLabels {
+                method: self.label(method),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    fn rejected(&self, method: &str, code: Code) {
+        self.count(method, code_name(code));
+    }
+}
+
+/// Link gauges and counters, read from the links when scraped.
+struct LinkCollector(Vec<Arc<Link>>);
+
+impl std::fmt::Debug for LinkCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("LinkCollector").field(&self.0.len()).finish()
+    }
+}
+
+impl Collector for LinkCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let statuses: Vec<_> = self.0.iter().map(|l| l.status()).collect();
+        let mut up = encoder.encode_descriptor(
+            "link_up",
+            "1 while the link to this gateway is connected",
+            None,
+            MetricType::Gauge,
+        )?;
+        for s in &statuses {
+            let labels = [("gateway", s.url.as_str())];
+            ConstGauge::new(i64::from(s.connected)).encode(up.encode_family(&labels)?)?;
+        }
+        let mut connects = encoder.encode_descriptor(
+            "link_connects",
+            "Successful handshakes with this gateway",
+            None,
+            MetricType::Counter,
+        )?;
+        for s in &statuses {
+            let labels = [("gateway", s.url.as_str())];
+            ConstCounter::new(s.connects).encode(connects.encode_family(&labels)?)?;
+        }
+        let mut disconnects = encoder.encode_descriptor(
+            "link_disconnects",
+            "Connections to this gateway that ended",
+            None,
+            MetricType::Counter,
+        )?;
+        for s in &statuses {
+            let labels = [("gateway", s.url.as_str())];
+            let ended = s.connects - u64::from(s.connected && s.connects > 0);
+            ConstCounter::new(ended).encode(disconnects.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthStatus {
+    Healthy,
+    Degraded,
+    Unhealthy,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LinkView {
+    pub gateway: String,
+    pub connected: bool,
+    pub gateway_id: Option<String>,
+    pub connects: u64,
+    pub last_error: Option<String>,
+}
+
+/// The body of the instance's `GET /health`.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceHealth {
+    pub status: HealthStatus,
+    pub instance_id: String,
+    pub links: Vec<LinkView>,
+}
+
+/// What the endpoints read: the instance's links and its metrics.
+#[derive(Clone)]
+pub struct HttpState {
+    instance_id: String,
+    links: Vec<Arc<Link>>,
+    registry: Arc<Registry>,
+}
+
+impl HttpState {
+    pub fn new(
+        instance_id: impl Into<String>,
+        links: &[Arc<Link>],
+        metrics: Arc<ServiceMetrics>,
+    ) -> Self {
+        let mut registry = Registry::with_prefix("gatemesh_service");
+        registry.register(
+            "handler_calls",
+            "Requests run by this instance's handlers, by method and outcome (ok or gRPC code)",
+            metrics.calls.clone(),
+        );
+        registry.register(
+            "handler_duration_seconds",
+            "Time handlers took, by method",
+            metrics.seconds.clone(),
+        );
+        registry.register(
+            "handlers_in_flight",
+            "Handlers running now",
+            metrics.in_flight.clone(),
+        );
+        registry.register_collector(Box::new(LinkCollector(links.to_vec())));
+        Self {
+            instance_id: instance_id.into(),
+            links: links.to_vec(),
+            registry: Arc::new(registry),
+        }
+    }
+
+    pub fn health(&self) -> InstanceHealth {
+        let links: Vec<LinkView> = self
+            .links
+            .iter()
+            .map(|l| {
+                let s = l.status();
+                LinkView {
+                    gateway: s.url,
+                    connected: s.connected,
+                    gateway_id: s.gateway_id,
+                    connects: s.connects,
+                    last_error: s.last_error,
+                }
+            })
+            .collect();
+        let up = links.iter().filter(|l| l.connected).count();
+        let status = if up == links.len() && up > 0 {
+            HealthStatus::Healthy
+        } else if up > 0 {
+            HealthStatus::Degraded
+        } else {
+            HealthStatus::Unhealthy
+        };
+        InstanceHealth {
+            status,
+            instance_id: self.instance_id.clone(),
+            links,
+        }
+    }
+
+    pub fn render_metrics(&self) -> String {
+        let mut out = String::with_capacity(4 * 1024);
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn router(self) -> axum::Router {
+        axum::Router::new()
+            .route("/health", get(health))
+            .route("/metrics", get(metrics))
+            .with_state(self)
+    }
+}
+
+/// Serves the instance's endpoints on `listener` until `shutdown` resolves.
+pub async fn serve(
+    state: HttpState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    axum::serve(listener, state.router())
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("HTTP server failed")
+}
+
+async fn health(State(state): State<HttpState>) -> Response {
+    let health = state.health();
+    let code = match health.status {
+        HealthStatus::Unhealthy => StatusCode::SERVICE_UNAVAILABLE,
+        HealthStatus::Healthy | HealthStatus::Degraded => StatusCode::OK,
+    };
+    (code, Json(health)).into_response()
+}
+
+async fn metrics(State(state): State<HttpState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+        state.render_metrics(),
+    )
+        .into_response()
+}
