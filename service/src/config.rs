@@ -25,6 +25,14 @@ pub struct ServiceConfig {
     /// `VPS_INVENTORY_FILE`: JSON or TOML list of VPS; a built-in sample when unset.
     #[serde(default)]
     pub inventory_file: Option<PathBuf>,
+    /// `VPS_DATABASE_URL`: a PostgreSQL URL (`postgres://user:pass@host:port/db`);
+    /// the inventory is then the database's `vps` table, created at start if
+    /// missing. Exclusive with `VPS_INVENTORY_FILE`.
+    #[serde(default)]
+    pub database_url: Option<Secret>,
+    /// `VPS_DATABASE_POOL_SIZE`: connections to the database at most.
+    #[serde(default = "defaults::database_pool_size")]
+    pub database_pool_size: usize,
     /// `VPS_MAX_CONCURRENCY`: handlers running at once; more are refused
     /// with RESOURCE_EXHAUSTED.
     #[serde(default = "defaults::max_concurrency")]
@@ -83,6 +91,9 @@ mod defaults {
     pub fn drain_grace_ms() -> u64 {
         10_000
     }
+    pub fn database_pool_size() -> usize {
+        16
+    }
 }
 
 impl ServiceConfig {
@@ -123,6 +134,26 @@ impl ServiceConfig {
             !self.environment.is_empty(),
             "VPS_ENVIRONMENT",
             "a non-empty label",
+        )?;
+        if let Some(url) = &self.database_url {
+            ensure(
+                self.inventory_file.is_none(),
+                "VPS_DATABASE_URL",
+                "unset when VPS_INVENTORY_FILE is set (one inventory at a time)",
+            )?;
+            let url = url.expose();
+            ensure(
+                url.starts_with("postgres://")
+                    || url.starts_with("postgresql://")
+                    || url.contains('='),
+                "VPS_DATABASE_URL",
+                "a postgres:// URL or a key=value connection string",
+            )?;
+        }
+        ensure(
+            (1..=1024).contains(&self.database_pool_size),
+            "VPS_DATABASE_POOL_SIZE",
+            "1 to 1024",
         )?;
         ensure(
             self.max_concurrency >= 1,
@@ -218,6 +249,44 @@ mod tests {
     }
 
     #[test]
+    fn database_settings() {
+        let base = [
+            ("VPS_GATEWAY_URL", "http://a:1537"),
+            ("VPS_GATEWAY_API_SECRET", "s"),
+        ];
+        let with = |extra: &[(&str, &str)]| {
+            let mut all = base.to_vec();
+            all.extend_from_slice(extra);
+            ServiceConfig::from_vars(vars(&all))
+        };
+        let c = with(&[("VPS_DATABASE_URL", "postgres://u:pw@db:5432/inv")]).unwrap();
+        assert_eq!(
+            c.database_url.as_ref().unwrap().expose(),
+            "postgres://u:pw@db:5432/inv"
+        );
+        assert_eq!(c.database_pool_size, 16);
+        assert!(
+            !format!("{c:?}").contains("pw@"),
+            "the URL may hold a password"
+        );
+        let e = with(&[("VPS_DATABASE_URL", "mysql://db")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("VPS_DATABASE_URL"), "{e}");
+        let e = with(&[
+            ("VPS_DATABASE_URL", "postgres://db/inv"),
+            ("VPS_INVENTORY_FILE", "/etc/inv.json"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("VPS_DATABASE_URL"), "{e}");
+        let e = with(&[("VPS_DATABASE_POOL_SIZE", "0")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("VPS_DATABASE_POOL_SIZE"), "{e}");
+    }
+
+    #[test]
     fn half_given_tls_settings_name_what_is_missing() {
         let err = |list: &[(&str, &str)]| {
             let mut all = vec![
@@ -247,4 +316,5 @@ mod tests {
         ]))
         .unwrap();
         assert!(c.tls.ca_pem.is_none() && c.tls.identity.is_none());
-    }}
+    }
+}

@@ -1,4 +1,5 @@
-//! The VPS inventory behind `FindVPSByLease`: which VPS owns a MAC or an IP.
+//! The embedded backend: VPS records held in memory, loaded from a JSON or
+//! TOML file or given directly.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -6,45 +7,7 @@ use std::path::Path;
 use async_trait::async_trait;
 use serde::Deserialize;
 
-/// One VPS and the lease it holds.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Vps {
-    pub vps_id: String,
-    pub organization_id: String,
-    pub mac: String,
-    pub ip: String,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum InventoryError {
-    #[error("cannot read inventory file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("inventory file {path} is not valid {format}: {message}")]
-    Parse {
-        path: String,
-        format: &'static str,
-        message: String,
-    },
-    #[error("inventory file {path}: {message}")]
-    Invalid { path: String, message: String },
-    #[error("inventory backend failed: {0}")]
-    Backend(String),
-}
-
-/// Where VPS records come from.
-#[async_trait]
-pub trait Inventory: Send + Sync + 'static {
-    /// The VPS holding this lease: looked up by MAC first, then by IP.
-    async fn find_by_lease(&self, ip: &str, mac: &str) -> Result<Option<Vps>, InventoryError>;
-}
-
-/// MACs compare case-insensitively and with `-` or `:` separators alike.
-pub fn normalize_mac(mac: &str) -> String {
-    mac.trim().to_ascii_lowercase().replace('-', ":")
-}
+use super::{Inventory, InventoryError, Vps, normalize_mac};
 
 /// An inventory held in memory, loaded from a file or given directly.
 #[derive(Debug, Default, Clone)]
