@@ -25,6 +25,8 @@ pub struct Options {
     /// size of the restart storm and the fan-out calls.
     pub instances_small: usize,
     pub instances_large: usize,
+    /// The gateways' `GATEWAY_RECONNECT_SPREAD_MS`; the default's when `None`.
+    pub reconnect_spread_ms: Option<u64>,
     pub nats: bool,
     pub scale: bool,
     pub quick: bool,
@@ -55,6 +57,10 @@ impl Options {
             concurrency,
             instances_small: args.get("instances-small", if quick { 10 } else { 1_000 })?,
             instances_large: args.get("instances", if quick { 100 } else { 10_000 })?,
+            reconnect_spread_ms: args
+                .str("reconnect-spread-ms")
+                .map(str::parse)
+                .transpose()?,
             nats: !args.flag("no-nats"),
             scale: !args.flag("no-scale"),
             quick,
@@ -169,6 +175,10 @@ impl Bench {
     fn skip(&mut self, why: &str) {
         eprintln!("{why}");
         self.notes.push(why.to_string());
+    }
+
+    async fn start_gateway(&self, name: &str, args: &[String]) -> anyhow::Result<Role> {
+        Role::start(name, args, &self.log_dir).await
     }
 
     async fn role(&self, name: &str, args: &[&str]) -> anyhow::Result<Role> {
@@ -467,7 +477,18 @@ impl Bench {
         let (small, large) = (self.options.instances_small, self.options.instances_large);
         eprintln!("scale: a fresh gateway, {small} then {large} instances");
         let mut scale = Scale::default();
-        let mut gateway = self.role("gateway-scale", &["gateway"]).await?;
+        let spread = self.options.reconnect_spread_ms.map(|ms| ms.to_string());
+        let gateway_args = |port: Option<&str>| -> Vec<String> {
+            let mut args = vec!["gateway".to_string()];
+            if let Some(port) = port {
+                args.extend(["--port".to_string(), port.to_string()]);
+            }
+            if let Some(spread) = &spread {
+                args.extend(["--reconnect-spread-ms".to_string(), spread.clone()]);
+            }
+            args
+        };
+        let mut gateway = Role::start("gateway-scale", &gateway_args(None), &self.log_dir).await?;
         let port = gateway.port.to_string();
         let url = format!("http://127.0.0.1:{port}");
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -495,7 +516,12 @@ impl Bench {
             registered = w.count;
             eprintln!("  {size} instances registered in {:.1} s", w.ms / 1e3);
             // Let connections settle (HTTP/2 windows, first pings).
-            tokio::time::sleep(Duration::from_secs(if self.options.quick { 1 } else { 3 })).await;
+            tokio::time::sleep(if self.options.quick {
+                self.options.warmup
+            } else {
+                Duration::from_secs(3)
+            })
+            .await;
             let instance_rss: u64 = instances
                 .iter()
                 .map(|r| procfs::rss_kib(r.pid).unwrap_or(0))
@@ -522,7 +548,7 @@ impl Bench {
         let started = Instant::now();
         gateway.stop(Duration::from_secs(20)).await;
         let mut gateway = self
-            .role("gateway-restarted", &["gateway", "--port", &port])
+            .start_gateway("gateway-restarted", &gateway_args(Some(&port)))
             .await?;
         let up = started.elapsed().as_secs_f64() * 1e3;
         let w = watch(&mut gateway, large).await?;
@@ -538,7 +564,7 @@ impl Bench {
         let started = Instant::now();
         gateway.kill().await;
         let mut gateway = self
-            .role("gateway-after-crash", &["gateway", "--port", &port])
+            .start_gateway("gateway-after-crash", &gateway_args(Some(&port)))
             .await?;
         let up = started.elapsed().as_secs_f64() * 1e3;
         let w = watch(&mut gateway, large).await?;

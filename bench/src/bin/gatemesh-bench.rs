@@ -15,7 +15,7 @@ const ROLES: &[&str] = &[
 const USAGE: &str =
     "usage: gatemesh-bench [--quick] [--runs N] [--duration SECONDS] [--warmup SECONDS]
                       [--concurrency 1,64] [--instances N] [--instances-small N]
-                      [--no-nats] [--no-scale] [--out FILE]";
+                      [--reconnect-spread-ms MS] [--no-nats] [--no-scale] [--out FILE]";
 
 fn main() -> anyhow::Result<()> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
