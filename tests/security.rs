@@ -463,3 +463,44 @@ async fn secrets_never_reach_logs_or_debug_output() {
         assert!(!logs.contains(leak), "the logs show {leak:?}");
     }
 }
+
+#[tokio::test]
+async fn an_instance_answer_over_the_limit_fails_that_call_and_keeps_the_link() {
+    let gw = TestGateway::start_with(small_config()).await;
+    let instance = start_instance(
+        &gw,
+        "verbose",
+        "prod",
+        |_ctx, req: pb::FindVpsByLeaseRequest| async move {
+            // Far past the gateway's gRPC frame limit when asked for "big".
+            let size = if req.mac == "big" { 512 * 1024 } else { 4 };
+            Ok(FindVpsByLeaseResponse {
+                vps_id: "v".repeat(size),
+                organization_id: "org".into(),
+            })
+        },
+    );
+    gw.wait_instances(1).await;
+    let err = gw
+        .gateway
+        .mesh()
+        .call::<FindVpsByLease>(lease("10.0.0.5", "big"))
+        .to("verbose")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.to_string().contains("exceeds the gateway's limit"),
+        "{err}"
+    );
+    // The same stream still answers.
+    let answer = gw
+        .gateway
+        .mesh()
+        .call::<FindVpsByLease>(lease("10.0.0.5", "small"))
+        .to("verbose")
+        .await
+        .unwrap();
+    assert_eq!(answer.value.vps_id, "vvvv");
+    assert_eq!(instance.status()[0].connects, 1, "the link never dropped");
+}

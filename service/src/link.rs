@@ -25,6 +25,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A connection that stays up this long resets the reconnect backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(30);
 const QUEUE_CAPACITY: usize = 1024;
+/// The largest frame read from a gateway: the largest payload a gateway
+/// may allow (`GATEWAY_MAX_MESSAGE_BYTES`) plus room for the envelope.
+const MAX_FRAME: usize = 256 * 1024 * 1024 + 64 * 1024;
 /// Used until the gateway's welcome says otherwise.
 const DEFAULT_LIVENESS: Duration = Duration::from_secs(15);
 
@@ -238,7 +241,7 @@ impl Link {
             _ = shutdown.cancelled() => return Ok(Ended::Shutdown),
         };
         let mut client = pb::gateway_client::GatewayClient::new(channel)
-            .max_decoding_message_size(usize::MAX)
+            .max_decoding_message_size(MAX_FRAME)
             .max_encoding_message_size(usize::MAX);
         let hello = pb::InstanceMessage {
             kind: Some(Kind::Hello(self.config.hello.clone())),
@@ -290,6 +293,7 @@ impl Link {
         tracing::info!(gateway = %self.url, gateway_id = %welcome.gateway_id, "registered with gateway");
 
         let caller = Caller::new(welcome.gateway_id.clone(), "gateway");
+        let max_answer = usize::try_from(welcome.max_message_bytes).unwrap_or(usize::MAX);
         let interval = Duration::from_millis(welcome.heartbeat_interval_ms.into());
         let liveness = if interval.is_zero() {
             DEFAULT_LIVENESS
@@ -345,6 +349,7 @@ impl Link {
                         Some(InKind::Request(request)) => {
                             let tx = session.tx.clone();
                             let _ = dispatcher.dispatch(caller.clone(), request, move |response| async move {
+                                let response = within_limit(response, max_answer);
                                 let _ = tx.send(pb::InstanceMessage { kind: Some(Kind::Response(response)) }).await;
                             });
                         }
@@ -480,6 +485,28 @@ impl Drop for CancelOnDrop<'_> {
         if self.session.pending.abandon(self.id) {
             send_cancel(self.session, self.id);
         }
+    }
+}
+
+/// An answer larger than the gateway accepts would end the whole stream;
+/// it becomes a RESOURCE_EXHAUSTED answer to that one call instead.
+/// `max` is the welcome's `max_message_bytes` (0: no limit announced).
+fn within_limit(response: pb::Response, max: usize) -> pb::Response {
+    match &response.result {
+        Some(pb::response::Result::Payload(p)) if max > 0 && p.len() > max => {
+            let status = pb::Status::new(
+                Code::ResourceExhausted,
+                format!(
+                    "answer of {} bytes exceeds the gateway's limit of {max} bytes",
+                    p.len()
+                ),
+            );
+            pb::Response {
+                id: response.id,
+                result: Some(pb::response::Result::Status(status)),
+            }
+        }
+        _ => response,
     }
 }
 
