@@ -27,7 +27,9 @@ fn fast_config() -> gatemesh_gateway::GatewayConfig {
 #[tokio::test]
 async fn a_re_registering_id_replaces_the_live_stream_and_old_cleanup_keeps_the_new() {
     let gw = TestGateway::start().await;
-    let mut old = RawPeer::connect(&gw.url(), "twin", "prod", &[FIND]).await.unwrap();
+    let mut old = RawPeer::connect(&gw.url(), "twin", "prod", &[FIND])
+        .await
+        .unwrap();
     assert!(matches!(old.next().await, Some(Kind::Welcome(_))));
     gw.wait_instances(1).await;
     let old_conn = gw.gateway.instances().get("twin").unwrap().conn_id;
@@ -44,10 +46,19 @@ async fn a_re_registering_id_replaces_the_live_stream_and_old_cleanup_keeps_the_
     // The old stream's cleanup has run (its disconnect is counted) and the
     // new stream is still the one registered, and it answers.
     let stats = gw.gateway.stats().clone();
-    eventually("old stream cleaned up", || gatemesh_gateway::stats::Stats::get(&stats.disconnects) == 1).await;
+    eventually("old stream cleaned up", || {
+        gatemesh_gateway::stats::Stats::get(&stats.disconnects) == 1
+    })
+    .await;
     let current = gw.gateway.instances().get("twin").unwrap();
     assert_ne!(current.conn_id, old_conn);
-    let answer = gw.gateway.mesh().call::<FindVpsByLease>(lease("1", "m")).first_valid().await.unwrap();
+    let answer = gw
+        .gateway
+        .mesh()
+        .call::<FindVpsByLease>(lease("1", "m"))
+        .first_valid()
+        .await
+        .unwrap();
     assert_eq!(answer.value.vps_id, "vps-new");
 }
 
@@ -55,7 +66,9 @@ async fn a_re_registering_id_replaces_the_live_stream_and_old_cleanup_keeps_the_
 async fn a_peer_that_stops_answering_pings_is_removed_and_its_calls_fail_at_once() {
     let gw = TestGateway::start_with(fast_config()).await;
     // Registers, then never sends another frame (and never reads).
-    let _mute = RawPeer::connect(&gw.url(), "mute", "dev", &[FIND]).await.unwrap();
+    let _mute = RawPeer::connect(&gw.url(), "mute", "dev", &[FIND])
+        .await
+        .unwrap();
     gw.wait_instances(1).await;
     let mesh = gw.gateway.mesh();
     let call = tokio::spawn(async move {
@@ -80,7 +93,9 @@ async fn a_peer_that_never_reads_fails_fast_does_not_slow_others_and_is_disconne
     config.max_missed_heartbeats = 100_000;
     let gw = TestGateway::start_with(config).await;
     // Reads nothing after hello: HTTP/2 flow control backs up into its queue.
-    let stuck = RawPeer::connect(&gw.url(), "stuck", "beta", &[FIND]).await.unwrap();
+    let stuck = RawPeer::connect(&gw.url(), "stuck", "beta", &[FIND])
+        .await
+        .unwrap();
     let _good = start_instance(&gw, "good", "prod", knows("m", "vps-1"));
     gw.wait_instances(2).await;
     let mesh = gw.gateway.mesh();
@@ -106,10 +121,17 @@ async fn a_peer_that_never_reads_fails_fast_does_not_slow_others_and_is_disconne
     let overloaded = overloaded.expect("the queue of a peer that never reads fills up");
     assert_eq!(overloaded.code(), Code::ResourceExhausted);
     // first_valid still gets its answer from the healthy instance.
-    let answer = mesh.call::<FindVpsByLease>(lease("1", "m")).first_valid().await.unwrap();
+    let answer = mesh
+        .call::<FindVpsByLease>(lease("1", "m"))
+        .first_valid()
+        .await
+        .unwrap();
     assert_eq!(&*answer.instance, "good");
     // Stuck past the limit: disconnected.
-    gw.gateway.instances().wait_until(|i| i.get("stuck").is_none()).await;
+    gw.gateway
+        .instances()
+        .wait_until(|i| i.get("stuck").is_none())
+        .await;
     assert_eq!(gw.gateway.instances().len(), 1);
     drop(stuck);
 }
@@ -119,8 +141,11 @@ async fn a_blackholed_connection_is_dropped_by_both_sides_and_the_instance_comes
     let gw = TestGateway::start_with(fast_config()).await;
     let proxy = Proxy::start(gw.addr).await;
     let mut registry = gatemesh_handlers::Registry::new();
-    registry.method::<FindVpsByLease>(knows("m", "vps-1")).unwrap();
-    let instance = gatemesh_service::Instance::new(options("far", "prod"), registry).start([proxy.url()]);
+    registry
+        .method::<FindVpsByLease>(knows("m", "vps-1"))
+        .unwrap();
+    let instance =
+        gatemesh_service::Instance::new(options("far", "prod"), registry).start([proxy.url()]);
     instance.wait_connects(1).await;
     gw.wait_instances(1).await;
     let first_conn = gw.gateway.instances().get("far").unwrap().conn_id;
@@ -133,7 +158,13 @@ async fn a_blackholed_connection_is_dropped_by_both_sides_and_the_instance_comes
         .instances()
         .wait_until(|i| i.get("far").is_some_and(|p| p.conn_id != first_conn))
         .await;
-    let answer = gw.gateway.mesh().call::<FindVpsByLease>(lease("1", "m")).first_valid().await.unwrap();
+    let answer = gw
+        .gateway
+        .mesh()
+        .call::<FindVpsByLease>(lease("1", "m"))
+        .first_valid()
+        .await
+        .unwrap();
     assert_eq!(&*answer.instance, "far");
     let status = &instance.status()[0];
     assert!(status.connected);
@@ -164,7 +195,10 @@ async fn an_instance_refuses_work_beyond_its_concurrency_limit() {
     for _ in 0..2 {
         let mesh = mesh.clone();
         hanging.push(tokio::spawn(async move {
-            mesh.call::<FindVpsByLease>(lease("1", "m")).timeout(Duration::from_secs(3600)).to("busy").await
+            mesh.call::<FindVpsByLease>(lease("1", "m"))
+                .timeout(Duration::from_secs(3600))
+                .to("busy")
+                .await
         }));
         started.notified().await;
     }
@@ -197,19 +231,30 @@ async fn gateway_drain_finishes_calls_in_flight_refuses_new_ones_and_spreads_ret
             })
         }
     });
-    let mut watcher = RawPeer::connect(&gw.url(), "watcher", "dev", &["Other"]).await.unwrap();
+    let mut watcher = RawPeer::connect(&gw.url(), "watcher", "dev", &["Other"])
+        .await
+        .unwrap();
     gw.wait_instances(2).await;
     let mesh = gw.gateway.mesh();
     let in_flight = tokio::spawn({
         let mesh = mesh.clone();
-        async move { mesh.call::<FindVpsByLease>(lease("1", "m")).timeout(Duration::from_secs(3600)).first_valid().await }
+        async move {
+            mesh.call::<FindVpsByLease>(lease("1", "m"))
+                .timeout(Duration::from_secs(3600))
+                .first_valid()
+                .await
+        }
     });
     started.notified().await;
     let gateway = gw.gateway.clone();
     let drain = tokio::spawn(async move { gateway.drain().await });
     // New calls are refused while draining.
     eventually("draining", || gw.gateway.is_draining()).await;
-    let refused = mesh.call::<FindVpsByLease>(lease("1", "m")).first_valid().await.unwrap_err();
+    let refused = mesh
+        .call::<FindVpsByLease>(lease("1", "m"))
+        .first_valid()
+        .await
+        .unwrap_err();
     assert!(matches!(refused, CallError::Draining), "{refused:?}");
     assert_eq!(refused.code(), Code::Unavailable);
     // The call in flight still gets its answer.
@@ -254,13 +299,28 @@ async fn instance_shutdown_stops_new_routing_and_finishes_handlers_in_flight() {
     let mesh = gw.gateway.mesh();
     let in_flight = tokio::spawn({
         let mesh = mesh.clone();
-        async move { mesh.call::<FindVpsByLease>(lease("1", "m")).timeout(Duration::from_secs(3600)).first_valid().await }
+        async move {
+            mesh.call::<FindVpsByLease>(lease("1", "m"))
+                .timeout(Duration::from_secs(3600))
+                .first_valid()
+                .await
+        }
     });
     started.notified().await;
     let stopping = tokio::spawn(instance.shutdown());
     // Once the gateway has heard the goodbye, nothing new is routed there.
-    eventually("instance draining", || gw.gateway.instances().get("leaving").is_none_or(|p| p.is_draining())).await;
-    let err = mesh.call::<FindVpsByLease>(lease("1", "m")).first_valid().await.unwrap_err();
+    eventually("instance draining", || {
+        gw.gateway
+            .instances()
+            .get("leaving")
+            .is_none_or(|p| p.is_draining())
+    })
+    .await;
+    let err = mesh
+        .call::<FindVpsByLease>(lease("1", "m"))
+        .first_valid()
+        .await
+        .unwrap_err();
     assert!(matches!(err, CallError::NoResponders { .. }), "{err:?}");
     assert_eq!(in_flight.await.unwrap().unwrap().value.vps_id, "vps-done");
     stopping.await.unwrap();
@@ -272,13 +332,22 @@ async fn an_instance_keeps_one_stream_per_gateway_with_its_own_state() {
     let gw1 = TestGateway::start().await;
     let gw2 = TestGateway::start().await;
     let mut registry = gatemesh_handlers::Registry::new();
-    registry.method::<FindVpsByLease>(knows("m", "vps-1")).unwrap();
-    let instance = gatemesh_service::Instance::new(options("both", "prod"), registry).start([gw1.url(), gw2.url()]);
+    registry
+        .method::<FindVpsByLease>(knows("m", "vps-1"))
+        .unwrap();
+    let instance = gatemesh_service::Instance::new(options("both", "prod"), registry)
+        .start([gw1.url(), gw2.url()]);
     instance.wait_connected().await;
     gw1.wait_instances(1).await;
     gw2.wait_instances(1).await;
     for gw in [&gw1, &gw2] {
-        let a = gw.gateway.mesh().call::<FindVpsByLease>(lease("1", "m")).first_valid().await.unwrap();
+        let a = gw
+            .gateway
+            .mesh()
+            .call::<FindVpsByLease>(lease("1", "m"))
+            .first_valid()
+            .await
+            .unwrap();
         assert_eq!(&*a.instance, "both");
     }
     let url1 = gw1.url();
@@ -288,12 +357,24 @@ async fn an_instance_keeps_one_stream_per_gateway_with_its_own_state() {
     let status = instance.status();
     assert_eq!(status[0].url, url1);
     assert!(!status[0].connected);
-    assert!(status[1].connected, "the other gateway's link is unaffected");
-    let a = gw2.gateway.mesh().call::<FindVpsByLease>(lease("1", "m")).first_valid().await.unwrap();
+    assert!(
+        status[1].connected,
+        "the other gateway's link is unaffected"
+    );
+    let a = gw2
+        .gateway
+        .mesh()
+        .call::<FindVpsByLease>(lease("1", "m"))
+        .first_valid()
+        .await
+        .unwrap();
     assert_eq!(&*a.instance, "both");
     // Calls from the instance go to a connected gateway.
     let info = instance
-        .call::<gatemesh_proto::methods::GetGatewayInfo>(pb::GetGatewayInfoRequest {}, Duration::from_secs(5))
+        .call::<gatemesh_proto::methods::GetGatewayInfo>(
+            pb::GetGatewayInfoRequest {},
+            Duration::from_secs(5),
+        )
         .await
         .unwrap();
     assert_eq!(info.connected_instances, 1);

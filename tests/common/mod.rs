@@ -3,10 +3,10 @@
 
 #![allow(dead_code)]
 
+pub mod http;
 pub mod process;
 pub mod tls;
 
-pub mod http;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -174,7 +174,12 @@ pub struct RawPeer {
 }
 
 impl RawPeer {
-    pub async fn connect(url: &str, id: &str, env: &str, methods: &[&str]) -> Result<Self, tonic::Status> {
+    pub async fn connect(
+        url: &str,
+        id: &str,
+        env: &str,
+        methods: &[&str],
+    ) -> Result<Self, tonic::Status> {
         use gatemesh_proto::pb;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let hello = pb::Hello {
@@ -234,7 +239,11 @@ impl Proxy {
         use std::sync::atomic::{AtomicBool, Ordering};
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-        async fn pump(hole: Arc<AtomicBool>, mut r: tokio::net::tcp::OwnedReadHalf, mut w: tokio::net::tcp::OwnedWriteHalf) {
+        async fn pump(
+            hole: Arc<AtomicBool>,
+            mut r: tokio::net::tcp::OwnedReadHalf,
+            mut w: tokio::net::tcp::OwnedWriteHalf,
+        ) {
             let mut buf = vec![0u8; 16 * 1024];
             loop {
                 let n = match r.read(&mut buf).await {
@@ -267,7 +276,11 @@ impl Proxy {
                 tokio::spawn(pump(hole, sr, cw));
             }
         });
-        Self { addr, blackholed, task }
+        Self {
+            addr,
+            blackholed,
+            task,
+        }
     }
 
     pub fn url(&self) -> String {
