@@ -500,4 +500,57 @@ mod tests {
         d.idle().await;
         assert_eq!(d.in_flight(), 0);
     }
+
+    #[derive(Default)]
+    struct Counting(Mutex<Vec<String>>);
+
+    impl DispatchObserver for Counting {
+        fn started(&self, method: &str) {
+            self.0.lock().push(format!("started {method}"));
+        }
+        fn finished(&self, method: &str, outcome: Result<(), Code>, _elapsed: Duration) {
+            let outcome = outcome.map_or_else(code_name, |()| "ok");
+            self.0.lock().push(format!("finished {method} {outcome}"));
+        }
+        fn rejected(&self, method: &str, code: Code) {
+            self.0
+                .lock()
+                .push(format!("rejected {method} {}", code_name(code)));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_observer_hears_every_start_finish_and_rejection() {
+        let (seen_tx, _seen) = mpsc::unbounded_channel();
+        let observer = Arc::new(Counting::default());
+        let d = Arc::new(Dispatcher::new(
+            Arc::new(observing(seen_tx)),
+            DispatchConfig {
+                observer: Some(observer.clone()),
+                ..DispatchConfig::default()
+            },
+            Arc::new(Semaphore::new(8)),
+        ));
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        send(&d, &tx, request(1, "FindVPSByLease", 50)).unwrap();
+        assert_eq!(
+            status(&rx.recv().await.unwrap()),
+            Some(Code::DeadlineExceeded)
+        );
+        send(&d, &tx, request(2, "FindVPSByLease", 60_000)).unwrap();
+        tokio::task::yield_now().await;
+        assert!(d.cancel(2));
+        d.idle().await;
+        let _ = send(&d, &tx, request(3, "Nope", 1000));
+        assert_eq!(
+            *observer.0.lock(),
+            [
+                "started FindVPSByLease",
+                "finished FindVPSByLease deadline_exceeded",
+                "started FindVPSByLease",
+                "finished FindVPSByLease cancelled",
+                "rejected Nope unimplemented",
+            ]
+        );
+    }
 }
