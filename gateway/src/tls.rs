@@ -73,8 +73,12 @@ impl GatewayTls {
                 .transpose()?,
         };
         // rustls checks that the key belongs to the certificate.
-        tls.server_config_checked()
-            .map_err(|e| ConfigError(format!("GATEWAY_TLS_CERT, GATEWAY_TLS_KEY: {e}")))?;
+        tls.server_config_checked().map_err(|e| {
+            ConfigError(format!(
+                "GATEWAY_TLS_CERT, GATEWAY_TLS_KEY: not a usable TLS identity \
+                     (is the key the certificate's?): {e}"
+            ))
+        })?;
         Ok(Some(tls))
     }
 
