@@ -243,7 +243,7 @@ async fn every_call_ends_and_every_instance_returns_through_kill_freeze_blackhol
     for task in load {
         task.await.unwrap();
     }
-    let outcomes = outcomes.lock();
+    let outcomes = std::mem::take(&mut *outcomes.lock());
     let hung = outcomes
         .iter()
         .filter(|o| matches!(o, Outcome::Hung))

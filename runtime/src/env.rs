@@ -74,7 +74,8 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().starts_with("X_PORT: "), "{err}");
         assert!(err.to_string().contains("abc"), "{err}");
-        let ok = from_vars::<Example, _>("X_", vars(&[("X_SECRET", "s"), ("X_PORT", "9")]));
-        assert_eq!(ok.unwrap().port, Some(9));
+        let ok =
+            from_vars::<Example, _>("X_", vars(&[("X_SECRET", "s"), ("X_PORT", "9")])).unwrap();
+        assert_eq!((ok.secret.as_str(), ok.port), ("s", Some(9)));
     }
 }
