@@ -13,6 +13,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     // The encoded descriptors feed gRPC reflection and the CLI's JSON codec.
     std::fs::write(out.join("gatemesh_descriptor.bin"), fds.encode_to_vec())?;
-    tonic_prost_build::configure().bytes(".").compile_fds(fds)?;
+    tonic_prost_build::configure()
+        .bytes(".")
+        .codec_path("crate::codec::ProstCodec")
+        .compile_fds(fds)?;
     Ok(())
 }

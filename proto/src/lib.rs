@@ -5,11 +5,14 @@
 //!   this one module.
 //! - [`Method`] and [`methods`]: each mesh method's name bound to its request
 //!   and response types once, so callers and handlers cannot mix them up.
+//! - [`codec`]: the services' codec: prost with small initial stream
+//!   buffers, so an idle stream holds little memory.
 //! - [`DESCRIPTOR_SET`]: the encoded descriptors, for gRPC reflection and for
 //!   turning JSON into method messages without per-method code.
 
 #![forbid(unsafe_code)]
 
+pub mod codec;
 pub mod methods;
 
 /// Generated protobuf and gRPC code.
