@@ -272,3 +272,84 @@ async fn vps_gateway_config_turns_the_manager_on() {
     let (gateway, service) = dhcp::gateway_with_dhcp(common::config()).unwrap();
     assert!(service.is_none() && gateway.dhcp().is_none());
 }
+
+#[tokio::test]
+async fn resolutions_are_bounded_and_a_silent_instance_costs_only_its_deadline() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const STUCK: &str = "52:54:00:5f:00:00";
+    let dir = TempDir::new("dhcp-bounded");
+    let leases = dir.join("dnsmasq.leases");
+    let hosts_file = dir.join("hosts");
+    let gw = TestGateway::start().await;
+    let (now, max) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (n, m) = (now.clone(), max.clone());
+    let _instance = start_instance(
+        &gw,
+        "slow-1",
+        "prod",
+        move |_ctx, req: pb::FindVpsByLeaseRequest| {
+            let (now, max) = (n.clone(), m.clone());
+            async move {
+                let running = now.fetch_add(1, Ordering::SeqCst) + 1;
+                max.fetch_max(running, Ordering::SeqCst);
+                if req.mac == STUCK {
+                    // Never answers; only the call's deadline ends it.
+                    now.fetch_sub(1, Ordering::SeqCst);
+                    std::future::pending::<()>().await;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                now.fetch_sub(1, Ordering::SeqCst);
+                Ok(pb::FindVpsByLeaseResponse {
+                    vps_id: format!("vps-{}", req.ip.replace('.', "-")),
+                    organization_id: "org".into(),
+                })
+            }
+        },
+    );
+    gw.wait_instances(1).await;
+    let mut text = lease(0, STUCK, "10.80.1.1", "*");
+    for i in 0..40 {
+        text.push_str(&lease(
+            0,
+            &format!("52:54:00:5f:01:{i:02x}"),
+            &format!("10.80.0.{i}"),
+            "*",
+        ));
+    }
+    write_file(&leases, &text);
+    let mut config = DhcpConfig::new(&leases, &hosts_file);
+    config.concurrency = 4;
+    config.call_timeout = Duration::from_millis(300);
+    config.retry_base = Duration::from_millis(20);
+    config.retry_max = Duration::from_millis(100);
+    let (manager, handle) = DhcpManager::new(config);
+    let stop = CancellationToken::new();
+    tokio::spawn(manager.run(gw.gateway.mesh(), stop.clone().cancelled_owned()));
+
+    assert!(handle.wait_until(|s| s.resolved == 40).await);
+    let status = handle.status();
+    assert_eq!((status.leases_seen, status.pending), (41, 1), "{status:?}");
+    let peak = max.load(Ordering::SeqCst);
+    assert!((1..=4).contains(&peak), "{peak} resolutions ran at once");
+    // The silent lease timed out and is being retried.
+    assert!(handle.wait_until(|s| s.calls >= 42).await);
+    let leases = handle.leases().await.unwrap();
+    let stuck = leases.leases.iter().find(|l| l.mac == STUCK).unwrap();
+    assert!(stuck.vps_id.is_empty());
+    assert!(
+        stuck.last_error.contains("deadline") || stuck.state == "resolving",
+        "{stuck:?}"
+    );
+    let written = std::fs::read_to_string(&hosts_file).unwrap();
+    assert_eq!(
+        written
+            .lines()
+            .filter(|l| l.starts_with("10.80.0."))
+            .count(),
+        40
+    );
+    assert!(!written.contains("10.80.1.1"));
+    stop.cancel();
+}
