@@ -1,0 +1,109 @@
+//! Secrets (issue 5): the shared secret and private keys never show in
+//! `Debug` output or in logs, even at trace level, through a registration,
+//! a refused one and a call.
+//!
+//! Alone in its binary: the log capture is a thread-local subscriber, and
+//! tracing's callsite cache is shared with every other test thread.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use gatemesh_gateway::GatewayConfig;
+use gatemesh_handlers::Registry;
+use gatemesh_proto::methods::FindVpsByLease;
+
+/// Collects everything logged on this thread.
+#[derive(Clone, Default)]
+struct Captured(Arc<parking_lot::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn secrets_never_reach_logs_or_debug_output() {
+    const GOOD: &str = "s3cr3t-good-7f1d";
+    const BAD: &str = "s3cr3t-wrong-42aa";
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("trace"))
+        .with_writer(move || writer.clone())
+        .finish();
+    // Every task of this single-threaded runtime logs here.
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let vars = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let mut gw_config =
+        GatewayConfig::from_vars(vars(&[("GATEWAY_API_SECRET", GOOD), ("GATEWAY_ID", "gw")]))
+            .unwrap();
+    let ca = common::tls::Ca::new("secrets CA");
+    let tls = common::tls::gateway_tls(&ca, None);
+    let key_body = String::from_utf8(tls.key_pem.clone()).unwrap();
+    let key_line = key_body.lines().nth(1).unwrap().to_string();
+    gw_config.tls = Some(tls.clone());
+    let service_config = gatemesh_service::ServiceConfig::from_vars(vars(&[
+        ("VPS_GATEWAY_URL", "http://127.0.0.1:1"),
+        ("VPS_GATEWAY_API_SECRET", GOOD),
+    ]))
+    .unwrap();
+    let mut options = gatemesh_service::InstanceOptions::from_config(&service_config);
+    options.tls = common::tls::client_tls(&ca, Some(&ca.client("x")));
+    let debug = format!("{gw_config:?} {service_config:?} {options:?} {tls:?}");
+    for leak in [GOOD, key_line.as_str()] {
+        assert!(
+            !debug.contains(leak),
+            "Debug output shows {leak:?}: {debug}"
+        );
+    }
+
+    // A registration, a refused one, and a call, all logged at trace.
+    gw_config.tls = None;
+    let gw = TestGateway::start_with(gw_config).await;
+    let mut registry = Registry::new();
+    registry
+        .method::<FindVpsByLease>(knows("aa", "vps-1"))
+        .unwrap();
+    let mut good_options = options.clone();
+    good_options.id = "good".into();
+    good_options.tls = Default::default();
+    let good = gatemesh_service::Instance::new(good_options, registry).start([gw.url()]);
+    let mut bad_options = options;
+    bad_options.id = "bad".into();
+    bad_options.secret = gatemesh_runtime::Secret::new(BAD);
+    bad_options.tls = Default::default();
+    let bad = gatemesh_service::Instance::new(bad_options, Registry::new()).start([gw.url()]);
+    good.wait_connected().await;
+    let _ = bad.links()[0]
+        .watch()
+        .wait_for(|s| s.last_error.is_some())
+        .await;
+    gw.gateway
+        .mesh()
+        .call::<FindVpsByLease>(lease("10.0.0.1", "aa"))
+        .first_valid()
+        .await
+        .unwrap();
+    good.shutdown().await;
+    drop(bad);
+    gw.stop().await;
+
+    let logs = String::from_utf8(logs.0.lock().clone()).unwrap();
+    assert!(logs.contains("instance registered"), "logs were captured");
+    assert!(logs.contains("stream refused"), "the refusal was logged");
+    for leak in [GOOD, BAD] {
+        assert!(!logs.contains(leak), "the logs show {leak:?}");
+    }
+}
