@@ -197,3 +197,56 @@ async fn under_mtls_the_secret_still_applies_unless_made_optional() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
 }
+
+/// `ListInstances` over mTLS with `cert`, with or without the secret.
+async fn admin_list(
+    gw: &TestGateway,
+    ca: &Ca,
+    cert: &Issued,
+    secret: Option<&str>,
+) -> Result<usize, tonic::Status> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&ca.pem))
+        .identity(Identity::from_pem(&cert.cert_pem, &cert.key_pem));
+    let channel = Endpoint::from_shared(https_url(gw))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = gatemesh_proto::pb::gateway_admin_client::GatewayAdminClient::new(channel);
+    let mut request = tonic::Request::new(gatemesh_proto::pb::ListInstancesRequest {});
+    if let Some(secret) = secret {
+        request
+            .metadata_mut()
+            .insert(gatemesh_proto::SECRET_METADATA_KEY, secret.parse().unwrap());
+    }
+    Ok(client
+        .list_instances(request)
+        .await?
+        .into_inner()
+        .instances
+        .len())
+}
+
+#[tokio::test]
+async fn the_admin_api_follows_the_same_secret_rule_under_mtls() {
+    let ca = Ca::new("gatemesh test CA");
+    let cert = ca.client("ops-cli");
+    let gw = tls_gateway(&ca, Some(&ca)).await;
+    assert_eq!(admin_list(&gw, &ca, &cert, Some(SECRET)).await.unwrap(), 0);
+    let err = admin_list(&gw, &ca, &cert, None).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+
+    let mut config = config();
+    config.tls = Some(gateway_tls(&ca, Some(&ca)));
+    config.tls_secret_optional = true;
+    let gw = TestGateway::start_with(config).await;
+    assert_eq!(admin_list(&gw, &ca, &cert, None).await.unwrap(), 0);
+    let err = admin_list(&gw, &ca, &cert, Some("wrong"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+}
