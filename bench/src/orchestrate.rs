@@ -704,6 +704,14 @@ impl Bench {
                 total_ms / 1e3,
                 w.ms / 1e3
             );
+            let _ = writeln!(
+                out,
+                "Back: 50% at {:.2} s, 99% at {:.2} s, 99.9% at {:.2} s, all at {:.2} s after it listened.\n",
+                reached_at(&w.samples, 0.5) / 1e3,
+                reached_at(&w.samples, 0.99) / 1e3,
+                reached_at(&w.samples, 0.999) / 1e3,
+                w.ms / 1e3
+            );
             let _ = writeln!(out, "```\n{}```", histogram(&w.samples, w.ms));
         }
     }
@@ -803,6 +811,16 @@ async fn watch(gateway: &mut Role, count: usize) -> anyhow::Result<WaitResult> {
         Reply::Wait(w) => Ok(w),
         other => bail!("unexpected reply {other:?}"),
     }
+}
+
+/// When the count first reached `share` of the final count, in ms.
+fn reached_at(samples: &[(f64, usize)], share: f64) -> f64 {
+    let last = samples.last().map_or(0, |&(_, n)| n);
+    let goal = (last as f64 * share).ceil() as usize;
+    samples
+        .iter()
+        .find(|&&(_, n)| n >= goal)
+        .map_or(f64::NAN, |&(t, _)| t)
 }
 
 /// Registrations per time bucket, as text bars.

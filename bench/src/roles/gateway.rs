@@ -50,7 +50,9 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
                     .await?,
                 ),
                 Command::Wait { count, timeout_ms } => {
-                    Reply::Wait(wait(&gateway, count, timeout_ms, Instant::now()).await)
+                    let mut result = wait(&gateway, count, timeout_ms, Instant::now()).await;
+                    result.samples.clear();
+                    Reply::Wait(result)
                 }
                 Command::Watch { count, timeout_ms } => {
                     Reply::Wait(wait(&gateway, count, timeout_ms, listening).await)
