@@ -200,6 +200,24 @@ async fn leases_wait_for_an_instance_and_get_leases_reports_them() {
             .contains("10.78.0.5"),
         "{status:?}"
     );
+    // Operators see it: /health names the waiting lease, /metrics counts it.
+    let health = gw.gateway.health();
+    assert!(
+        health
+            .reasons
+            .iter()
+            .any(|r| r.starts_with("dhcp: 1 lease(s) unresolved")),
+        "{health:?}"
+    );
+    let metrics = gw.gateway.metrics().render();
+    assert!(
+        metrics.contains("gatemesh_gateway_dhcp_pending 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("gatemesh_gateway_dhcp_running 1"),
+        "{metrics}"
+    );
 
     // An instance registers: the lease is resolved at once.
     let mut registry = Registry::new();
@@ -229,6 +247,20 @@ async fn leases_wait_for_an_instance_and_get_leases_reports_them() {
     assert_eq!(lease.vps_id, "vps-waited");
     assert_eq!(lease.state, "resolved");
     assert_eq!(lease.expires, 0, "infinite");
+    let health = gw.gateway.health();
+    assert!(
+        !health.reasons.iter().any(|r| r.starts_with("dhcp:")),
+        "{health:?}"
+    );
+    let metrics = gw.gateway.metrics().render();
+    assert!(
+        metrics.contains("gatemesh_gateway_dhcp_resolved 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("gatemesh_gateway_dhcp_pending 0"),
+        "{metrics}"
+    );
     stop.cancel();
 }
 

@@ -20,7 +20,9 @@ use tokio::time::Instant;
 use tonic::Code;
 
 use crate::Instances;
+use crate::dhcp::DhcpHandle;
 use crate::stats::{ServedLabels, Stats, method_label};
+use std::sync::OnceLock;
 
 /// The content type of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -32,7 +34,12 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub(crate) fn new(stats: Arc<Stats>, instances: Weak<Instances>, started: Instant) -> Self {
+    pub(crate) fn new(
+        stats: Arc<Stats>,
+        instances: Weak<Instances>,
+        started: Instant,
+        dhcp: Arc<OnceLock<DhcpHandle>>,
+    ) -> Self {
         let mut registry = Registry::with_prefix("gatemesh_gateway");
         registry.register(
             "calls",
@@ -59,6 +66,7 @@ impl Metrics {
             instances,
             started,
         }));
+        registry.register_collector(Box::new(DhcpMetrics(dhcp)));
         Self { registry }
     }
 
@@ -68,6 +76,68 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// The DHCP manager's state, when one is attached.
+struct DhcpMetrics(Arc<OnceLock<DhcpHandle>>);
+
+impl std::fmt::Debug for DhcpMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DhcpMetrics")
+    }
+}
+
+impl Collector for DhcpMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let Some(handle) = self.0.get() else {
+            return Ok(());
+        };
+        let s = handle.status();
+        let e = &mut encoder;
+        for (name, help, value) in [
+            (
+                "dhcp_leases",
+                "Active leases in the lease file",
+                s.leases_seen,
+            ),
+            ("dhcp_resolved", "Leases with a VPS id", s.resolved),
+            ("dhcp_pending", "Leases still without a VPS id", s.pending),
+            (
+                "dhcp_hosts_entries",
+                "Lines in the hosts file as last written",
+                s.hosts_entries,
+            ),
+        ] {
+            gauge(e, name, help, value as i64)?;
+        }
+        for (name, help, value) in [
+            (
+                "dhcp_lookups",
+                "Resolution calls sent through the mesh",
+                s.calls,
+            ),
+            (
+                "dhcp_hosts_writes",
+                "Times the hosts file was written",
+                s.hosts_writes,
+            ),
+            ("dhcp_reloads", "SIGHUPs delivered to dnsmasq", s.reloads),
+            (
+                "dhcp_reload_failures",
+                "dnsmasq reloads that failed",
+                s.reload_failures,
+            ),
+        ] {
+            let metric = ConstCounter::new(value);
+            metric.encode(e.encode_descriptor(name, help, None, metric.metric_type())?)?;
+        }
+        gauge(
+            e,
+            "dhcp_running",
+            "1 while the DHCP manager runs",
+            i64::from(s.running),
+        )
     }
 }
 
@@ -138,6 +208,12 @@ impl Collector for ScrapeTime {
             "queue_full",
             "Sends refused because an instance's outbound queue was full",
             &stats.queue_full,
+        )?;
+        counter(
+            e,
+            "stray_cancels",
+            "Cancels for ids not running on their stream (just ended, or never sent); dropped",
+            &stats.stray_cancels,
         )?;
         gauge(
             e,

@@ -42,7 +42,7 @@ pub(crate) struct Shared {
     pub(crate) mesh: Mesh,
     pub(crate) registry: Arc<Registry>,
     /// The DHCP manager's read side, once one is attached.
-    pub(crate) dhcp: std::sync::OnceLock<crate::dhcp::DhcpHandle>,
+    pub(crate) dhcp: Arc<std::sync::OnceLock<crate::dhcp::DhcpHandle>>,
     pub(crate) dispatch: DispatchConfig,
     pub(crate) permits: Arc<Semaphore>,
     pub(crate) tasks: TaskTracker,
@@ -99,7 +99,13 @@ impl Gateway {
             config.max_message_bytes,
         );
         let started = Instant::now();
-        let metrics = Metrics::new(stats.clone(), Arc::downgrade(&instances), started);
+        let dhcp = Arc::new(std::sync::OnceLock::new());
+        let metrics = Metrics::new(
+            stats.clone(),
+            Arc::downgrade(&instances),
+            started,
+            dhcp.clone(),
+        );
         let dispatch = DispatchConfig {
             default_timeout: config.call_timeout(),
             observer: Some(Arc::new(ServedObserver(stats.clone()))),
@@ -114,7 +120,7 @@ impl Gateway {
                 stats,
                 mesh,
                 registry: Arc::new(registry),
-                dhcp: std::sync::OnceLock::new(),
+                dhcp,
                 dispatch,
                 permits,
                 tasks: TaskTracker::new(),
@@ -159,7 +165,9 @@ impl Gateway {
     /// Makes a manager's state visible through [`Self::dhcp`]; the first
     /// one attached stays.
     pub fn attach_dhcp(&self, handle: crate::dhcp::DhcpHandle) {
-        let _ = self.shared.dhcp.set(handle);
+        if self.shared.dhcp.set(handle.clone()).is_ok() {
+            self.add_health_check("dhcp", move || crate::dhcp::problem(&handle.status()));
+        }
     }
 
     pub fn config(&self) -> &GatewayConfig {

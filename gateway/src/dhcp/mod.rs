@@ -132,6 +132,21 @@ pub fn gateway_with_dhcp(
     Ok((gateway, Some(DhcpService { handle, stop, task })))
 }
 
+/// Why the manager makes the gateway degraded, if it does: it is not
+/// running, or leases stay unresolved and the last attempt failed.
+pub fn problem(status: &DhcpStatus) -> Option<String> {
+    if !status.running {
+        return Some("the manager is not running".into());
+    }
+    match &status.last_error {
+        Some(error) if status.pending > 0 => Some(format!(
+            "{} lease(s) unresolved; last error: {error}",
+            status.pending
+        )),
+        _ => None,
+    }
+}
+
 /// Registers `GetLeases`, served from `handle`.
 pub fn register(registry: &mut Registry, handle: DhcpHandle) -> Result<(), RegistryError> {
     registry.method::<GetLeases>(
