@@ -201,7 +201,10 @@ async fn an_answer_for_another_streams_call_is_dropped_and_counted() {
         }),
     )
     .await;
-    eventually("B's forged answer is counted", || violations(&gw) == 1).await;
+    eventually("B's forged answer and cancel are counted", || {
+        violations(&gw) == 1 && Stats::get(&gw.gateway.stats().stray_cancels) == 1
+    })
+    .await;
     assert!(!call.is_finished(), "A's call is still waiting for A");
     send(&a, answer(req.id, "vps-real")).await;
     let answer = call.await.unwrap().unwrap();

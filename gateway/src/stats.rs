@@ -32,6 +32,8 @@ pub struct Stats {
     pub violations: AtomicU64,
     /// Sends refused because an instance's queue was full.
     pub queue_full: AtomicU64,
+    /// Cancels for ids not running on their stream (ended, or never sent).
+    pub stray_cancels: AtomicU64,
     pub(crate) calls: Family<CallLabels, Counter>,
     pub(crate) call_seconds: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub(crate) disconnect_reasons: Family<ReasonLabels, Counter>,
@@ -51,6 +53,7 @@ impl Default for Stats {
             late_responses: AtomicU64::new(0),
             violations: AtomicU64::new(0),
             queue_full: AtomicU64::new(0),
+            stray_cancels: AtomicU64::new(0),
             calls: Family::default(),
             call_seconds: Family::new_with_constructor(latency_histogram),
             disconnect_reasons: Family::default(),

@@ -332,11 +332,14 @@ fn handle_frame(
                 Err(rejection) => Err(format!("request {id}: {rejection:?}")),
             }
         }
-        // A cancel for an id that is not running is dropped: the request
-        // may just have ended. It only ever reaches this stream's requests.
+        // A cancel for an id that is not running is dropped and counted,
+        // not a violation: the request may just have ended. It only ever
+        // reaches this stream's requests.
         Some(InKind::Cancel(cancel)) if cancel.id == 0 => Err("cancel for id 0".into()),
         Some(InKind::Cancel(cancel)) => {
-            peer.dispatcher.cancel(cancel.id);
+            if !peer.dispatcher.cancel(cancel.id) {
+                Stats::bump(&shared.stats.stray_cancels);
+            }
             Ok(())
         }
         Some(InKind::Ping(ping)) => {
