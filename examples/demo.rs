@@ -1,6 +1,7 @@
 //! The whole mesh in one process on loopback: a gateway, three instances
-//! (`beta`, `prod`, `dev`) with different inventories, and a handful of
-//! leases resolved with `first_valid`.
+//! (`beta`, `prod`, `dev`) with different inventories, a handful of leases
+//! resolved with `first_valid`, then the gateway's DHCP manager turning a
+//! changing dnsmasq lease file into the hosts file dnsmasq serves.
 //!
 //! Run: `cargo run --example demo`
 
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
+use gatemesh_gateway::dhcp::{DhcpConfig, DhcpManager};
 use gatemesh_gateway::{CallError, Gateway, GatewayConfig};
 use gatemesh_handlers::Registry;
 use gatemesh_proto::methods::FindVpsByLease;
@@ -51,6 +53,70 @@ fn start(
     registry.method::<FindVpsByLease>(FindVpsByLeaseHandler::new(inventory))?;
     let options = InstanceOptions::new(id, env, Secret::new(SECRET));
     Ok(Instance::new(options, registry).start([url]))
+}
+
+/// The job the mesh exists for: the gateway's DHCP manager watches a
+/// dnsmasq lease file, resolves each lease through the mesh, and writes the
+/// hosts file dnsmasq serves. (No dnsmasq runs here, so nothing is reloaded.)
+async fn dhcp_flow(gateway: &Gateway) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("gatemesh-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let leases = dir.join("dnsmasq.leases");
+    let hosts = dir.join("vps.hosts");
+    let expiry = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        + 3600;
+    let line = |mac: &str, ip: &str, host: &str| format!("{expiry} {mac} {ip} {host} *\n");
+    let first = [
+        line("52:54:00:12:34:56", "10.0.0.5", "*"),
+        line("52:54:00:be:00:02", "10.0.1.12", "*"),
+        line("52:54:00:de:00:01", "10.0.2.21", "*"),
+        // A hostname that already is a VPS id is used without a call.
+        line("52:54:00:77:00:07", "10.0.3.7", "vps-direct-7"),
+        // Nobody knows this one yet: it waits, retried with backoff.
+        line("52:54:00:ff:ff:ff", "10.0.9.99", "*"),
+    ];
+    std::fs::write(&leases, first.concat())?;
+    println!("\nDHCP manager: watching {}", leases.display());
+    let (manager, handle) = DhcpManager::new(DhcpConfig::new(&leases, &hosts));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(manager.run(gateway.mesh(), stop.clone().cancelled_owned()));
+    handle
+        .wait_until(|s| s.resolved == 4 && s.in_flight == 0 && s.hosts_writes > 0)
+        .await;
+    println!(
+        "{} leases seen, resolved through beta/prod/dev; {} wrote:",
+        5,
+        hosts.display()
+    );
+    print!("{}", std::fs::read_to_string(&hosts)?);
+
+    // dnsmasq rewrites its lease file: the beta VM's lease is gone, a new
+    // prod VM got one.
+    let writes = handle.status().hosts_writes;
+    let second = [
+        first[0].clone(),
+        first[2].clone(),
+        first[3].clone(),
+        first[4].clone(),
+        line("52:54:00:12:34:57", "10.0.0.6", "*"),
+    ];
+    std::fs::write(&leases, second.concat())?;
+    println!("\nlease file changed: 10.0.1.12 released, 10.0.0.6 leased");
+    handle
+        .wait_until(|s| s.hosts_writes > writes && s.resolved == 4 && s.in_flight == 0)
+        .await;
+    print!("{}", std::fs::read_to_string(&hosts)?);
+    let status = handle.status();
+    println!(
+        "status: {} leases, {} resolved, {} pending, {} lookups through the mesh, hosts file written {} times",
+        status.leases_seen, status.resolved, status.pending, status.calls, status.hosts_writes
+    );
+    stop.cancel();
+    task.await?;
+    std::fs::remove_dir_all(&dir).ok();
+    Ok(())
 }
 
 #[tokio::main]
@@ -134,6 +200,8 @@ async fn main() -> anyhow::Result<()> {
             Err(e) => return Err(e).context("lease lookup failed"),
         }
     }
+
+    dhcp_flow(&gateway).await?;
 
     println!("\nshutting down");
     for instance in instances {
