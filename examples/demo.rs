@@ -86,8 +86,8 @@ async fn dhcp_flow(gateway: &Gateway) -> anyhow::Result<()> {
         .wait_until(|s| s.resolved == 4 && s.in_flight == 0 && s.hosts_writes > 0)
         .await;
     println!(
-        "{} leases seen, resolved through beta/prod/dev; {} wrote:",
-        5,
+        "{} leases seen, resolved through beta/prod/dev; {} now reads:",
+        handle.status().leases_seen,
         hosts.display()
     );
     print!("{}", std::fs::read_to_string(&hosts)?);
