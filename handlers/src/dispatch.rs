@@ -171,7 +171,9 @@ impl Dispatcher {
             let work = handler.handle(ctx, &method, request.payload);
             tokio::pin!(work);
             let result = tokio::select! {
-                result = &mut work => Some(match result {
+                // A handler that returns as soon as it sees a cancel races
+                // the cancel branch; the caller still wants no answer.
+                result = &mut work => (!token.is_cancelled()).then(|| match result {
                     Ok(payload) => pb::response::Result::Payload(payload),
                     Err(e) => pb::response::Result::Status(e.into()),
                 }),
