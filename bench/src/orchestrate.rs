@@ -560,6 +560,13 @@ impl Bench {
             .storms
             .push(("graceful restart (drain, go-away)".into(), up + w.ms, w));
 
+        // Restarts in production are not seconds apart: let every link stay
+        // up long enough that its backoff resets (30 s), or the crash would
+        // start from the ceilings the previous storm left.
+        if !self.options.quick {
+            eprintln!("  waiting 31 s for the instances' backoff to reset");
+            tokio::time::sleep(Duration::from_secs(31)).await;
+        }
         // A crash: the process is killed, the instances find out themselves.
         let started = Instant::now();
         gateway.kill().await;
@@ -884,9 +891,14 @@ fn machine(fd_limit: u64) -> String {
     let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let dirty = command_output("git", &["status", "--porcelain", "--untracked-files=no"])
+        .lines()
+        .filter(|l| !l.trim().is_empty() && *l != "unknown")
+        .count();
     format!(
-        "date: {}\nnproc: {nproc}\ncpu: {model}\nkernel: {}\nrustc: {}\nopen files limit: {fd_limit}\nload average before: {}",
+        "date: {}\ncommit: {} ({dirty} tracked files with uncommitted changes)\nnproc: {nproc}\ncpu: {model}\nkernel: {}\nrustc: {}\nopen files limit: {fd_limit}\nload average before: {}",
         command_output("date", &["-u", "+%Y-%m-%d %H:%M:%S UTC"]),
+        command_output("git", &["rev-parse", "--short", "HEAD"]),
         kernel.trim(),
         command_output("rustc", &["--version"]),
         load.trim()
