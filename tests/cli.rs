@@ -2,14 +2,14 @@
 //! real `vps-service` processes, each instance with its own inventory.
 //!
 //! `vps-gateway` and `vps-service` belong to other packages, so cargo does
-//! not pass their paths to this package's tests: they are looked for next to
-//! the `gatemesh` binary and built there first (`cargo build`, a no-op when
-//! they are fresh). `cargo test --workspace` has built them already.
+//! not pass their paths to this package's tests: the shared harness builds
+//! them first (`cargo build`, a no-op when they are fresh).
+
+mod common;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -17,42 +17,6 @@ use serde_json::Value;
 
 const SECRET: &str = "cli-test-secret";
 const PROD_MAC: &str = "52:54:00:12:34:56";
-
-/// Where cargo put `gatemesh`, and so the workspace's other binaries.
-fn bin_dir() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_gatemesh"))
-        .parent()
-        .expect("the binary has a directory")
-}
-
-/// A binary of the gateway or service package, built on first use.
-fn workspace_bin(name: &str) -> PathBuf {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(cargo);
-        build.current_dir(env!("CARGO_MANIFEST_DIR")).args([
-            "build",
-            "--quiet",
-            "--bins",
-            "-p",
-            "gatemesh-gateway",
-            "-p",
-            "gatemesh-service",
-        ]);
-        if bin_dir().file_name().is_some_and(|n| n == "release") {
-            build.arg("--release");
-        }
-        let status = build.status().expect("run cargo build");
-        assert!(
-            status.success(),
-            "building vps-gateway and vps-service failed"
-        );
-    });
-    let path = bin_dir().join(name);
-    assert!(path.exists(), "{} is missing", path.display());
-    path
-}
 
 /// A child process, killed when dropped.
 struct Proc(Child);
@@ -148,7 +112,7 @@ impl Mesh {
         let dir = TempDir::new();
         let port = free_port();
         let gateway = Proc::spawn(
-            &workspace_bin("vps-gateway"),
+            &common::process::binary("vps-gateway"),
             &[
                 ("GATEWAY_API_SECRET", SECRET.into()),
                 ("GATEWAY_BIND", "127.0.0.1".into()),
@@ -158,7 +122,7 @@ impl Mesh {
             ],
         );
         let url = format!("http://127.0.0.1:{port}");
-        let service = workspace_bin("vps-service");
+        let service = common::process::binary("vps-service");
         let services = INSTANCES
             .iter()
             .map(|spec| {

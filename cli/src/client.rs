@@ -32,10 +32,12 @@ impl AdminClient {
             .map_err(|e| anyhow!("invalid gateway URL {url:?}: {e}"))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true);
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| anyhow!("cannot connect to the gateway at {url}: {}", chain(&e)))?;
+        let channel = endpoint.connect().await.map_err(|e| {
+            anyhow!(
+                "cannot connect to the gateway at {url}: {}",
+                gatemesh_runtime::error_chain(&e)
+            )
+        })?;
         Ok(Self {
             inner: GatewayAdminClient::new(channel).max_decoding_message_size(64 << 20),
             secret,
@@ -101,16 +103,4 @@ pub fn code_name(code: Code) -> &'static str {
         Code::DataLoss => "DATA_LOSS",
         Code::Unauthenticated => "UNAUTHENTICATED",
     }
-}
-
-/// `tonic::transport::Error` hides its cause; show the whole chain.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -100,7 +100,7 @@ impl GatewayTls {
         Server::builder()
             .tls_config(self.server_config())
             .map(drop)
-            .map_err(|e| error_chain(&e))
+            .map_err(|e| gatemesh_runtime::error_chain(&e))
     }
 }
 
@@ -117,7 +117,7 @@ pub(crate) fn apply(builder: Server, config: &GatewayConfig) -> anyhow::Result<S
             tracing::info!(mtls = tls.is_mtls(), "serving TLS");
             builder
                 .tls_config(tls.server_config())
-                .map_err(|e| anyhow::anyhow!("TLS settings: {}", error_chain(&e)))
+                .map_err(|e| anyhow::anyhow!("TLS settings: {}", gatemesh_runtime::error_chain(&e)))
         }
     }
 }
@@ -166,16 +166,4 @@ pub(crate) fn check_identity(
 /// certificate (only mTLS connections have one).
 pub(crate) fn has_client_cert<T>(request: &tonic::Request<T>) -> bool {
     request.peer_certs().is_some_and(|certs| !certs.is_empty())
-}
-
-/// `tonic::transport::Error` hides its cause; show the whole chain.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -9,6 +9,7 @@
 //! - [`logging`]: `tracing` set up from `RUST_LOG` and a text/json format.
 //! - [`shutdown`]: a future that resolves on SIGTERM or SIGINT.
 //! - [`backoff`]: [`Backoff`], capped exponential delays with full jitter.
+//! - [`error_chain`]: an error and all its causes on one line.
 
 #![forbid(unsafe_code)]
 
@@ -22,3 +23,16 @@ pub mod shutdown;
 pub use backoff::Backoff;
 pub use env::ConfigError;
 pub use secret::Secret;
+
+/// An error and its causes, `: `-separated. Transport errors (tonic's,
+/// rustls') put the useful part in their sources, which `Display` hides.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

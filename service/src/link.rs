@@ -221,7 +221,7 @@ impl Link {
         if https {
             endpoint = endpoint
                 .tls_config(self.config.tls.client_config())
-                .map_err(|e| format!("TLS settings: {}", error_chain(&e)))?;
+                .map_err(|e| format!("TLS settings: {}", gatemesh_runtime::error_chain(&e)))?;
         }
         let endpoint = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
@@ -236,7 +236,7 @@ impl Link {
                 } else {
                     ""
                 };
-                format!("cannot connect: {}{hint}", error_chain(&e))
+                format!("cannot connect: {}{hint}", gatemesh_runtime::error_chain(&e))
             })?,
             _ = shutdown.cancelled() => return Ok(Ended::Shutdown),
         };
@@ -508,16 +508,4 @@ fn within_limit(response: pb::Response, max: usize) -> pb::Response {
         }
         _ => response,
     }
-}
-
-/// `tonic::transport::Error` hides its cause; show the whole chain.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
