@@ -354,6 +354,7 @@ async fn many_concurrent_calls_over_one_stream_get_their_own_answers() {
     let served = Arc::new(AtomicUsize::new(0));
     let mut options = options("echo", "prod");
     options.max_concurrency = 4096;
+    options.dispatch.max_in_flight_per_stream = 4096;
     let mut registry = gatemesh_handlers::Registry::new();
     let counter = served.clone();
     registry

@@ -81,7 +81,11 @@ fn id() -> impl Strategy<Value = u64> {
 }
 
 fn status() -> impl Strategy<Value = pb::Status> {
-    (0i32..20, "[ -~]{0,16}").prop_map(|(code, message)| pb::Status { code, message })
+    (0i32..20, "[ -~]{0,16}").prop_map(|(code, message)| pb::Status {
+        code,
+        message,
+        refused: false,
+    })
 }
 
 fn hello(id: String) -> impl Strategy<Value = pb::Hello> {

@@ -14,7 +14,7 @@ use gatemesh_proto::methods::FindVpsByLease;
 use serde_json::Value;
 use tokio::net::TcpListener;
 
-const CALLS_OK: &str = r#"method="FindVPSByLease",strategy="first_valid",outcome="ok""#;
+const CALLS_OK: &str = r#"method="FindVPSByLease",strategy="first_valid",outcome="OK""#;
 
 async fn channel(gw: &TestGateway) -> tonic::transport::Channel {
     tonic::transport::Endpoint::from_shared(gw.url())
@@ -126,7 +126,7 @@ async fn endpoints_follow_instances_calls_and_departures() {
         sample(
             &metrics,
             "gatemesh_gateway_calls_total",
-            r#"method="FindVPSByLease",strategy="first_valid",outcome="not_found""#
+            r#"method="FindVPSByLease",strategy="first_valid",outcome="NOT_FOUND""#
         ),
         1.0
     );
@@ -334,11 +334,11 @@ async fn instance_health_and_metrics_follow_its_links_and_handlers() {
         sample(
             &text,
             "gatemesh_service_handler_calls_total",
-            r#"method="FindVPSByLease",outcome="ok""#
+            r#"method="FindVPSByLease",outcome="OK""#
         ),
         3.0
     );
-    assert_eq!(metrics.calls("FindVPSByLease", "ok"), 3);
+    assert_eq!(metrics.calls("FindVPSByLease", "OK"), 3);
     assert_eq!(
         sample(&text, "gatemesh_service_handlers_in_flight", ""),
         0.0

@@ -398,7 +398,7 @@ async fn an_instance_answer_over_the_limit_fails_that_call_and_keeps_the_link() 
         .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     assert!(
-        err.to_string().contains("exceeds the gateway's limit"),
+        err.to_string().contains("exceeds the limit of 1024 bytes"),
         "{err}"
     );
     // The same stream still answers.

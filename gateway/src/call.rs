@@ -28,6 +28,9 @@ use crate::peer::SendError;
 use crate::stats::Stats;
 use crate::{CallError, Instances, Peer};
 
+/// The longest deadline a call can have: `timeout_ms` on the wire is a u32.
+pub const MAX_TIMEOUT: Duration = Duration::from_millis(u32::MAX as u64);
+
 /// How a call picks its instances and its answer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Strategy {
@@ -135,6 +138,12 @@ impl Mesh {
         let started = Instant::now();
         let result = match route.strategy {
             Strategy::All => self.all(method, payload, route, Ok).await,
+            // A call to one named instance returns that instance's answer,
+            // "not mine" included: there is no one else to ask.
+            Strategy::FirstValid | Strategy::One if route.instance.is_some() => self
+                .one(method, payload, route, Ok)
+                .await
+                .map(|a| vec![a.into_reply()]),
             Strategy::One => self
                 .one(method, payload, route, Ok)
                 .await
@@ -179,7 +188,11 @@ impl Mesh {
     }
 
     fn deadline(&self, route: &Route) -> (Instant, Duration) {
-        let timeout = route.timeout.unwrap_or(self.inner.default_timeout);
+        // Saturates at what the wire can carry (`timeout_ms` is a u32).
+        let timeout = route
+            .timeout
+            .unwrap_or(self.inner.default_timeout)
+            .min(MAX_TIMEOUT);
         (Instant::now() + timeout, timeout)
     }
 
@@ -286,12 +299,18 @@ impl Mesh {
                 Err(e) => errors.push(e),
             }
         }
-        if not_mine > 0 || errors.is_empty() {
+        // "Not found" only when every instance asked said "not mine": when
+        // one failed, it may have been the holder, and the caller must hear so.
+        if errors.is_empty() {
             Err(CallError::NotFound { asked })
-        } else if errors.len() == 1 {
+        } else if not_mine == 0 && errors.len() == 1 {
             Err(errors.remove(0))
         } else {
-            Err(CallError::AllFailed(errors))
+            Err(CallError::NoValidAnswer {
+                asked,
+                not_mine,
+                failed: errors,
+            })
         }
     }
 
@@ -349,12 +368,14 @@ impl Mesh {
     ) -> Result<Answer<T>, CallError> {
         let mut candidates = self.targets(method, &payload, route)?;
         let (deadline, timeout) = self.deadline(route);
+        let idempotent = methods::known_method(method).is_some_and(|m| m.idempotent);
         let mut errors = Vec::new();
         while !candidates.is_empty() {
             let peer = candidates.swap_remove(self.pick(&candidates));
             let call = match Outstanding::start(peer, method, payload.clone(), deadline) {
                 Ok(call) => call,
-                Err(e) if e.is_retryable() => {
+                // Never written: safe to send elsewhere.
+                Err(e) if e.is_retryable(idempotent) => {
                     errors.push(e);
                     continue;
                 }
@@ -376,7 +397,9 @@ impl Mesh {
                         latency,
                     });
                 }
-                Err(e) if e.is_retryable() => errors.push(e),
+                // Refused before running, or sent but the method may run
+                // twice: ask another.
+                Err(e) if e.is_retryable(idempotent) => errors.push(e),
                 Err(e) => return Err(e),
             }
         }
@@ -447,7 +470,7 @@ impl Outstanding {
         let (id, rx) = peer
             .pending
             .start()
-            .map_err(|_| CallError::Disconnected(peer.id().clone()))?;
+            .map_err(|_| CallError::Unreachable(peer.id().clone()))?;
         // Rounded up, as gRPC does: rounded down, the handler's deadline
         // fell up to 1 ms before the caller's, so it could give up on a
         // caller still waiting for it.
@@ -473,7 +496,7 @@ impl Outstanding {
                 peer.pending.abandon(id);
                 Err(match e {
                     SendError::Full => CallError::Overloaded(peer.id().clone()),
-                    SendError::Closed => CallError::Disconnected(peer.id().clone()),
+                    SendError::Closed => CallError::Unreachable(peer.id().clone()),
                 })
             }
         }

@@ -54,6 +54,11 @@ pub struct GatewayConfig {
     /// `GATEWAY_MAX_CONCURRENCY`: calls from instances served at once.
     #[serde(default = "defaults::max_concurrency")]
     pub max_concurrency: usize,
+    /// `GATEWAY_MAX_CONCURRENCY_PER_INSTANCE`: calls from one instance in
+    /// flight at once (running, or answered and waiting for its queue), so
+    /// one instance's flood refuses only that instance.
+    #[serde(default = "defaults::max_concurrency_per_instance")]
+    pub max_concurrency_per_instance: usize,
     /// `GATEWAY_DRAIN_GRACE_MS`: on shutdown, how long in-flight calls may finish.
     #[serde(default = "defaults::drain_grace_ms")]
     pub drain_grace_ms: u64,
@@ -150,6 +155,9 @@ mod defaults {
     pub fn max_concurrency() -> usize {
         1024
     }
+    pub fn max_concurrency_per_instance() -> usize {
+        64
+    }
     pub fn drain_grace_ms() -> u64 {
         10_000
     }
@@ -220,6 +228,11 @@ impl GatewayConfig {
             self.max_concurrency >= 1,
             "GATEWAY_MAX_CONCURRENCY",
             "at least 1",
+        )?;
+        ensure(
+            (1..=65_536).contains(&self.max_concurrency_per_instance),
+            "GATEWAY_MAX_CONCURRENCY_PER_INSTANCE",
+            "1 to 65536",
         )?;
         ensure(
             (1024..=256 * 1024 * 1024).contains(&self.max_message_bytes),

@@ -31,15 +31,22 @@ pub enum CallError {
     /// The instance's outbound queue is full.
     #[error("instance {0} is overloaded (its queue is full)")]
     Overloaded(Arc<str>),
-    /// The instance went away before answering.
+    /// The instance's stream ended before the request was written to it:
+    /// the handler never ran.
+    #[error("instance {0} disconnected before the request was sent")]
+    Unreachable(Arc<str>),
+    /// The instance went away after the request was sent and before it
+    /// answered: the handler may have run.
     #[error("instance {0} disconnected before answering")]
     Disconnected(Arc<str>),
-    /// The instance answered with an error status.
+    /// The instance answered with an error status. `refused`: it refused
+    /// the request before any handler ran (overloaded, draining).
     #[error("instance {instance}: {message}")]
     Remote {
         instance: Arc<str>,
         code: Code,
         message: String,
+        refused: bool,
     },
     /// The answer could not be decoded as the method's response type.
     #[error("instance {instance} sent an undecodable answer: {reason}")]
@@ -47,6 +54,15 @@ pub enum CallError {
     /// Every instance failed; the individual errors, in arrival order.
     #[error("every instance failed: {}", list(.0))]
     AllFailed(Vec<CallError>),
+    /// `first_valid`: no valid answer, and some instances failed rather
+    /// than answer "not mine" (one of them may hold the answer).
+    #[error("no valid answer from {asked} instance(s) asked: {}{}", list(.failed), not_mine_suffix(*.not_mine))]
+    NoValidAnswer {
+        asked: usize,
+        not_mine: usize,
+        /// Each failed instance's error, in arrival order.
+        failed: Vec<CallError>,
+    },
     #[error("invalid call: {0}")]
     InvalidArgument(String),
     #[error("gateway is draining")]
@@ -59,12 +75,26 @@ fn env_suffix(env: &Option<String>) -> String {
         .unwrap_or_default()
 }
 
+/// Each error with its code, so a caller sees who failed how.
 fn list(errors: &[CallError]) -> String {
     errors
         .iter()
-        .map(|e| e.to_string())
+        .map(|e| {
+            format!(
+                "{} ({})",
+                e,
+                gatemesh_handlers::dispatch::code_name(e.code())
+            )
+        })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+fn not_mine_suffix(not_mine: usize) -> String {
+    match not_mine {
+        0 => String::new(),
+        n => format!("; {n} answered not mine"),
+    }
 }
 
 impl CallError {
@@ -73,6 +103,7 @@ impl CallError {
         match self {
             Self::NoResponders { .. }
             | Self::NotConnected(_)
+            | Self::Unreachable(_)
             | Self::Disconnected(_)
             | Self::Draining => Code::Unavailable,
             Self::UnknownMethod(_) | Self::NotServed { .. } => Code::Unimplemented,
@@ -83,17 +114,26 @@ impl CallError {
             Self::BadAnswer { .. } => Code::Internal,
             Self::InvalidArgument(_) => Code::InvalidArgument,
             // All failed the same way: that way. Otherwise: unavailable.
-            Self::AllFailed(errors) => match errors.first().map(Self::code) {
-                Some(code) if errors.iter().all(|e| e.code() == code) => code,
-                _ => Code::Unavailable,
-            },
+            Self::AllFailed(errors) | Self::NoValidAnswer { failed: errors, .. } => {
+                match errors.first().map(Self::code) {
+                    Some(code) if errors.iter().all(|e| e.code() == code) => code,
+                    _ => Code::Unavailable,
+                }
+            }
         }
     }
 
-    /// Whether `one` may retry the call on another instance: the chosen
-    /// instance never ran the handler to an answer.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Disconnected(_) | Self::Overloaded(_))
+    /// Whether `one` may send the call to another instance. Always when
+    /// the chosen instance never ran it (not written, or refused before
+    /// running); after it was written, only for an idempotent method: by
+    /// default a call is never run twice.
+    pub fn is_retryable(&self, idempotent: bool) -> bool {
+        match self {
+            Self::Unreachable(_) | Self::Overloaded(_) => true,
+            Self::Remote { refused, .. } => *refused,
+            Self::Disconnected(_) => idempotent,
+            _ => false,
+        }
     }
 
     /// An instance's error answer.
@@ -102,6 +142,7 @@ impl CallError {
             instance,
             code: status.code(),
             message: status.message,
+            refused: status.refused,
         }
     }
 }

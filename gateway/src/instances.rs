@@ -13,10 +13,29 @@ use crate::Peer;
 
 #[derive(Debug)]
 pub struct Instances {
-    by_id: RwLock<HashMap<Arc<str>, Arc<Peer>>>,
+    by_id: RwLock<Map>,
     /// Bumped on every registration and removal.
     changes: watch::Sender<u64>,
 }
+
+#[derive(Debug, Default)]
+struct Map {
+    peers: HashMap<Arc<str>, Arc<Peer>>,
+    /// Set once by a drain, under the same lock as every insert, so no
+    /// stream can register after the drain took its snapshot.
+    closed: bool,
+}
+
+impl std::ops::Deref for Map {
+    type Target = HashMap<Arc<str>, Arc<Peer>>;
+    fn deref(&self) -> &Self::Target {
+        &self.peers
+    }
+}
+
+/// Registration refused: the gateway is draining.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closed;
 
 impl Default for Instances {
     fn default() -> Self {
@@ -32,11 +51,30 @@ impl Instances {
         Self::default()
     }
 
-    /// Registers `peer`; returns the older stream it replaces, if any.
-    pub fn insert(&self, peer: Arc<Peer>) -> Option<Arc<Peer>> {
-        let old = self.by_id.write().insert(peer.id().clone(), peer);
+    /// Registers `peer`; returns the older stream it replaces, if any, or
+    /// `Closed` once [`Self::close`] has run.
+    pub fn insert(&self, peer: Arc<Peer>) -> Result<Option<Arc<Peer>>, Closed> {
+        let old = {
+            let mut map = self.by_id.write();
+            if map.closed {
+                return Err(Closed);
+            }
+            map.peers.insert(peer.id().clone(), peer)
+        };
         self.changes.send_modify(|g| *g += 1);
-        old
+        Ok(old)
+    }
+
+    /// Refuses every registration from now on and returns the instances
+    /// registered until now, sorted by id: together, so a stream is either
+    /// in the snapshot or refused.
+    pub fn close(&self) -> Vec<Arc<Peer>> {
+        let mut map = self.by_id.write();
+        map.closed = true;
+        let mut peers: Vec<_> = map.peers.values().cloned().collect();
+        drop(map);
+        peers.sort_by(|a, b| a.id().cmp(b.id()));
+        peers
     }
 
     /// Resolves once `condition` holds, checking after every change.
@@ -60,7 +98,7 @@ impl Instances {
         let mut map = self.by_id.write();
         match map.get(peer.id()) {
             Some(current) if current.conn_id == peer.conn_id => {
-                map.remove(peer.id());
+                map.peers.remove(peer.id());
                 drop(map);
                 self.changes.send_modify(|g| *g += 1);
                 true

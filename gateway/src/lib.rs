@@ -8,6 +8,8 @@
 //! - [`auth`]: the shared-secret check on every gRPC call.
 //! - [`tls`]: [`GatewayTls`], TLS and mTLS on the gRPC port, and the
 //!   binding of an instance id to its client certificate.
+//! - [`disconnect`]: [`Disconnect`], why a stream ended, typed from where
+//!   it happens to the log, the metric and the `GoAway`.
 //! - [`peer`]: [`Peer`], one connected instance: its outbound queue, its
 //!   pending calls, its incoming requests.
 //! - [`instances`]: [`Instances`], the registry of connected peers.
@@ -29,6 +31,7 @@ pub mod auth;
 pub mod call;
 pub mod config;
 pub mod dhcp;
+pub mod disconnect;
 pub mod error;
 pub mod http;
 pub mod info;
@@ -42,6 +45,7 @@ pub mod tls;
 
 pub use call::{Answer, Mesh, Reply, Route, Strategy};
 pub use config::GatewayConfig;
+pub use disconnect::Disconnect;
 pub use error::CallError;
 pub use instances::Instances;
 pub use metrics::Metrics;

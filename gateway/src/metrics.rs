@@ -280,7 +280,7 @@ impl ServedObserver {
 
 impl DispatchObserver for ServedObserver {
     fn finished(&self, method: &str, outcome: Result<(), Code>, _elapsed: Duration) {
-        self.count(method, outcome.map_or_else(code_name, |()| "ok"));
+        self.count(method, code_name(outcome.err().unwrap_or(Code::Ok)));
     }
 
     fn rejected(&self, method: &str, code: Code) {

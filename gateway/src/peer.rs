@@ -7,8 +7,8 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use gatemesh_handlers::{Caller, Dispatcher, Pending};
@@ -18,6 +18,8 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::Disconnect;
 
 /// What an instance said about itself in hello, plus where it came from.
 #[derive(Debug, Clone)]
@@ -46,11 +48,11 @@ pub struct Peer {
     pub caller: Caller,
     tx: mpsc::Sender<pb::GatewayMessage>,
     pub pending: Pending,
-    pub dispatcher: Arc<Dispatcher>,
+    pub dispatcher: Arc<Dispatcher<pb::GatewayMessage>>,
     closed: CancellationToken,
-    goodbye: Mutex<Option<pb::GoAway>>,
-    /// Why the gateway closed the stream, when it did.
-    close_reason: OnceLock<String>,
+    /// Why the stream ended and the `GoAway` still to send, set together
+    /// by the first [`Peer::close`] and never again.
+    closing: Mutex<Closing>,
     draining: AtomicBool,
     epoch: Instant,
     last_seen_ms: AtomicU64,
@@ -66,7 +68,7 @@ impl Peer {
         conn_id: u64,
         info: PeerInfo,
         tx: mpsc::Sender<pb::GatewayMessage>,
-        dispatcher: Arc<Dispatcher>,
+        dispatcher: Arc<Dispatcher<pb::GatewayMessage>>,
         stuck_after: Duration,
     ) -> Self {
         let caller = Caller::new(info.id.clone(), info.environment.clone());
@@ -78,8 +80,7 @@ impl Peer {
             pending: Pending::new(),
             dispatcher,
             closed: CancellationToken::new(),
-            goodbye: Mutex::new(None),
-            close_reason: OnceLock::new(),
+            closing: Mutex::new(Closing::default()),
             draining: AtomicBool::new(false),
             epoch: Instant::now(),
             last_seen_ms: AtomicU64::new(0),
@@ -102,6 +103,9 @@ impl Peer {
     /// Queues a frame without waiting. A queue that stays full longer than
     /// the stuck limit closes the stream.
     pub fn send(&self, kind: Kind) -> Result<(), SendError> {
+        if self.closed.is_cancelled() {
+            return Err(SendError::Closed);
+        }
         match self.tx.try_send(pb::GatewayMessage { kind: Some(kind) }) {
             Ok(()) => {
                 if self.full_since_ms.load(Ordering::Relaxed) != 0 {
@@ -117,20 +121,6 @@ impl Peer {
         }
     }
 
-    /// Queues a frame, waiting for room up to the stuck limit. For answers,
-    /// which must not be dropped just because the queue is momentarily full.
-    pub async fn send_wait(&self, kind: Kind) -> Result<(), SendError> {
-        let message = pb::GatewayMessage { kind: Some(kind) };
-        match tokio::time::timeout(self.stuck_after, self.tx.send(message)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(SendError::Closed),
-            Err(_) => {
-                self.close(None, "stuck: outbound queue full past the limit");
-                Err(SendError::Full)
-            }
-        }
-    }
-
     fn note_full(&self) {
         let now = self.now_ms() + 1;
         let since =
@@ -142,7 +132,7 @@ impl Peer {
                 Err(since) => since,
             };
         if now.saturating_sub(since) >= self.stuck_after.as_millis() as u64 {
-            self.close(None, "stuck: outbound queue full past the limit");
+            self.close(Disconnect::Stuck);
         }
     }
 
@@ -188,20 +178,27 @@ impl Peer {
         self.draining.store(true, Ordering::Relaxed);
     }
 
-    /// Ends the stream; `goodbye` is the last frame the instance sees.
-    pub fn close(&self, goodbye: Option<pb::GoAway>, reason: &str) {
-        if self.closed.is_cancelled() {
-            return;
+    /// Ends the stream for `reason`. Only the first close counts: its
+    /// reason is the one logged and counted, and its `GoAway` (if the
+    /// reason has one) the last frame the instance sees. Returns whether
+    /// this call closed the stream.
+    pub fn close(&self, reason: Disconnect) -> bool {
+        {
+            let mut closing = self.closing.lock();
+            if closing.reason.is_some() {
+                return false;
+            }
+            tracing::debug!(instance = %self.info.id, conn = self.conn_id, reason = %reason, "closing stream");
+            closing.goaway = reason.goaway();
+            closing.reason = Some(reason);
         }
-        tracing::debug!(instance = %self.info.id, conn = self.conn_id, reason, "closing stream");
-        *self.goodbye.lock() = goodbye;
-        let _ = self.close_reason.set(reason.to_string());
         self.closed.cancel();
+        true
     }
 
     /// The reason given to the first [`Peer::close`].
-    pub fn close_reason(&self) -> Option<&str> {
-        self.close_reason.get().map(String::as_str)
+    pub fn close_reason(&self) -> Option<Disconnect> {
+        self.closing.lock().reason.clone()
     }
 
     pub fn is_closed(&self) -> bool {
@@ -213,13 +210,19 @@ impl Peer {
     }
 
     pub(crate) fn take_goodbye(&self) -> Option<pb::GoAway> {
-        self.goodbye.lock().take()
+        self.closing.lock().goaway.take()
     }
 
     /// Calls sent to this instance and not yet answered.
     pub fn in_flight(&self) -> usize {
         self.pending.len()
     }
+}
+
+#[derive(Default)]
+struct Closing {
+    reason: Option<Disconnect>,
+    goaway: Option<pb::GoAway>,
 }
 
 impl std::fmt::Debug for Peer {

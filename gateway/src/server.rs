@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use gatemesh_handlers::{DispatchConfig, Registry, RegistryError};
-use gatemesh_proto::pb;
 use gatemesh_proto::pb::gateway_admin_server::GatewayAdminServer;
 use gatemesh_proto::pb::gateway_server::GatewayServer;
 use rand::Rng;
@@ -24,7 +23,7 @@ use crate::auth::SecretInterceptor;
 use crate::metrics::{Metrics, ServedObserver};
 use crate::stats::Stats;
 use crate::stream::GatewayService;
-use crate::{GatewayConfig, Instances, Mesh};
+use crate::{Disconnect, GatewayConfig, Instances, Mesh};
 
 const GATEWAY_SERVICE: &str = "gatemesh.v1.Gateway";
 const ADMIN_SERVICE: &str = "gatemesh.v1.GatewayAdmin";
@@ -109,6 +108,10 @@ impl Gateway {
         let dispatch = DispatchConfig {
             default_timeout: config.call_timeout(),
             observer: Some(Arc::new(ServedObserver(stats.clone()))),
+            max_in_flight_per_stream: config.max_concurrency_per_instance,
+            // The gateway holds its own answers to the rule it holds
+            // instances to: over the limit, that call fails, not the stream.
+            max_answer_bytes: config.max_message_bytes,
             ..DispatchConfig::default()
         };
         let permits = Arc::new(Semaphore::new(config.max_concurrency));
@@ -216,6 +219,15 @@ impl Gateway {
             .with_service_name(HEALTH_SERVICE)
             .build_v1()
             .context("building the reflection service")?;
+        // Older clients (grpcurl before 1.9, some IDEs) speak only v1alpha.
+        let reflection_alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(gatemesh_proto::DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name(GATEWAY_SERVICE)
+            .with_service_name(ADMIN_SERVICE)
+            .with_service_name(HEALTH_SERVICE)
+            .build_v1alpha()
+            .context("building the reflection service (v1alpha)")?;
         for service in ["", GATEWAY_SERVICE, ADMIN_SERVICE] {
             shared
                 .health
@@ -230,6 +242,7 @@ impl Gateway {
             .add_service(admin)
             .add_service(health)
             .add_service(reflection)
+            .add_service(reflection_alpha)
             .serve_with_incoming_shutdown(
                 TcpIncoming::from(listener).with_nodelay(Some(true)),
                 async {
@@ -267,7 +280,9 @@ impl Gateway {
                 .set_service_status(service, ServingStatus::NotServing)
                 .await;
         }
-        let peers = shared.instances.snapshot();
+        // Closing registration and taking the snapshot are one step: a
+        // stream is either drained here or refused.
+        let peers = shared.instances.close();
         for peer in &peers {
             peer.dispatcher.drain();
         }
@@ -277,24 +292,26 @@ impl Gateway {
             grace_ms = grace.as_millis() as u64,
             "draining"
         );
-        let busy = || {
-            shared.instances.pending_calls() > 0
-                || peers.iter().any(|p| p.dispatcher.in_flight() > 0)
+        // Wait on the work itself: every call to an instance answered or
+        // ended, every request from an instance answered and queued.
+        let work = async {
+            for peer in &peers {
+                peer.pending.idle().await;
+                peer.dispatcher.idle().await;
+            }
         };
-        let deadline = Instant::now() + grace;
-        // Calls end on their own deadlines; poll briefly rather than wire a
-        // notification through every call path for this one-off wait.
-        while busy() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        if tokio::time::timeout(grace, work).await.is_err() {
+            tracing::warn!(
+                pending = shared.instances.pending_calls(),
+                "drain grace passed with work in flight; closing anyway"
+            );
         }
         let spread = shared.config.reconnect_spread_ms;
         let mut rng = rand::rng();
         for peer in &peers {
-            let goaway = pb::GoAway {
-                reason: "gateway shutting down".into(),
-                reconnect_after_ms: rng.random_range(0..=spread) as u32,
-            };
-            peer.close(Some(goaway), "gateway shutting down");
+            peer.close(Disconnect::Shutdown {
+                reconnect_after_ms: rng.random_range(0..=spread).min(u64::from(u32::MAX)) as u32,
+            });
         }
     }
 }

@@ -16,7 +16,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
-use crate::{CallError, Strategy};
+use crate::{CallError, Disconnect, Strategy};
 
 #[derive(Debug)]
 pub struct Stats {
@@ -108,55 +108,8 @@ pub fn strategy_label(strategy: Strategy) -> &'static str {
 /// `ok`, or the gRPC code the call failed with.
 pub fn outcome_label<T>(result: &Result<T, CallError>) -> &'static str {
     match result {
-        Ok(_) => "ok",
+        Ok(_) => code_name(tonic::Code::Ok),
         Err(e) => code_name(e.code()),
-    }
-}
-
-/// Why a stream ended, in the small fixed set the metrics use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DisconnectReason {
-    ClosedByInstance,
-    HeartbeatTimeout,
-    Stuck,
-    Replaced,
-    Shutdown,
-    ProtocolViolations,
-    StreamError,
-}
-
-impl DisconnectReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::ClosedByInstance => "closed_by_instance",
-            Self::HeartbeatTimeout => "heartbeat_timeout",
-            Self::Stuck => "stuck",
-            Self::Replaced => "replaced",
-            Self::Shutdown => "shutdown",
-            Self::ProtocolViolations => "protocol_violations",
-            Self::StreamError => "stream_error",
-        }
-    }
-
-    /// Classifies the reason text the stream loop and [`crate::Peer::close`]
-    /// give. Anything unrecognised is a stream error: the transport ended
-    /// under us.
-    pub fn classify(reason: &str) -> Self {
-        if reason.starts_with("instance closed") {
-            Self::ClosedByInstance
-        } else if reason.starts_with("no heartbeat") {
-            Self::HeartbeatTimeout
-        } else if reason.starts_with("stuck") {
-            Self::Stuck
-        } else if reason.starts_with("replaced") {
-            Self::Replaced
-        } else if reason.starts_with("gateway shutting down") {
-            Self::Shutdown
-        } else if reason.ends_with("protocol violations") {
-            Self::ProtocolViolations
-        } else {
-            Self::StreamError
-        }
     }
 }
 
@@ -195,11 +148,11 @@ impl Stats {
             .observe(elapsed.as_secs_f64());
     }
 
-    pub(crate) fn record_disconnect(&self, reason: DisconnectReason) {
+    pub(crate) fn record_disconnect(&self, reason: &Disconnect) {
         Self::bump(&self.disconnects);
         self.disconnect_reasons
             .get_or_create(&ReasonLabels {
-                reason: reason.as_str(),
+                reason: reason.label(),
             })
             .inc();
     }
@@ -215,11 +168,21 @@ impl Stats {
             .map_or(0, |c| c.get())
     }
 
-    pub fn disconnects_by(&self, reason: DisconnectReason) -> u64 {
-        self.disconnect_reasons
-            .get(&ReasonLabels {
-                reason: reason.as_str(),
+    /// Calls instances made to the gateway's `method` that ended with
+    /// `outcome` (a [`code_name`]).
+    pub fn served(&self, method: &str, outcome: &'static str) -> u64 {
+        self.served
+            .get(&ServedLabels {
+                method: method_label(method),
+                outcome,
             })
+            .map_or(0, |c| c.get())
+    }
+
+    /// Disconnects with this [`Disconnect::label`].
+    pub fn disconnects_by(&self, label: &'static str) -> u64 {
+        self.disconnect_reasons
+            .get(&ReasonLabels { reason: label })
             .map_or(0, |c| c.get())
     }
 }
@@ -227,23 +190,6 @@ impl Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn disconnect_reasons_fall_in_the_fixed_set() {
-        use DisconnectReason::*;
-        for (text, class) in [
-            ("instance closed the stream", ClosedByInstance),
-            ("no heartbeat for 15000 ms", HeartbeatTimeout),
-            ("stuck: outbound queue full past the limit", Stuck),
-            ("replaced", Replaced),
-            ("gateway shutting down", Shutdown),
-            ("16 protocol violations", ProtocolViolations),
-            ("stream error: h2 protocol error", StreamError),
-            ("outbound stream dropped", StreamError),
-        ] {
-            assert_eq!(DisconnectReason::classify(text), class, "{text}");
-        }
-    }
 
     #[test]
     fn unknown_methods_share_one_label() {

@@ -8,20 +8,19 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use futures_util::Stream;
-use gatemesh_handlers::dispatch::Rejection;
+use gatemesh_handlers::dispatch::{Outbox, Rejection};
 use gatemesh_handlers::{Completion, Dispatcher, MAX_METHOD_NAME_LEN};
 use gatemesh_proto::pb::gateway_message::Kind;
 use gatemesh_proto::pb::instance_message::Kind as InKind;
 use gatemesh_proto::{PROTOCOL_VERSION, pb};
-use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::peer::PeerInfo;
 use crate::server::Shared;
-use crate::stats::{DisconnectReason, Stats};
-use crate::{Peer, auth, tls};
+use crate::stats::Stats;
+use crate::{Disconnect, Peer, auth, tls};
 
 /// How long an instance has to send hello after opening the stream.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -96,6 +95,9 @@ impl pb::gateway_server::Gateway for GatewayService {
             shared.registry.clone(),
             shared.dispatch.clone(),
             shared.permits.clone(),
+            Outbox::new(tx.clone(), |response| pb::GatewayMessage {
+                kind: Some(Kind::Response(response)),
+            }),
         ));
         let peer = Arc::new(Peer::new(
             shared.next_conn_id(),
@@ -116,19 +118,16 @@ impl pb::gateway_server::Gateway for GatewayService {
         // The queue is new and empty, so this cannot fail.
         let _ = peer.send(Kind::Welcome(welcome));
         let outbound = Outbound::new(rx, peer.clone());
-        let end_status = outbound.end_status.clone();
 
-        if let Some(old) = shared.instances.insert(peer.clone()) {
-            Stats::bump(&shared.stats.replaced);
-            tracing::info!(instance = %old.id(), old_conn = old.conn_id, new_conn = peer.conn_id,
-                "instance re-registered; closing its older stream");
-            old.close(
-                Some(pb::GoAway {
-                    reason: "replaced by a newer stream of the same instance id".into(),
-                    reconnect_after_ms: 0,
-                }),
-                "replaced",
-            );
+        match shared.instances.insert(peer.clone()) {
+            Err(_closed) => return Err(Status::unavailable("gateway is draining")),
+            Ok(Some(old)) => {
+                Stats::bump(&shared.stats.replaced);
+                tracing::info!(instance = %old.id(), old_conn = old.conn_id, new_conn = peer.conn_id,
+                    "instance re-registered; closing its older stream");
+                old.close(Disconnect::Replaced);
+            }
+            Ok(None) => {}
         }
         Stats::bump(&shared.stats.registrations);
         tracing::info!(
@@ -142,17 +141,19 @@ impl pb::gateway_server::Gateway for GatewayService {
         );
         let shared = shared.clone();
         shared.clone().tasks.spawn(async move {
-            let reason = read_loop(&shared, &peer, inbound, &end_status).await;
+            let ended = read_loop(&shared, &peer, inbound).await;
             let removed = shared.instances.remove(&peer);
-            peer.close(None, &reason);
+            // A close from elsewhere (drain, replacement, stuck) came
+            // first and is the reason; otherwise the loop's own.
+            peer.close(ended);
+            let reason = peer.close_reason().expect("closed just now");
             peer.pending.close(pb::Status::new(
                 tonic::Code::Unavailable,
                 "instance disconnected",
             ));
             peer.dispatcher.close();
-            let class = DisconnectReason::classify(&reason);
-            shared.stats.record_disconnect(class);
-            tracing::info!(instance = %peer.info.id, conn = peer.conn_id, class = class.as_str(),
+            shared.stats.record_disconnect(&reason);
+            tracing::info!(instance = %peer.info.id, conn = peer.conn_id, class = reason.label(),
                 %reason, removed, "instance disconnected");
         });
         Ok(Response::new(outbound))
@@ -208,8 +209,7 @@ async fn read_loop(
     shared: &Arc<Shared>,
     peer: &Arc<Peer>,
     mut inbound: Streaming<pb::InstanceMessage>,
-    end_status: &Mutex<Option<Status>>,
-) -> String {
+) -> Disconnect {
     let interval = shared.config.heartbeat_interval();
     let liveness = shared.config.liveness_timeout();
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
@@ -220,7 +220,7 @@ async fn read_loop(
         tokio::select! {
             biased;
             _ = peer.closed_token().cancelled() => {
-                return peer.close_reason().unwrap_or("closed by the gateway").to_string();
+                return peer.close_reason().unwrap_or(Disconnect::ConnectionLost);
             }
             frame = inbound.message() => match frame {
                 Ok(Some(frame)) => {
@@ -230,30 +230,25 @@ async fn read_loop(
                         violations += 1;
                         tracing::warn!(instance = %peer.info.id, conn = peer.conn_id, violation, "protocol violation");
                         if violations >= MAX_VIOLATIONS {
-                            *end_status.lock() = Some(Status::invalid_argument(format!(
-                                "closed after {violations} protocol violations; the last: {violation}"
-                            )));
-                            return format!("{violations} protocol violations");
+                            return Disconnect::Violations { count: violations, last: violation };
                         }
                     }
                 }
-                Ok(None) => return "instance closed the stream".into(),
+                Ok(None) => return Disconnect::ClosedByInstance,
+                // An oversized frame: say so before the stream ends.
+                Err(status) if status.code() == tonic::Code::OutOfRange => {
+                    return Disconnect::FrameTooLarge(status.message().to_string());
+                }
                 Err(status) => {
-                    // An oversized frame: say so before the stream ends.
-                    if status.code() == tonic::Code::OutOfRange {
-                        *end_status.lock() = Some(Status::resource_exhausted(format!(
-                            "frame refused: {}", status.message()
-                        )));
-                    }
-                    return format!("stream error: {}", status.message());
+                    return Disconnect::StreamError { code: status.code(), message: status.message().to_string() };
                 }
             },
             _ = ticker.tick() => {
                 if peer.silent_for() >= liveness {
-                    return format!("no heartbeat for {} ms", liveness.as_millis());
+                    return Disconnect::HeartbeatTimeout(liveness);
                 }
                 if peer.is_stuck() {
-                    return "stuck: outbound queue full past the limit".into();
+                    return Disconnect::Stuck;
                 }
                 nonce += 1;
                 let _ = peer.send(Kind::Ping(pb::Ping { nonce }));
@@ -300,36 +295,30 @@ fn handle_frame(
                 )),
             }
         }
-        Some(InKind::Request(request)) if request.id == 0 => Err("request with id 0".into()),
         Some(InKind::Request(request)) => {
             let id = request.id;
-            let reply_to = peer.clone();
-            let reply = move |response: pb::Response| async move {
-                let _ = reply_to.send_wait(Kind::Response(response)).await;
-            };
-            if request.payload.len() > max {
-                let status = pb::Status::new(
-                    tonic::Code::ResourceExhausted,
-                    format!(
-                        "request of {} bytes exceeds the limit of {max} bytes",
-                        request.payload.len()
-                    ),
+            let refused = if request.payload.len() > max {
+                let message = format!(
+                    "request of {} bytes exceeds the limit of {max} bytes",
+                    request.payload.len()
                 );
-                tokio::spawn(reply(pb::Response {
-                    id,
-                    result: Some(pb::response::Result::Status(status)),
-                }));
-                return Err(format!("oversized request {id}"));
-            }
-            match peer
-                .dispatcher
-                .dispatch(peer.caller.clone(), request, reply)
-            {
-                Ok(())
-                | Err(Rejection::UnknownMethod | Rejection::Overloaded | Rejection::Draining) => {
-                    Ok(())
+                Err(peer
+                    .dispatcher
+                    .refuse(id, &request.method, Rejection::TooLarge, message))
+            } else {
+                peer.dispatcher.dispatch(peer.caller.clone(), request)
+            };
+            match refused {
+                Ok(()) => Ok(()),
+                // A refusal the peer's full queue could not take: it floods
+                // and does not read.
+                Err(refused) if refused.rejection.is_violation() || !refused.answered => {
+                    Err(format!(
+                        "request {id}: {:?} (answered: {})",
+                        refused.rejection, refused.answered
+                    ))
                 }
-                Err(rejection) => Err(format!("request {id}: {rejection:?}")),
+                Err(_) => Ok(()),
             }
         }
         // A cancel for an id that is not running is dropped and counted,
@@ -356,13 +345,14 @@ fn handle_frame(
 }
 
 /// The gateway -> instance half of a stream: the peer's queue, ended when
-/// the peer is closed, after a last `GoAway` when there is one.
+/// the peer is closed. On a graceful close the frames already queued go
+/// first (answers of a drain), then the `GoAway`, then the status the
+/// stream ended with when it ended for cause.
 pub struct Outbound {
     rx: mpsc::Receiver<pb::GatewayMessage>,
     closed: Pin<Box<WaitForCancellationFutureOwned>>,
-    closing: bool,
-    /// The status the stream ends with when the gateway ended it for cause.
-    end_status: Arc<Mutex<Option<Status>>>,
+    /// Set once the peer is closed: why, for the last frames.
+    closing: Option<Disconnect>,
     peer: Arc<Peer>,
     done: bool,
 }
@@ -372,8 +362,7 @@ impl Outbound {
         Self {
             rx,
             closed: Box::pin(peer.closed_token().clone().cancelled_owned()),
-            closing: false,
-            end_status: Arc::default(),
+            closing: None,
             peer,
             done: false,
         }
@@ -387,19 +376,31 @@ impl Stream for Outbound {
         if self.done {
             return Poll::Ready(None);
         }
-        if self.closing || self.closed.as_mut().poll(cx).is_ready() {
-            // The last frames: the GoAway if there is one, then the status
-            // the gateway ended the stream for, if any.
-            self.closing = true;
-            if let Some(goaway) = self.peer.take_goodbye() {
-                return Poll::Ready(Some(Ok(pb::GatewayMessage {
-                    kind: Some(Kind::GoAway(goaway)),
-                })));
-            }
-            self.done = true;
-            return Poll::Ready(self.end_status.lock().take().map(Err));
+        if self.closing.is_none() && self.closed.as_mut().poll(cx).is_ready() {
+            self.closing = Some(
+                self.peer
+                    .close_reason()
+                    .unwrap_or(Disconnect::ConnectionLost),
+            );
         }
-        self.rx.poll_recv(cx).map(|m| m.map(Ok))
+        let Some(flushes) = self.closing.as_ref().map(Disconnect::flushes) else {
+            return self.rx.poll_recv(cx).map(|m| m.map(Ok));
+        };
+        if flushes && let Ok(frame) = self.rx.try_recv() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        if let Some(goaway) = self.peer.take_goodbye() {
+            return Poll::Ready(Some(Ok(pb::GatewayMessage {
+                kind: Some(Kind::GoAway(goaway)),
+            })));
+        }
+        self.done = true;
+        Poll::Ready(
+            self.closing
+                .as_ref()
+                .and_then(Disconnect::end_status)
+                .map(Err),
+        )
     }
 }
 
@@ -407,6 +408,6 @@ impl Drop for Outbound {
     fn drop(&mut self) {
         // tonic drops the response stream when the connection goes away;
         // make sure the read loop hears of it even if the inbound half lingers.
-        self.peer.close(None, "outbound stream dropped");
+        self.peer.close(Disconnect::ConnectionLost);
     }
 }

@@ -1,23 +1,34 @@
 //! Runs the requests that arrive on one stream on their handlers.
 //!
-//! Each request runs in its own task, under a process-wide concurrency
-//! limit, with its deadline and a cancellation token that a `Cancel` frame,
-//! the deadline or the end of the stream fires. A handler that ignores the
-//! token is dropped after a short grace period.
+//! Each admitted request runs in its own task, with its deadline and a
+//! cancellation token that a `Cancel` frame, the deadline or the end of the
+//! stream fires. A handler that ignores the token is dropped after a short
+//! grace period; one that panics is answered `INTERNAL`.
+//!
+//! Every frame costs bounded work. A request is admitted only while the
+//! stream has fewer than its share of requests in flight (so one peer's
+//! flood refuses only that peer) and a process-wide permit is free (held
+//! while the handler runs, never while its answer waits for queue room).
+//! Refusals are answered inline without waiting; an answer that finds the
+//! queue full waits at most until the request's deadline, then is dropped
+//! and counted. A request stays in the running table until its answer is
+//! queued or dropped, so [`Dispatcher::idle`] means "every answer is out".
 
 use std::collections::HashMap;
-use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use gatemesh_proto::pb;
 use parking_lot::Mutex;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
-use crate::{Caller, Context, MAX_METHOD_NAME_LEN, Registry, RequestHandler};
+use crate::{Caller, Context, MAX_METHOD_NAME_LEN, Registry};
 
 #[derive(Debug, Clone)]
 pub struct DispatchConfig {
@@ -29,6 +40,15 @@ pub struct DispatchConfig {
     pub max_timeout: Duration,
     /// How long a cancelled handler may run on to clean up.
     pub cancel_grace: Duration,
+    /// Requests of one stream in flight at once (running, or answered and
+    /// waiting for queue room); beyond, `RESOURCE_EXHAUSTED`. This is the
+    /// peer's own share: the process-wide permits bound the handlers of
+    /// all streams together.
+    pub max_in_flight_per_stream: usize,
+    /// Largest answer payload the peer accepts (0: no limit). A larger one
+    /// would end the whole stream at the peer; that call gets
+    /// `RESOURCE_EXHAUSTED` instead.
+    pub max_answer_bytes: usize,
 }
 
 impl Default for DispatchConfig {
@@ -37,6 +57,8 @@ impl Default for DispatchConfig {
             default_timeout: Duration::from_secs(10),
             max_timeout: Duration::from_secs(300),
             cancel_grace: Duration::from_millis(250),
+            max_in_flight_per_stream: 128,
+            max_answer_bytes: 0,
             observer: None,
         }
     }
@@ -50,10 +72,15 @@ pub trait DispatchObserver: Send + Sync + 'static {
     fn started(&self, _method: &str) {}
     /// An admitted request ended: `Ok` when the handler answered with a
     /// payload, else the code it was answered with (`Cancelled` when the
-    /// caller gave up and no answer was sent).
+    /// caller gave up and no answer was sent, `Internal` after a panic).
     fn finished(&self, _method: &str, _outcome: Result<(), Code>, _elapsed: Duration) {}
     /// A request was refused before reaching a handler.
     fn rejected(&self, _method: &str, _code: Code) {}
+    /// A handler panicked; the caller was answered `INTERNAL`.
+    fn panicked(&self, _method: &str) {}
+    /// An answer was dropped: the peer's queue stayed full until the
+    /// request's deadline (the peer does not read).
+    fn answer_dropped(&self) {}
 }
 
 impl std::fmt::Debug for dyn DispatchObserver {
@@ -62,52 +89,95 @@ impl std::fmt::Debug for dyn DispatchObserver {
     }
 }
 
-/// A stable lowercase name for a gRPC code, for metric labels and logs.
+/// The canonical gRPC name of a code (`NOT_FOUND`), the one spelling used
+/// in logs, metric labels, the CLI and the docs.
 pub fn code_name(code: Code) -> &'static str {
     match code {
-        Code::Ok => "ok",
-        Code::Cancelled => "cancelled",
-        Code::Unknown => "unknown",
-        Code::InvalidArgument => "invalid_argument",
-        Code::DeadlineExceeded => "deadline_exceeded",
-        Code::NotFound => "not_found",
-        Code::AlreadyExists => "already_exists",
-        Code::PermissionDenied => "permission_denied",
-        Code::ResourceExhausted => "resource_exhausted",
-        Code::FailedPrecondition => "failed_precondition",
-        Code::Aborted => "aborted",
-        Code::OutOfRange => "out_of_range",
-        Code::Unimplemented => "unimplemented",
-        Code::Internal => "internal",
-        Code::Unavailable => "unavailable",
-        Code::DataLoss => "data_loss",
-        Code::Unauthenticated => "unauthenticated",
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 
 /// Why a request was answered with an error before reaching a handler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejection {
+    /// Id 0: never valid on the wire.
+    BadId,
     BadMethodName,
     UnknownMethod,
     DuplicateId,
+    /// The payload is over the limit.
+    TooLarge,
+    /// The stream's share or the process-wide permits are taken.
     Overloaded,
     Draining,
 }
 
-type Admitted = (
-    Arc<dyn RequestHandler>,
-    CancellationToken,
-    tokio::sync::OwnedSemaphorePermit,
-);
+impl Rejection {
+    /// Whether the peer broke the protocol (rather than met a limit).
+    pub fn is_violation(self) -> bool {
+        matches!(
+            self,
+            Self::BadId | Self::BadMethodName | Self::DuplicateId | Self::TooLarge
+        )
+    }
+
+    fn code(self) -> Code {
+        match self {
+            Self::BadId | Self::BadMethodName | Self::DuplicateId => Code::InvalidArgument,
+            Self::UnknownMethod => Code::Unimplemented,
+            Self::TooLarge | Self::Overloaded => Code::ResourceExhausted,
+            Self::Draining => Code::Unavailable,
+        }
+    }
+}
+
+/// A refused request: why, and whether the refusal reached the peer's
+/// queue (a peer that floods requests and never reads gets neither).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    pub rejection: Rejection,
+    pub answered: bool,
+}
+
+/// Where a stream's answers go: its bounded outbound queue, and how an
+/// answer becomes a frame of that stream's direction.
+pub struct Outbox<F> {
+    tx: mpsc::Sender<F>,
+    frame: fn(pb::Response) -> F,
+}
+
+impl<F> Outbox<F> {
+    pub fn new(tx: mpsc::Sender<F>, frame: fn(pb::Response) -> F) -> Self {
+        Self { tx, frame }
+    }
+}
 
 /// Incoming requests of one stream.
-pub struct Dispatcher {
+pub struct Dispatcher<F> {
     registry: Arc<Registry>,
     config: DispatchConfig,
     permits: Arc<Semaphore>,
+    outbox: Outbox<F>,
+    max_answer_bytes: AtomicUsize,
     state: Mutex<State>,
     idle: Notify,
+    dropped_answers: AtomicU64,
 }
 
 #[derive(Default)]
@@ -116,66 +186,90 @@ struct State {
     draining: bool,
 }
 
-impl Dispatcher {
+/// Takes a request out of the running table however its task ends: an
+/// answer, a cancel, a panic, or the runtime dropping the task.
+struct Running<F: Send + 'static> {
+    dispatcher: Arc<Dispatcher<F>>,
+    id: u64,
+}
+
+impl<F: Send + 'static> Drop for Running<F> {
+    fn drop(&mut self) {
+        self.dispatcher.finish(self.id);
+    }
+}
+
+impl<F: Send + 'static> Dispatcher<F> {
     /// `permits` is shared by every stream of the process: it bounds the
     /// handlers running at once.
-    pub fn new(registry: Arc<Registry>, config: DispatchConfig, permits: Arc<Semaphore>) -> Self {
+    pub fn new(
+        registry: Arc<Registry>,
+        config: DispatchConfig,
+        permits: Arc<Semaphore>,
+        outbox: Outbox<F>,
+    ) -> Self {
         Self {
+            max_answer_bytes: AtomicUsize::new(config.max_answer_bytes),
             registry,
             config,
             permits,
+            outbox,
             state: Mutex::new(State::default()),
             idle: Notify::new(),
+            dropped_answers: AtomicU64::new(0),
         }
     }
 
-    /// Starts `request` from `caller`; its answer is handed to `reply`. A
-    /// request that cannot run is answered at once with a typed status, and
-    /// the reason is returned so the stream can count it.
-    pub fn dispatch<R, Fut>(
-        self: &Arc<Self>,
-        caller: Caller,
-        request: pb::Request,
-        reply: R,
-    ) -> Result<(), Rejection>
-    where
-        R: FnOnce(pb::Response) -> Fut + Send + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
+    /// The peer's limit on answer payloads, once it is known (an instance
+    /// learns its gateway's from welcome). 0: no limit.
+    pub fn set_max_answer_bytes(&self, max: usize) {
+        self.max_answer_bytes.store(max, Ordering::Relaxed);
+    }
+
+    /// Starts `request` from `caller`. A request that cannot run is
+    /// answered at once, without waiting, with a typed status; the reason
+    /// is returned so the stream can count it.
+    pub fn dispatch(self: &Arc<Self>, caller: Caller, request: pb::Request) -> Result<(), Refused> {
         let id = request.id;
-        let (handler, token, permit) = match self.admit(&request) {
+        let admitted = match self.admit(&request) {
             Ok(admitted) => admitted,
-            Err((rejection, code, message)) => {
-                if let Some(observer) = &self.config.observer {
-                    observer.rejected(&request.method, code);
-                }
-                tokio::spawn(reply(error_response(id, code, message)));
-                return Err(rejection);
+            Err((rejection, message)) => {
+                return Err(self.refuse(id, &request.method, rejection, message));
             }
         };
-        let this = Arc::clone(self);
+        let Admitted {
+            handler,
+            token,
+            permit,
+        } = admitted;
         let timeout = match request.timeout_ms {
-            0 => this.config.default_timeout,
-            ms => Duration::from_millis(ms.into()).min(this.config.max_timeout),
+            0 => self.config.default_timeout,
+            ms => Duration::from_millis(ms.into()).min(self.config.max_timeout),
         };
         let started = Instant::now();
         let deadline = started + timeout;
-        if let Some(observer) = &this.config.observer {
+        if let Some(observer) = &self.config.observer {
             observer.started(&request.method);
         }
+        let running = Running {
+            dispatcher: Arc::clone(self),
+            id,
+        };
         tokio::spawn(async move {
-            let _permit = permit;
-            let grace = this.config.cancel_grace;
-            let ctx = Context::new(caller, deadline, token.clone());
+            let this = &running.dispatcher;
             let method = request.method;
-            let work = handler.handle(ctx, &method, request.payload);
+            let ctx = Context::new(caller, deadline, token.clone());
+            let work =
+                AssertUnwindSafe(handler.handle(ctx, &method, request.payload)).catch_unwind();
             tokio::pin!(work);
+            let grace = this.config.cancel_grace;
             let result = tokio::select! {
                 // A handler that returns as soon as it sees a cancel races
                 // the cancel branch; the caller still wants no answer.
                 result = &mut work => (!token.is_cancelled()).then(|| match result {
-                    Ok(payload) => pb::response::Result::Payload(payload),
-                    Err(e) => pb::response::Result::Status(e.into()),
+                    Ok(Ok(payload)) => this.within_limit(&method, payload),
+                    Ok(Err(e)) => pb::response::Result::Status(e.into()),
+                    Err(panic) => this.panicked(&method, &*panic),
                 }),
                 _ = tokio::time::sleep_until(deadline) => {
                     token.cancel();
@@ -191,6 +285,9 @@ impl Dispatcher {
                     None
                 }
             };
+            // The handler is done: its permit goes back before the answer
+            // waits for queue room, if it must.
+            drop(permit);
             if let Some(observer) = &this.config.observer {
                 let outcome = match &result {
                     Some(pb::response::Result::Payload(_)) => Ok(()),
@@ -199,27 +296,124 @@ impl Dispatcher {
                 };
                 observer.finished(&method, outcome, started.elapsed());
             }
-            // Queue the answer before counting the request as finished, so
-            // a drain that waits for idle never closes ahead of an answer.
             if let Some(result) = result {
-                reply(pb::Response {
-                    id,
-                    result: Some(result),
-                })
+                this.answer(
+                    pb::Response {
+                        id,
+                        result: Some(result),
+                    },
+                    deadline,
+                )
                 .await;
             }
-            this.finish(id);
+            // `running` drops here: the request leaves the table only once
+            // its answer is queued, so a drain that waits for idle never
+            // closes ahead of an answer.
+            drop(running);
         });
         Ok(())
     }
 
+    /// Answers `id` with a refusal, without waiting: counted when the
+    /// peer's queue has no room.
+    pub fn refuse(&self, id: u64, method: &str, rejection: Rejection, message: String) -> Refused {
+        if let Some(observer) = &self.config.observer {
+            observer.rejected(method, rejection.code());
+        }
+        let status = if rejection.is_violation() {
+            pb::Status::new(rejection.code(), message)
+        } else {
+            pb::Status::refused(rejection.code(), message)
+        };
+        let response = pb::Response {
+            id,
+            result: Some(pb::response::Result::Status(status)),
+        };
+        let answered = self
+            .outbox
+            .tx
+            .try_send((self.outbox.frame)(response))
+            .is_ok();
+        if !answered {
+            self.note_dropped();
+        }
+        Refused {
+            rejection,
+            answered,
+        }
+    }
+
+    fn within_limit(&self, method: &str, payload: bytes::Bytes) -> pb::response::Result {
+        let max = self.max_answer_bytes.load(Ordering::Relaxed);
+        if max > 0 && payload.len() > max {
+            tracing::warn!(
+                method,
+                bytes = payload.len(),
+                max,
+                "answer over the peer's limit; answered RESOURCE_EXHAUSTED"
+            );
+            return pb::response::Result::Status(pb::Status::new(
+                Code::ResourceExhausted,
+                format!(
+                    "{method}: answer of {} bytes exceeds the limit of {max} bytes",
+                    payload.len()
+                ),
+            ));
+        }
+        pb::response::Result::Payload(payload)
+    }
+
+    fn panicked(&self, method: &str, panic: &(dyn std::any::Any + Send)) -> pb::response::Result {
+        let what = panic
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("a non-text panic");
+        tracing::error!(method, panic = what, "handler panicked; answered INTERNAL");
+        if let Some(observer) = &self.config.observer {
+            observer.panicked(method);
+        }
+        pb::response::Result::Status(pb::Status::new(
+            Code::Internal,
+            format!("{method}: the handler failed unexpectedly"),
+        ))
+    }
+
+    /// Queues an answer; waits for room at most until `deadline`, when the
+    /// caller stops waiting anyway.
+    async fn answer(&self, response: pb::Response, deadline: Instant) {
+        match self.outbox.tx.try_send((self.outbox.frame)(response)) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(frame)) => {
+                match tokio::time::timeout_at(deadline, self.outbox.tx.send(frame)).await {
+                    Ok(_) => {}
+                    Err(_) => self.note_dropped(),
+                }
+            }
+        }
+    }
+
+    fn note_dropped(&self) {
+        self.dropped_answers.fetch_add(1, Ordering::Relaxed);
+        if let Some(observer) = &self.config.observer {
+            observer.answer_dropped();
+        }
+    }
+
+    /// Answers (and refusals) dropped because the peer's queue stayed full.
+    pub fn dropped_answers(&self) -> u64 {
+        self.dropped_answers.load(Ordering::Relaxed)
+    }
+
     /// Checks a request against the frame rules and the limits, and if it
     /// may run, records it as running.
-    fn admit(&self, request: &pb::Request) -> Result<Admitted, (Rejection, Code, String)> {
+    fn admit(&self, request: &pb::Request) -> Result<Admitted, (Rejection, String)> {
+        if request.id == 0 {
+            return Err((Rejection::BadId, "request id 0 is never valid".into()));
+        }
         if request.method.is_empty() || request.method.len() > MAX_METHOD_NAME_LEN {
             return Err((
                 Rejection::BadMethodName,
-                Code::InvalidArgument,
                 format!(
                     "method name must be 1 to {MAX_METHOD_NAME_LEN} bytes, got {}",
                     request.method.len()
@@ -229,35 +423,38 @@ impl Dispatcher {
         let Some(handler) = self.registry.get(&request.method).cloned() else {
             return Err((
                 Rejection::UnknownMethod,
-                Code::Unimplemented,
                 format!("method {:?} is not served here", request.method),
             ));
         };
         let mut state = self.state.lock();
         if state.draining {
-            return Err((
-                Rejection::Draining,
-                Code::Unavailable,
-                "draining: no new requests".into(),
-            ));
+            return Err((Rejection::Draining, "draining: no new requests".into()));
         }
         if state.running.contains_key(&request.id) {
             return Err((
                 Rejection::DuplicateId,
-                Code::InvalidArgument,
                 format!("request id {} is already in flight", request.id),
             ));
         }
-        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+        if state.running.len() >= self.config.max_in_flight_per_stream {
             return Err((
                 Rejection::Overloaded,
-                Code::ResourceExhausted,
-                "too many requests in flight".into(),
+                format!(
+                    "this stream has {} requests in flight, its limit",
+                    state.running.len()
+                ),
             ));
+        }
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            return Err((Rejection::Overloaded, "too many requests in flight".into()));
         };
         let token = CancellationToken::new();
         state.running.insert(request.id, token.clone());
-        Ok((handler, token, permit))
+        Ok(Admitted {
+            handler,
+            token,
+            permit,
+        })
     }
 
     fn finish(&self, id: u64) {
@@ -297,7 +494,7 @@ impl Dispatcher {
         self.state.lock().running.len()
     }
 
-    /// Resolves once no request is running.
+    /// Resolves once no request is running and every answer is queued.
     pub async fn idle(&self) {
         loop {
             let notified = self.idle.notified();
@@ -309,11 +506,10 @@ impl Dispatcher {
     }
 }
 
-fn error_response(id: u64, code: Code, message: String) -> pb::Response {
-    pb::Response {
-        id,
-        result: Some(pb::response::Result::Status(pb::Status::new(code, message))),
-    }
+struct Admitted {
+    handler: Arc<dyn crate::RequestHandler>,
+    token: CancellationToken,
+    permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 #[cfg(test)]
@@ -330,21 +526,27 @@ mod tests {
         Caller::new("gw", "")
     }
 
-    fn setup(
+    type D = Arc<Dispatcher<pb::Response>>;
+
+    fn with_config(
         registry: Registry,
         limit: usize,
-    ) -> (
-        Arc<Dispatcher>,
-        mpsc::UnboundedSender<pb::Response>,
-        mpsc::UnboundedReceiver<pb::Response>,
-    ) {
+        config: DispatchConfig,
+        queue: usize,
+    ) -> (D, mpsc::Receiver<pb::Response>) {
+        let (tx, rx) = mpsc::channel(queue);
         let d = Arc::new(Dispatcher::new(
             Arc::new(registry),
-            DispatchConfig::default(),
+            config,
             Arc::new(Semaphore::new(limit)),
+            Outbox::new(tx, |r| r),
         ));
-        let (tx, rx) = mpsc::unbounded_channel();
-        (d, tx, rx)
+        (d, rx)
+    }
+
+    fn setup(registry: Registry, limit: usize) -> (D, (), mpsc::Receiver<pb::Response>) {
+        let (d, rx) = with_config(registry, limit, DispatchConfig::default(), 64);
+        (d, (), rx)
     }
 
     fn request(id: u64, method: &str, timeout_ms: u32) -> pb::Request {
@@ -361,15 +563,8 @@ mod tests {
         }
     }
 
-    fn send(
-        d: &Arc<Dispatcher>,
-        tx: &mpsc::UnboundedSender<pb::Response>,
-        req: pb::Request,
-    ) -> Result<(), Rejection> {
-        let tx = tx.clone();
-        d.dispatch(caller(), req, move |r| async move {
-            let _ = tx.send(r);
-        })
+    fn send(d: &D, _: &(), req: pb::Request) -> Result<(), Rejection> {
+        d.dispatch(caller(), req).map_err(|r| r.rejection)
     }
 
     fn status(r: &pb::Response) -> Option<Code> {
@@ -467,8 +662,7 @@ mod tests {
         assert!(d.cancel(9));
         assert_eq!(seen.recv().await.unwrap(), (true, false));
         d.idle().await;
-        drop(tx);
-        assert!(rx.recv().await.is_none(), "a cancelled call gets no answer");
+        assert!(rx.try_recv().is_err(), "a cancelled call gets no answer");
     }
 
     #[tokio::test(start_paused = true)]
@@ -511,7 +705,7 @@ mod tests {
             self.0.lock().push(format!("started {method}"));
         }
         fn finished(&self, method: &str, outcome: Result<(), Code>, _elapsed: Duration) {
-            let outcome = outcome.map_or_else(code_name, |()| "ok");
+            let outcome = outcome.map_or_else(code_name, |()| "OK");
             self.0.lock().push(format!("finished {method} {outcome}"));
         }
         fn rejected(&self, method: &str, code: Code) {
@@ -525,15 +719,16 @@ mod tests {
     async fn the_observer_hears_every_start_finish_and_rejection() {
         let (seen_tx, _seen) = mpsc::unbounded_channel();
         let observer = Arc::new(Counting::default());
-        let d = Arc::new(Dispatcher::new(
-            Arc::new(observing(seen_tx)),
+        let (d, mut rx) = with_config(
+            observing(seen_tx),
+            8,
             DispatchConfig {
                 observer: Some(observer.clone()),
                 ..DispatchConfig::default()
             },
-            Arc::new(Semaphore::new(8)),
-        ));
-        let (tx, mut rx) = mpsc::unbounded_channel();
+            64,
+        );
+        let tx = ();
         send(&d, &tx, request(1, "FindVPSByLease", 50)).unwrap();
         assert_eq!(
             status(&rx.recv().await.unwrap()),
@@ -548,11 +743,143 @@ mod tests {
             *observer.0.lock(),
             [
                 "started FindVPSByLease",
-                "finished FindVPSByLease deadline_exceeded",
+                "finished FindVPSByLease DEADLINE_EXCEEDED",
                 "started FindVPSByLease",
-                "finished FindVPSByLease cancelled",
-                "rejected Nope unimplemented",
+                "finished FindVPSByLease CANCELLED",
+                "rejected Nope UNIMPLEMENTED",
             ]
         );
+    }
+
+    fn panicking() -> Registry {
+        let mut reg = Registry::new();
+        reg.method::<FindVpsByLease>(|_ctx, req: FindVpsByLeaseRequest| async move {
+            if req.mac == "boom" {
+                panic!("handler bug");
+            }
+            Ok(FindVpsByLeaseResponse::default())
+        })
+        .unwrap();
+        reg
+    }
+
+    fn with_mac(id: u64, mac: &str, timeout_ms: u32) -> pb::Request {
+        let mut req = request(id, "FindVPSByLease", timeout_ms);
+        req.payload = FindVpsByLeaseRequest {
+            ip: "10.0.0.1".into(),
+            mac: mac.into(),
+        }
+        .encode_to_vec()
+        .into();
+        req
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_answered_internal_and_leaves_no_trace() {
+        let observer = Arc::new(Counting::default());
+        let (d, mut rx) = with_config(
+            panicking(),
+            1,
+            DispatchConfig {
+                observer: Some(observer.clone()),
+                ..DispatchConfig::default()
+            },
+            8,
+        );
+        send(&d, &(), with_mac(1, "boom", 60_000)).unwrap();
+        let r = rx.recv().await.unwrap();
+        assert_eq!((r.id, status(&r)), (1, Some(Code::Internal)));
+        // Nothing left running: a drain completes at once, and the one
+        // permit is free for the next request.
+        d.idle().await;
+        assert_eq!(d.in_flight(), 0);
+        send(&d, &(), with_mac(2, "fine", 60_000)).unwrap();
+        assert!(matches!(
+            rx.recv().await.unwrap().result,
+            Some(pb::response::Result::Payload(_))
+        ));
+        assert_eq!(
+            observer.0.lock()[..2],
+            ["started FindVPSByLease", "finished FindVPSByLease INTERNAL"]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_streams_flood_meets_its_own_share_not_the_others() {
+        let permits = Arc::new(Semaphore::new(8));
+        let config = DispatchConfig {
+            max_in_flight_per_stream: 2,
+            ..DispatchConfig::default()
+        };
+        let (seen_tx, _seen) = mpsc::unbounded_channel();
+        let registry = Arc::new(observing(seen_tx));
+        let make = |queue| {
+            let (tx, rx) = mpsc::channel(queue);
+            let d = Arc::new(Dispatcher::new(
+                registry.clone(),
+                config.clone(),
+                permits.clone(),
+                Outbox::new(tx, |r| r),
+            ));
+            (d, rx)
+        };
+        let (flooder, mut flooder_rx) = make(8);
+        let (other, _other_rx) = make(8);
+        for id in 1..=2 {
+            send(&flooder, &(), request(id, "FindVPSByLease", 60_000)).unwrap();
+        }
+        let refused = flooder
+            .dispatch(caller(), request(3, "FindVPSByLease", 60_000))
+            .unwrap_err();
+        assert_eq!(
+            refused,
+            Refused {
+                rejection: Rejection::Overloaded,
+                answered: true
+            }
+        );
+        let r = flooder_rx.recv().await.unwrap();
+        let Some(pb::response::Result::Status(s)) = r.result else {
+            panic!("{r:?}")
+        };
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert!(s.refused, "a refusal before running says so");
+        // The other stream still has the process-wide permits.
+        send(&other, &(), request(1, "FindVPSByLease", 60_000)).unwrap();
+        assert_eq!(other.in_flight(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_never_reads_costs_no_permit_and_its_answers_end_at_the_deadline() {
+        let observer = Arc::new(Counting::default());
+        let permits = Arc::new(Semaphore::new(4));
+        let (tx, _rx_never_read) = mpsc::channel(1);
+        let d = Arc::new(Dispatcher::new(
+            Arc::new(panicking()),
+            DispatchConfig {
+                observer: Some(observer.clone()),
+                ..DispatchConfig::default()
+            },
+            permits.clone(),
+            Outbox::new(tx, |r| r),
+        ));
+        for id in 1..=3 {
+            send(&d, &(), with_mac(id, "fine", 50)).unwrap();
+        }
+        // Handlers are done; two answers wait for room, holding no permit.
+        eventually_idle_permits(&permits, 4).await;
+        assert_eq!(d.in_flight(), 2);
+        // A refusal on a full queue is not waited for: dropped and counted.
+        let refused = d.dispatch(caller(), request(9, "Nope", 50)).unwrap_err();
+        assert!(!refused.answered);
+        // At the deadline the waiting answers are dropped, not kept.
+        d.idle().await;
+        assert_eq!(d.dropped_answers(), 3);
+    }
+
+    async fn eventually_idle_permits(permits: &Semaphore, n: usize) {
+        while permits.available_permits() != n {
+            tokio::task::yield_now().await;
+        }
     }
 }

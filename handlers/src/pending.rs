@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use gatemesh_proto::pb;
 use parking_lot::Mutex;
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 
 /// A call's result: the encoded response, or the status it failed with.
 pub type Outcome = Result<Bytes, pb::Status>;
@@ -31,6 +31,8 @@ pub enum Completion {
 pub struct Pending {
     next_id: AtomicU64,
     inner: Mutex<Inner>,
+    /// Woken when the last open call ends, for [`Pending::idle`].
+    idle: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -51,6 +53,7 @@ impl Pending {
             // Id 0 is never used, so a default-valued frame is never valid.
             next_id: AtomicU64::new(1),
             inner: Mutex::new(Inner::default()),
+            idle: Notify::new(),
         }
     }
 
@@ -69,7 +72,7 @@ impl Pending {
 
     /// Hands an answer to the call that awaits it.
     pub fn complete(&self, id: u64, outcome: Outcome) -> Completion {
-        let slot = self.inner.lock().slots.remove(&id);
+        let slot = self.remove(id);
         match slot {
             Some(tx) => match tx.send(outcome) {
                 Ok(()) => Completion::Delivered,
@@ -83,7 +86,27 @@ impl Pending {
     /// The caller no longer waits for `id`. Returns whether it was still open
     /// (and so whether the peer should be told to cancel).
     pub fn abandon(&self, id: u64) -> bool {
-        self.inner.lock().slots.remove(&id).is_some()
+        self.remove(id).is_some()
+    }
+
+    fn remove(&self, id: u64) -> Option<oneshot::Sender<Outcome>> {
+        let mut inner = self.inner.lock();
+        let slot = inner.slots.remove(&id);
+        if slot.is_some() && inner.slots.is_empty() {
+            self.idle.notify_waiters();
+        }
+        slot
+    }
+
+    /// Resolves once no call is open.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.is_empty() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Ends every open call (their receivers see the sender dropped, which
@@ -95,6 +118,7 @@ impl Pending {
             inner.closed.get_or_insert(status);
             std::mem::take(&mut inner.slots)
         };
+        self.idle.notify_waiters();
         drop(slots);
     }
 

@@ -37,6 +37,16 @@ impl pb::Status {
         Self {
             code: code as i32,
             message: message.into(),
+            refused: false,
+        }
+    }
+
+    /// A refusal before any handler ran: safe for the caller to retry
+    /// elsewhere.
+    pub fn refused(code: tonic::Code, message: impl Into<String>) -> Self {
+        Self {
+            refused: true,
+            ..Self::new(code, message)
         }
     }
 

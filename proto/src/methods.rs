@@ -17,10 +17,15 @@ pub trait Method: Send + Sync + 'static {
     fn is_valid(_response: &Self::Response) -> bool {
         true
     }
+
+    /// Whether running the method twice does no harm, so a call whose
+    /// instance vanished after the request was sent may be sent again.
+    /// `false` by default: a call is never run twice.
+    const IDEMPOTENT: bool = false;
 }
 
 macro_rules! method {
-    ($(#[$doc:meta])* $ty:ident, $name:literal, $req:ty => $resp:ty $(, valid($r:ident) $valid:expr)?) => {
+    ($(#[$doc:meta])* $ty:ident, $name:literal, $req:ty => $resp:ty $(, valid($r:ident) $valid:expr)? $(, idempotent = $idem:literal)?) => {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, Default)]
         pub struct $ty;
@@ -34,6 +39,7 @@ macro_rules! method {
                     $valid
                 }
             )?
+            $(const IDEMPOTENT: bool = $idem;)?
         }
     };
 }
@@ -42,19 +48,22 @@ method!(
     /// Served by instances: which VPS holds this DHCP lease.
     FindVpsByLease, "FindVPSByLease",
     pb::FindVpsByLeaseRequest => pb::FindVpsByLeaseResponse,
-    valid(r) !r.vps_id.is_empty()
+    valid(r) !r.vps_id.is_empty(),
+    idempotent = true
 );
 
 method!(
     /// Served by the gateway: who it is and how many instances it holds.
     GetGatewayInfo, "GetGatewayInfo",
-    pb::GetGatewayInfoRequest => pb::GetGatewayInfoResponse
+    pb::GetGatewayInfoRequest => pb::GetGatewayInfoResponse,
+    idempotent = true
 );
 
 method!(
     /// Served by the gateway: the DHCP manager's leases and their VPS ids.
     GetLeases, "GetLeases",
-    pb::GetLeasesRequest => pb::GetLeasesResponse
+    pb::GetLeasesRequest => pb::GetLeasesResponse,
+    idempotent = true
 );
 
 /// What the gateway knows about a method when only its name is given (the
@@ -65,6 +74,8 @@ pub struct KnownMethod {
     /// Decodes an encoded response and applies [`Method::is_valid`]; an
     /// undecodable answer is not valid.
     pub is_valid: fn(&[u8]) -> bool,
+    /// [`Method::IDEMPOTENT`].
+    pub idempotent: bool,
 }
 
 fn valid_bytes<M: Method>(payload: &[u8]) -> bool {
@@ -75,6 +86,7 @@ const fn known<M: Method>() -> KnownMethod {
     KnownMethod {
         name: M::NAME,
         is_valid: valid_bytes::<M>,
+        idempotent: M::IDEMPOTENT,
     }
 }
 

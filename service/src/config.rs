@@ -37,6 +37,10 @@ pub struct ServiceConfig {
     /// with RESOURCE_EXHAUSTED.
     #[serde(default = "defaults::max_concurrency")]
     pub max_concurrency: usize,
+    /// `VPS_MAX_CONCURRENCY_PER_GATEWAY`: requests of one gateway in flight
+    /// at once, so one gateway's flood refuses only that gateway.
+    #[serde(default = "defaults::max_concurrency_per_gateway")]
+    pub max_concurrency_per_gateway: usize,
     /// `VPS_RECONNECT_BASE_MS`: first reconnect delay ceiling.
     #[serde(default = "defaults::reconnect_base_ms")]
     pub reconnect_base_ms: u64,
@@ -81,6 +85,9 @@ mod defaults {
     }
     pub fn max_concurrency() -> usize {
         256
+    }
+    pub fn max_concurrency_per_gateway() -> usize {
+        128
     }
     pub fn reconnect_base_ms() -> u64 {
         250
@@ -159,6 +166,11 @@ impl ServiceConfig {
             self.max_concurrency >= 1,
             "VPS_MAX_CONCURRENCY",
             "at least 1",
+        )?;
+        ensure(
+            (1..=65_536).contains(&self.max_concurrency_per_gateway),
+            "VPS_MAX_CONCURRENCY_PER_GATEWAY",
+            "1 to 65536",
         )?;
         ensure(
             self.reconnect_base_ms >= 1,

@@ -119,7 +119,7 @@ impl DispatchObserver for ServiceMetrics {
 
     fn finished(&self, method: &str, outcome: Result<(), Code>, elapsed: Duration) {
         self.in_flight.dec();
-        self.count(method, outcome.map_or_else(code_name, |()| "ok"));
+        self.count(method, code_name(outcome.err().unwrap_or(Code::Ok)));
         self.seconds
             .get_or_create(&MethodLabels {
                 method: self.label(method),

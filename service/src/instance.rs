@@ -56,6 +56,10 @@ impl InstanceOptions {
             reconnect_max: config.reconnect_max(),
             drain_grace: Duration::from_millis(config.drain_grace_ms),
             tls: config.tls.clone(),
+            dispatch: DispatchConfig {
+                max_in_flight_per_stream: config.max_concurrency_per_gateway,
+                ..DispatchConfig::default()
+            },
             ..Self::new(
                 config.instance_id(),
                 config.environment.clone(),

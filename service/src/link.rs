@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use gatemesh_handlers::dispatch::Outbox;
 use gatemesh_handlers::{Caller, Completion, DispatchConfig, Dispatcher, Pending, Registry};
 use gatemesh_proto::pb::gateway_message::Kind as InKind;
 use gatemesh_proto::pb::instance_message::Kind;
@@ -30,6 +31,10 @@ const QUEUE_CAPACITY: usize = 1024;
 const MAX_FRAME: usize = 256 * 1024 * 1024 + 64 * 1024;
 /// Used until the gateway's welcome says otherwise.
 const DEFAULT_LIVENESS: Duration = Duration::from_secs(15);
+/// Answers and refusals dropped because the gateway does not read, after
+/// which the link is dropped and dialled again: a gateway that floods
+/// requests and never reads costs this link, bounded, and nothing else.
+const MAX_DROPPED_ANSWERS: u64 = 256;
 
 /// What the instance knows about one gateway link.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -174,13 +179,16 @@ impl Link {
         let guard = SessionGuard {
             link: self,
             session: Arc::new(Session {
-                tx,
+                tx: tx.clone(),
                 pending: Pending::new(),
             }),
             dispatcher: Arc::new(Dispatcher::new(
                 self.config.registry.clone(),
                 self.config.dispatch.clone(),
                 self.config.permits.clone(),
+                Outbox::new(tx.clone(), |response| pb::InstanceMessage {
+                    kind: Some(Kind::Response(response)),
+                }),
             )),
             ended: CancellationToken::new(),
         };
@@ -212,7 +220,7 @@ impl Link {
         backoff: &mut Backoff,
         session: &Arc<Session>,
         outbound: impl futures_util::Stream<Item = pb::InstanceMessage> + Send + 'static,
-        dispatcher: &Arc<Dispatcher>,
+        dispatcher: &Arc<Dispatcher<pb::InstanceMessage>>,
         ended: &CancellationToken,
     ) -> Result<Ended, String> {
         let mut endpoint =
@@ -293,7 +301,10 @@ impl Link {
         tracing::info!(gateway = %self.url, gateway_id = %welcome.gateway_id, "registered with gateway");
 
         let caller = Caller::new(welcome.gateway_id.clone(), "gateway");
-        let max_answer = usize::try_from(welcome.max_message_bytes).unwrap_or(usize::MAX);
+        // An answer over the gateway's limit would end the whole stream
+        // there; that call gets RESOURCE_EXHAUSTED instead.
+        dispatcher
+            .set_max_answer_bytes(usize::try_from(welcome.max_message_bytes).unwrap_or(usize::MAX));
         let interval = Duration::from_millis(welcome.heartbeat_interval_ms.into());
         let liveness = if interval.is_zero() {
             DEFAULT_LIVENESS
@@ -347,11 +358,13 @@ impl Link {
                     last_seen = Instant::now();
                     match frame.kind {
                         Some(InKind::Request(request)) => {
-                            let tx = session.tx.clone();
-                            let _ = dispatcher.dispatch(caller.clone(), request, move |response| async move {
-                                let response = within_limit(response, max_answer);
-                                let _ = tx.send(pb::InstanceMessage { kind: Some(Kind::Response(response)) }).await;
-                            });
+                            let _ = dispatcher.dispatch(caller.clone(), request);
+                            let dropped = dispatcher.dropped_answers();
+                            if dropped >= MAX_DROPPED_ANSWERS {
+                                return Err(format!(
+                                    "the gateway sends requests but does not read its answers ({dropped} dropped)"
+                                ));
+                            }
                         }
                         Some(InKind::Response(response)) => {
                             let outcome = match response.result {
@@ -370,8 +383,12 @@ impl Link {
                             let _ = session.tx.try_send(pb::InstanceMessage { kind: Some(Kind::Pong(pb::Pong { nonce: ping.nonce })) });
                         }
                         Some(InKind::GoAway(goaway)) => {
-                            tracing::info!(gateway = %self.url, reason = %goaway.reason, reconnect_after_ms = goaway.reconnect_after_ms, "gateway says go away");
-                            reconnect_after = Duration::from_millis(goaway.reconnect_after_ms.into());
+                            // Never parked longer than our own backoff cap,
+                            // whatever the gateway asks.
+                            reconnect_after = Duration::from_millis(goaway.reconnect_after_ms.into())
+                                .min(self.config.reconnect_max);
+                            tracing::info!(gateway = %self.url, reason = %goaway.reason,
+                                reconnect_after_ms = reconnect_after.as_millis() as u64, "gateway says go away");
                             close_reason = Some(format!("gateway: {}", goaway.reason));
                         }
                         Some(InKind::Pong(_)) | Some(InKind::Welcome(_)) | None => {}
@@ -441,7 +458,7 @@ impl Link {
 struct SessionGuard<'a> {
     link: &'a Link,
     session: Arc<Session>,
-    dispatcher: Arc<Dispatcher>,
+    dispatcher: Arc<Dispatcher<pb::InstanceMessage>>,
     ended: CancellationToken,
 }
 
@@ -485,27 +502,5 @@ impl Drop for CancelOnDrop<'_> {
         if self.session.pending.abandon(self.id) {
             send_cancel(self.session, self.id);
         }
-    }
-}
-
-/// An answer larger than the gateway accepts would end the whole stream;
-/// it becomes a RESOURCE_EXHAUSTED answer to that one call instead.
-/// `max` is the welcome's `max_message_bytes` (0: no limit announced).
-fn within_limit(response: pb::Response, max: usize) -> pb::Response {
-    match &response.result {
-        Some(pb::response::Result::Payload(p)) if max > 0 && p.len() > max => {
-            let status = pb::Status::new(
-                Code::ResourceExhausted,
-                format!(
-                    "answer of {} bytes exceeds the gateway's limit of {max} bytes",
-                    p.len()
-                ),
-            );
-            pb::Response {
-                id: response.id,
-                result: Some(pb::response::Result::Status(status)),
-            }
-        }
-        _ => response,
     }
 }
