@@ -65,6 +65,7 @@ impl TlsMesh {
         env.push(("GATEWAY_TLS_KEY", key.display().to_string()));
         if mtls {
             env.push(("GATEWAY_TLS_CLIENT_CA", ca_path.display().to_string()));
+            env.push(("GATEWAY_TLS_SECRET_OPTIONAL", "true".to_string()));
         }
         let gateway = Proc::spawn("vps-gateway", &binary("vps-gateway"), &env);
 
@@ -292,6 +293,29 @@ fn the_cli_presents_a_client_certificate_to_an_mtls_gateway() {
     ];
     let listed = ok_json(gatemesh(&env, &["instances", "--json"], None));
     assert_eq!(listed_ids(&listed), ["prod-1"]);
+
+    // GATEWAY_TLS_SECRET_OPTIONAL=true: the certificate stands in for the
+    // secret; without either, the CLI says what is missing.
+    let listed = ok_json(gatemesh(
+        &[],
+        &{
+            let mut args = vec!["--gateway".to_string(), mesh.https()];
+            args.extend(mesh.client_flags());
+            args.extend(["instances", "--json"].map(String::from));
+            args
+        },
+        None,
+    ));
+    assert_eq!(listed_ids(&listed), ["prod-1"]);
+    let line = error_line(gatemesh(
+        &[("GATEMESH_TLS_CA", ca.as_str())],
+        &["--gateway", &mesh.https(), "instances"],
+        None,
+    ));
+    assert_eq!(
+        line,
+        "error: no secret: set GATEWAY_API_SECRET or pass --secret"
+    );
 
     // No client certificate: the gateway ends the handshake.
     let line = error_line(gatemesh(

@@ -19,17 +19,22 @@ const ANSWER_SLACK: Duration = Duration::from_secs(5);
 
 pub struct AdminClient {
     inner: GatewayAdminClient<Channel>,
-    secret: MetadataValue<tonic::metadata::Ascii>,
+    secret: Option<MetadataValue<tonic::metadata::Ascii>>,
 }
 
 impl AdminClient {
+    /// Dials `target`. Without a secret, only a client certificate can
+    /// stand in for it (a gateway with `GATEWAY_TLS_SECRET_OPTIONAL=true`).
     pub async fn connect(target: &Target, secret: &str) -> anyhow::Result<Self> {
-        if secret.is_empty() {
-            bail!("no secret: set GATEWAY_API_SECRET or pass --secret");
-        }
-        let secret = secret
-            .parse()
-            .map_err(|_| anyhow!("the secret must be printable ASCII"))?;
+        let secret = match secret {
+            "" if target.client_cert => None,
+            "" => bail!("no secret: set GATEWAY_API_SECRET or pass --secret"),
+            secret => Some(
+                secret
+                    .parse()
+                    .map_err(|_| anyhow!("the secret must be printable ASCII"))?,
+            ),
+        };
         let url = &target.url;
         let mut endpoint = Endpoint::from_shared(url.clone())
             .map_err(|e| anyhow!("invalid gateway URL {url:?}: {e}"))?
@@ -54,9 +59,11 @@ impl AdminClient {
 
     fn request<T>(&self, message: T, timeout: Option<Duration>) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
-        request
-            .metadata_mut()
-            .insert(gatemesh_proto::SECRET_METADATA_KEY, self.secret.clone());
+        if let Some(secret) = &self.secret {
+            request
+                .metadata_mut()
+                .insert(gatemesh_proto::SECRET_METADATA_KEY, secret.clone());
+        }
         if let Some(timeout) = timeout {
             request.set_timeout(timeout + ANSWER_SLACK);
         }

@@ -21,6 +21,9 @@ pub struct Target {
     pub url: String,
     /// TLS settings of an `https://` URL.
     pub tls: Option<ClientTlsConfig>,
+    /// A client certificate is presented: a gateway with
+    /// `GATEWAY_TLS_SECRET_OPTIONAL=true` then needs no secret.
+    pub client_cert: bool,
 }
 
 impl fmt::Debug for Target {
@@ -28,6 +31,7 @@ impl fmt::Debug for Target {
         f.debug_struct("Target")
             .field("url", &self.url)
             .field("tls", &self.tls.is_some())
+            .field("client_cert", &self.client_cert)
             .finish()
     }
 }
@@ -52,7 +56,8 @@ impl Target {
             .as_deref()
             .map(|ca| read(pem::certificates, "--tls-ca", ca))
             .transpose()?;
-        let tls_given = ca.is_some() || identity.is_some();
+        let client_cert = identity.is_some();
+        let tls_given = ca.is_some() || client_cert;
         let url = gateway_url(&cli.gateway, tls_given)?;
         let tls = url.starts_with("https://").then(|| {
             let mut config = ClientTlsConfig::new();
@@ -65,7 +70,11 @@ impl Target {
             }
             config
         });
-        Ok(Self { url, tls })
+        Ok(Self {
+            url,
+            tls,
+            client_cert,
+        })
     }
 }
 
