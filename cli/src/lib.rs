@@ -68,6 +68,9 @@ pub(crate) fn one_line(segments: impl IntoIterator<Item = String>) -> String {
 /// `@FILE` for a file's content.
 fn request_json(arg: &str) -> anyhow::Result<String> {
     if arg == "-" {
+        if std::io::stdin().is_terminal() {
+            eprintln!("reading the request from standard input (end with Ctrl-D)...");
+        }
         let mut json = String::new();
         std::io::stdin()
             .read_to_string(&mut json)
