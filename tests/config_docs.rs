@@ -365,3 +365,33 @@ fn units_env_examples_and_readme_agree_on_paths_limits_and_credentials() {
     assert_eq!(values(&gateway, "AmbientCapabilities"), ["CAP_KILL"]);
     assert!(values(&gateway, "Group").is_empty());
 }
+
+/// The CLI's variables (`[env: ...]` in its help) are in README's CLI
+/// section, where operators look for them.
+#[test]
+fn every_variable_the_cli_reads_is_in_the_readme_cli_section() {
+    let readme = read("README.md");
+    let start = readme.find("\n## CLI\n").expect("README has a CLI section");
+    let section = &readme[start + 1..];
+    let section = &section[..section[1..].find("\n## ").map_or(section.len(), |e| e + 1)];
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_gatemesh"))
+        .args(["call", "--help"])
+        .env_clear()
+        .output()
+        .expect("run gatemesh --help");
+    let help = String::from_utf8(help.stdout).unwrap();
+    let vars: BTreeSet<&str> = help
+        .split("[env: ")
+        .skip(1)
+        .map(|rest| rest.split(['=', ']']).next().unwrap())
+        .collect();
+    assert!(vars.contains("GATEMESH_TLS_CA"), "{help}");
+    let missing: Vec<&&str> = vars
+        .iter()
+        .filter(|v| !section.contains(&format!("`{v}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "README's CLI section does not mention {missing:?}, which `gatemesh` reads"
+    );
+}
