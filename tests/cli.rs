@@ -198,6 +198,44 @@ fn gatemesh(env: &[(&str, &str)], args: &[&str]) -> Output {
         .expect("run gatemesh")
 }
 
+/// `gatemesh` with `input` on its standard input.
+fn gatemesh_with_stdin(env: &[(&str, &str)], args: &[&str], input: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gatemesh"))
+        .env_clear()
+        .envs(env.iter().copied())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run gatemesh");
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
+    child.wait_with_output().expect("wait for gatemesh")
+}
+
+/// The field names of `message NAME { ... }` in the admin API's proto, so
+/// the CLI's JSON is checked against the contract rather than a copy of it.
+fn proto_fields(message: &str) -> Vec<String> {
+    let proto = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("proto/proto/gatemesh/v1/mesh.proto"),
+    )
+    .unwrap();
+    let start = proto
+        .find(&format!("message {message} {{"))
+        .unwrap_or_else(|| panic!("message {message} not in mesh.proto"));
+    let body = &proto[start..];
+    let body = &body[body.find('{').unwrap() + 1..body.find("\n}").unwrap()];
+    body.lines()
+        .map(|l| l.split("//").next().unwrap().trim())
+        .filter(|l| l.ends_with(';') && l.contains('='))
+        .filter(|l| !l.starts_with("oneof"))
+        .map(|l| {
+            let before_eq = l.split('=').next().unwrap();
+            before_eq.split_whitespace().last().unwrap().to_string()
+        })
+        .collect()
+}
+
 fn stdout_json(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
 }
@@ -233,11 +271,11 @@ fn results(answer: &Value) -> Vec<(String, String, String)> {
         .expect("results")
         .iter()
         .map(|r| {
-            assert!(r["latency_ms"].is_number(), "{r}");
+            assert!(r["latency_us"].is_u64(), "{r}");
             (
-                r["instance"].as_str().unwrap().to_string(),
+                r["instance_id"].as_str().unwrap().to_string(),
                 r["environment"].as_str().unwrap().to_string(),
-                r["response"]["vps_id"].as_str().unwrap().to_string(),
+                r["payload"]["vps_id"].as_str().unwrap().to_string(),
             )
         })
         .collect()
@@ -330,13 +368,18 @@ fn call_routes_by_every_strategy_and_filter() {
         mesh.cli(&args)
     };
 
-    // first-valid is the default; the answer shows every field.
-    for extra in [&[][..], &["--strategy", "first-valid", "--timeout", "2s"]] {
+    // first_valid is the default (first-valid is accepted as well); the
+    // answer shows every field.
+    for extra in [
+        &[][..],
+        &["--strategy", "first-valid", "--timeout", "2s"],
+        &["--strategy", "first_valid"],
+    ] {
         let answer = ok_json(call(extra));
         assert_eq!(answer["method"], "FindVPSByLease");
-        assert_eq!(answer["strategy"], "first-valid");
+        assert_eq!(answer["strategy"], "first_valid");
         assert_eq!(results(&answer), [triple("prod-1", "prod", "vps-prod-42")]);
-        assert_eq!(answer["results"][0]["response"]["organization_id"], "org-p");
+        assert_eq!(answer["results"][0]["payload"]["organization_id"], "org-p");
     }
 
     let answer = ok_json(call(&["--strategy", "all"]));
@@ -449,4 +492,193 @@ fn call_errors_are_one_clear_line_and_a_failing_exit_code() {
     let bad_timeout = run(&["call", "FindVPSByLease", "--timeout", "soon"]);
     assert!(!bad_timeout.status.success());
     assert!(String::from_utf8_lossy(&bad_timeout.stderr).contains("--timeout"));
+}
+
+#[test]
+fn json_output_uses_the_admin_api_field_names() {
+    let mesh = Mesh::start();
+    let instance_fields = proto_fields("InstanceInfo");
+    assert!(instance_fields.contains(&"last_seen_ms".to_string()));
+    let listed = ok_json(mesh.cli(&["instances", "--json"]));
+    for info in listed.as_array().unwrap() {
+        let keys: Vec<&String> = info.as_object().unwrap().keys().collect();
+        let mut expected: Vec<&String> = instance_fields.iter().collect();
+        expected.sort();
+        let mut keys = keys;
+        keys.sort();
+        assert_eq!(keys, expected, "InstanceInfo's names exactly: {info}");
+    }
+
+    let result_fields = proto_fields("InstanceResult");
+    let answer = ok_json(mesh.cli(&[
+        "call",
+        "FindVPSByLease",
+        "--json",
+        r#"{"mac":"52:54:00:00:00:0d"}"#,
+        "--strategy",
+        "all",
+        "--timeout",
+        "5s",
+    ]));
+    for result in answer["results"].as_array().unwrap() {
+        for key in result.as_object().unwrap().keys() {
+            assert!(
+                result_fields.contains(key),
+                "{key} is not an InstanceResult field ({result_fields:?}): {result}"
+            );
+        }
+    }
+}
+
+#[test]
+fn call_reads_the_request_from_stdin_or_a_file_and_takes_host_port() {
+    let mesh = Mesh::start();
+    let address = mesh.url.trim_start_matches("http://").to_string();
+    let secret = [("GATEWAY_API_SECRET", SECRET)];
+    let request = format!(r#"{{"mac":"{PROD_MAC}"}}"#);
+
+    // host:port, no scheme: http://.
+    let from_stdin = gatemesh_with_stdin(
+        &secret,
+        &[
+            "--gateway",
+            &address,
+            "call",
+            "FindVPSByLease",
+            "--json",
+            "-",
+        ],
+        &format!("{request}\n"),
+    );
+    assert_eq!(
+        results(&ok_json(from_stdin)),
+        [triple("prod-1", "prod", "vps-prod-42")]
+    );
+
+    let dir = TempDir::new();
+    let file = dir.0.join("request.json");
+    std::fs::write(&file, &request).unwrap();
+    let at_file = format!("@{}", file.display());
+    let answer = ok_json(mesh.cli(&["call", "FindVPSByLease", "--json", &at_file]));
+    assert_eq!(results(&answer), [triple("prod-1", "prod", "vps-prod-42")]);
+
+    // A file that is not there, and bad JSON on stdin: named, one line.
+    let missing = dir.0.join("missing.json");
+    let line = error_line(mesh.cli(&[
+        "call",
+        "FindVPSByLease",
+        "--json",
+        &format!("@{}", missing.display()),
+    ]));
+    assert!(
+        line.starts_with(&format!(
+            "error: --json @{0}: cannot read {0}: ",
+            missing.display()
+        )),
+        "{line}"
+    );
+    let line = error_line(gatemesh_with_stdin(
+        &secret,
+        &with_gateway(&mesh.url, &["call", "FindVPSByLease", "--json", "-"]),
+        "{\"ip\":",
+    ));
+    assert!(
+        line.starts_with("error: invalid JSON for gatemesh.v1.FindVPSByLeaseRequest"),
+        "{line}"
+    );
+}
+
+#[test]
+fn connection_errors_name_each_cause_once() {
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let line = error_line(gatemesh(
+        &[("GATEWAY_API_SECRET", SECRET)],
+        &with_gateway(&url, &["instances"]),
+    ));
+    let causes: Vec<&str> = line.split(": ").collect();
+    for pair in causes.windows(2) {
+        assert_ne!(pair[0], pair[1], "a cause repeated: {line}");
+    }
+    let mut seen = std::collections::HashSet::new();
+    for cause in &causes {
+        assert!(seen.insert(cause), "{cause:?} twice in: {line}");
+    }
+
+    // host:port with no gateway there names the URL it made of it.
+    let address = url.trim_start_matches("http://");
+    let line = error_line(gatemesh(
+        &[("GATEWAY_API_SECRET", SECRET)],
+        &["--gateway", address, "instances"],
+    ));
+    assert!(
+        line.starts_with(&format!("error: cannot connect to the gateway at {url}: ")),
+        "{line}"
+    );
+    let line = error_line(gatemesh(
+        &[("GATEWAY_API_SECRET", SECRET)],
+        &["--gateway", "ftp://gw:1", "instances"],
+    ));
+    assert!(
+        line.starts_with("error: --gateway ftp://gw:1: expected http://, https:// or host:port"),
+        "{line}"
+    );
+}
+
+#[test]
+fn bash_completion_completes_commands_and_flags() {
+    let out = gatemesh(&[], &["completions", "bash"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = TempDir::new();
+    let script = dir.0.join("gatemesh.bash");
+    std::fs::write(&script, &out.stdout).unwrap();
+    // Ask bash itself, as a shell would on <TAB>.
+    let complete = |words: &[&str]| -> Vec<String> {
+        let line = words.join(" ");
+        let program = format!(
+            r#"source {script}
+COMP_WORDS=({line})
+COMP_CWORD={cword}
+COMP_LINE="{line}"
+COMP_POINT=${{#COMP_LINE}}
+_gatemesh gatemesh "${{COMP_WORDS[COMP_CWORD]}}" "${{COMP_WORDS[COMP_CWORD-1]}}"
+printf '%s\n' "${{COMPREPLY[@]}}""#,
+            script = script.display(),
+            cword = words.len() - 1,
+        );
+        let out = Command::new("bash")
+            .args(["--norc", "--noprofile", "-c", &program])
+            .env_clear()
+            .output()
+            .expect("run bash");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    let commands = complete(&["gatemesh", "''"]);
+    for command in ["instances", "call", "methods", "completions"] {
+        assert!(
+            commands.iter().any(|c| c == command),
+            "{command} in {commands:?}"
+        );
+    }
+    let flags = complete(&["gatemesh", "--tls"]);
+    for flag in ["--tls-ca", "--tls-cert", "--tls-key"] {
+        assert!(flags.iter().any(|c| c == flag), "{flag} in {flags:?}");
+    }
+    let strategies = complete(&["gatemesh", "call", "FindVPSByLease", "--strategy", "''"]);
+    assert!(strategies.iter().any(|c| c == "all"), "{strategies:?}");
+
+    let out = gatemesh(&[], &["completions", "tcsh"]);
+    assert!(!out.status.success());
 }

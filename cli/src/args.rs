@@ -1,6 +1,7 @@
 //! The command line.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -10,14 +11,26 @@ use gatemesh_proto::pb;
 #[derive(Debug, Parser)]
 #[command(name = "gatemesh", version, about)]
 pub struct Cli {
-    /// The gateway's gRPC address.
+    /// The gateway's gRPC address: a URL (http:// or https://), or host[:port],
+    /// which means https:// when a TLS flag is given, else http://, and port 1537.
     #[arg(
         long,
         global = true,
         env = "GATEMESH_GATEWAY",
-        default_value = "http://127.0.0.1:1537"
+        default_value = "http://127.0.0.1:1537",
+        value_name = "URL"
     )]
     pub gateway: String,
+    /// CA certificate(s) (PEM) that sign the gateway's certificate; the
+    /// system's roots when unset.
+    #[arg(long, global = true, env = "GATEMESH_TLS_CA", value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for an mTLS gateway; with --tls-key.
+    #[arg(long, global = true, env = "GATEMESH_TLS_CERT", value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, global = true, env = "GATEMESH_TLS_KEY", value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
     /// The gateway's shared secret.
     #[arg(
         long,
@@ -38,6 +51,11 @@ pub enum Command {
     Call(CallArgs),
     /// List the methods this build knows, with their request and response types.
     Methods,
+    /// Print a shell completion script, e.g. `source <(gatemesh completions bash)`.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -51,8 +69,9 @@ pub struct InstancesArgs {
 pub struct CallArgs {
     /// The method's name, e.g. FindVPSByLease (`gatemesh methods` lists them).
     pub method: String,
-    /// The request as JSON, e.g. '{"ip":"10.0.0.5","mac":"52:54:00:12:34:56"}'.
-    #[arg(long, default_value = "{}")]
+    /// The request as JSON, e.g. '{"ip":"10.0.0.5","mac":"52:54:00:12:34:56"}';
+    /// `-` reads it from standard input, `@FILE` from a file.
+    #[arg(long, default_value = "{}", value_name = "JSON|-|@FILE")]
     pub json: String,
     /// How the gateway picks instances and answers.
     #[arg(long, value_enum, default_value_t = StrategyArg::FirstValid)]
@@ -71,6 +90,7 @@ pub struct CallArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum StrategyArg {
     /// Every serving instance; the first valid answer wins.
+    #[value(name = "first_valid", alias = "first-valid")]
     FirstValid,
     /// Every serving instance; one result each.
     All,
@@ -91,7 +111,7 @@ impl From<StrategyArg> for pb::Strategy {
 impl fmt::Display for StrategyArg {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Self::FirstValid => "first-valid",
+            Self::FirstValid => "first_valid",
             Self::All => "all",
             Self::One => "one",
         })

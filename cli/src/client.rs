@@ -3,12 +3,14 @@
 
 use std::time::Duration;
 
-use anyhow::{anyhow, bail};
+use anyhow::{Context as _, anyhow, bail};
 use gatemesh_proto::pb;
 use gatemesh_proto::pb::gateway_admin_client::GatewayAdminClient;
 use tonic::Code;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
+
+use crate::target::Target;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time past the call's own deadline that the CLI waits for the gateway's
@@ -17,27 +19,38 @@ const ANSWER_SLACK: Duration = Duration::from_secs(5);
 
 pub struct AdminClient {
     inner: GatewayAdminClient<Channel>,
-    secret: MetadataValue<tonic::metadata::Ascii>,
+    secret: Option<MetadataValue<tonic::metadata::Ascii>>,
 }
 
 impl AdminClient {
-    pub async fn connect(url: &str, secret: &str) -> anyhow::Result<Self> {
-        if secret.is_empty() {
-            bail!("no secret: set GATEWAY_API_SECRET or pass --secret");
-        }
-        let secret = secret
-            .parse()
-            .map_err(|_| anyhow!("the secret must be printable ASCII"))?;
-        let endpoint = Endpoint::from_shared(url.to_string())
+    /// Dials `target`. Without a secret, only a client certificate can
+    /// stand in for it (a gateway with `GATEWAY_TLS_SECRET_OPTIONAL=true`).
+    pub async fn connect(target: &Target, secret: &str) -> anyhow::Result<Self> {
+        let secret = match secret {
+            "" if target.client_cert => None,
+            "" => bail!("no secret: set GATEWAY_API_SECRET or pass --secret"),
+            secret => Some(
+                secret
+                    .parse()
+                    .map_err(|_| anyhow!("the secret must be printable ASCII"))?,
+            ),
+        };
+        let url = &target.url;
+        let mut endpoint = Endpoint::from_shared(url.clone())
             .map_err(|e| anyhow!("invalid gateway URL {url:?}: {e}"))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true);
-        let channel = endpoint.connect().await.map_err(|e| {
-            anyhow!(
-                "cannot connect to the gateway at {url}: {}",
-                gatemesh_runtime::error_chain(&e)
-            )
-        })?;
+        if let Some(tls) = &target.tls {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .with_context(|| format!("cannot use the TLS settings for {url}"))?;
+        }
+        // The causes stay separate errors: the one-line printer drops the
+        // ones that repeat what is already said.
+        let channel = endpoint
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to the gateway at {url}"))?;
         Ok(Self {
             inner: GatewayAdminClient::new(channel).max_decoding_message_size(64 << 20),
             secret,
@@ -46,9 +59,11 @@ impl AdminClient {
 
     fn request<T>(&self, message: T, timeout: Option<Duration>) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
-        request
-            .metadata_mut()
-            .insert(gatemesh_proto::SECRET_METADATA_KEY, self.secret.clone());
+        if let Some(secret) = &self.secret {
+            request
+                .metadata_mut()
+                .insert(gatemesh_proto::SECRET_METADATA_KEY, secret.clone());
+        }
         if let Some(timeout) = timeout {
             request.set_timeout(timeout + ANSWER_SLACK);
         }
@@ -72,14 +87,16 @@ impl AdminClient {
     }
 }
 
-/// `CODE: message`, the gateway's own words after the code's name.
+/// `CODE: message`, the gateway's own words after the code's name. A
+/// status made on this side (a broken connection, a failed handshake)
+/// keeps its causes.
 pub fn status(status: tonic::Status) -> anyhow::Error {
-    let message = status.message();
-    if message.is_empty() {
-        anyhow!("{}", code_name(status.code()))
-    } else {
-        anyhow!("{}: {message}", code_name(status.code()))
+    let mut segments = vec![code_name(status.code()).to_string()];
+    if !status.message().is_empty() {
+        segments.push(status.message().to_string());
     }
+    segments.extend(crate::causes(std::error::Error::source(&status)));
+    anyhow!("{}", crate::one_line(segments))
 }
 
 /// The canonical upper-case name of a gRPC code.

@@ -4,9 +4,12 @@
 //! - [`args`]: the command line, [`Cli`], parsed by clap.
 //! - [`catalogue`]: mesh methods by name, and JSON to protobuf and back,
 //!   from the descriptors compiled into `gatemesh-proto`: no per-method code.
+//! - [`target`]: the gateway's URL and TLS settings, from `--gateway` and
+//!   `--tls-*`, checked before dialling.
 //! - [`client`]: the `GatewayAdmin` connection, with the secret on every call.
 //! - [`output`]: the instance table and the JSON documents printed.
-//! - [`run`]: runs one parsed command.
+//! - [`run`]: runs one parsed command; [`error_line`] says why it failed,
+//!   on one line.
 
 #![forbid(unsafe_code)]
 
@@ -14,15 +17,72 @@ pub mod args;
 pub mod catalogue;
 pub mod client;
 pub mod output;
+pub mod target;
 
-use std::io::{IsTerminal, Write};
+use std::io::{IsTerminal, Read as _, Write};
 
-use anyhow::Context as _;
+use anyhow::{Context as _, anyhow};
+use clap::CommandFactory as _;
 use gatemesh_proto::pb;
 
 pub use args::{Cli, Command};
 pub use catalogue::Catalogue;
 pub use clap::Parser;
+use target::Target;
+
+/// An error and its causes on one line, `: `-separated, each said once:
+/// transport errors repeat their cause's words in their own message
+/// (`tcp connect error: tcp connect error`), and a message from a peer may
+/// hold line breaks.
+pub fn error_line(error: &anyhow::Error) -> String {
+    one_line(error.chain().map(ToString::to_string))
+}
+
+/// `error` and its sources, outermost first.
+pub(crate) fn causes(mut error: Option<&(dyn std::error::Error + 'static)>) -> Vec<String> {
+    let mut causes = Vec::new();
+    while let Some(e) = error {
+        causes.push(e.to_string());
+        error = e.source();
+    }
+    causes
+}
+
+/// Joins `segments` with `: `, dropping one that the line already says.
+pub(crate) fn one_line(segments: impl IntoIterator<Item = String>) -> String {
+    let mut line = String::new();
+    for segment in segments {
+        let segment = segment.split_whitespace().collect::<Vec<_>>().join(" ");
+        if segment.is_empty() || line.contains(&segment) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&segment);
+    }
+    line
+}
+
+/// The request of `call --json`: the text itself, `-` for standard input,
+/// `@FILE` for a file's content.
+fn request_json(arg: &str) -> anyhow::Result<String> {
+    if arg == "-" {
+        if std::io::stdin().is_terminal() {
+            eprintln!("reading the request from standard input (end with Ctrl-D)...");
+        }
+        let mut json = String::new();
+        std::io::stdin()
+            .read_to_string(&mut json)
+            .map_err(|e| anyhow!("--json -: cannot read standard input: {e}"))?;
+        return Ok(json);
+    }
+    if let Some(path) = arg.strip_prefix('@') {
+        return std::fs::read_to_string(path)
+            .map_err(|e| anyhow!("--json {arg}: cannot read {path}: {e}"));
+    }
+    Ok(arg.to_string())
+}
 
 /// Runs `cli`, writing the result to `out`; feedback for a person waiting
 /// goes to stderr, and only when stderr is a terminal.
@@ -32,13 +92,11 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
             eprintln!("{message}");
         }
     };
-    match cli.command {
+    let secret = cli.secret.as_deref().unwrap_or_default();
+    match &cli.command {
         Command::Instances(args) => {
-            let mut client = client::AdminClient::connect(
-                &cli.gateway,
-                cli.secret.as_deref().unwrap_or_default(),
-            )
-            .await?;
+            let target = Target::from_cli(&cli)?;
+            let mut client = client::AdminClient::connect(&target, secret).await?;
             let instances = client.list_instances().await?;
             if args.json {
                 serde_json::to_writer_pretty(&mut *out, &output::instances_json(&instances))?;
@@ -52,7 +110,7 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
         Command::Call(args) => {
             let catalogue = Catalogue::load()?;
             let method = catalogue.method(&args.method)?;
-            let payload = method.encode_json(&args.json)?;
+            let payload = method.encode_json(&request_json(&args.json)?)?;
             let request = pb::CallRequest {
                 method: method.name().to_string(),
                 payload: payload.into(),
@@ -64,11 +122,8 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
                     .map(|t| u32::try_from(t.as_millis()).unwrap_or(u32::MAX).max(1))
                     .unwrap_or(0),
             };
-            let mut client = client::AdminClient::connect(
-                &cli.gateway,
-                cli.secret.as_deref().unwrap_or_default(),
-            )
-            .await?;
+            let target = Target::from_cli(&cli)?;
+            let mut client = client::AdminClient::connect(&target, secret).await?;
             progress(&format!(
                 "calling {} ({}{}{}) via {}...",
                 method.name(),
@@ -81,7 +136,7 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
                     .as_deref()
                     .map(|i| format!(", instance {i}"))
                     .unwrap_or_default(),
-                cli.gateway
+                target.url
             ));
             let response = client.call(request, args.timeout).await?;
             let document = output::call_json(&method, args.strategy, &response)
@@ -101,6 +156,9 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
                     method.served_by()
                 )?;
             }
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "gatemesh", out);
         }
     }
     Ok(())

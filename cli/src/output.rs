@@ -9,6 +9,8 @@ use crate::args::StrategyArg;
 use crate::catalogue::CatalogueMethod;
 use crate::client::code_name;
 
+/// The instances under the admin API's field names (`InstanceInfo` in
+/// `mesh.proto`), the names HTTP `/instances` uses too.
 pub fn instances_json(instances: &[pb::InstanceInfo]) -> Value {
     Value::Array(
         instances
@@ -95,8 +97,9 @@ pub fn instances_table(instances: &[pb::InstanceInfo], now: SystemTime) -> Strin
     text
 }
 
-/// One entry per result: who answered, how fast, and the decoded answer or
-/// the status it failed with.
+/// One entry per result, under the admin API's names (`InstanceResult`):
+/// who answered, how fast, and the answer (`payload`, decoded to JSON) or
+/// the `status` it failed with, its code spelled as gRPC spells it.
 pub fn call_json(
     method: &CatalogueMethod,
     strategy: StrategyArg,
@@ -105,22 +108,22 @@ pub fn call_json(
     let mut results = Vec::with_capacity(response.results.len());
     for result in &response.results {
         let mut entry = json!({
-            "instance": result.instance_id,
+            "instance_id": result.instance_id,
             "environment": result.environment,
-            "latency_ms": result.latency_us as f64 / 1000.0,
+            "latency_us": result.latency_us,
         });
         match &result.outcome {
             Some(pb::instance_result::Outcome::Payload(payload)) => {
-                entry["response"] = method.decode_json(payload)?;
+                entry["payload"] = method.decode_json(payload)?;
             }
             Some(pb::instance_result::Outcome::Status(status)) => {
-                entry["error"] = json!({
+                entry["status"] = json!({
                     "code": code_name(status.code()),
                     "message": status.message,
                 });
             }
             None => {
-                entry["error"] = json!({"code": "UNKNOWN", "message": "no outcome"});
+                entry["status"] = json!({"code": "UNKNOWN", "message": "no outcome"});
             }
         }
         results.push(entry);

@@ -11,7 +11,7 @@ async fn main() -> ExitCode {
     match gatemesh_cli::run(cli, &mut std::io::stdout().lock()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", gatemesh_cli::error_line(&e));
             ExitCode::FAILURE
         }
     }

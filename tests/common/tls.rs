@@ -162,3 +162,29 @@ pub async fn tls_register(
         ))),
     }
 }
+
+/// PEM files on disk, for real processes (`vps-gateway`, `vps-service`,
+/// `gatemesh`) that read certificates from paths.
+impl Issued {
+    /// Writes `<name>.crt` and `<name>.key` into `dir`; returns their paths.
+    pub fn write(
+        &self,
+        dir: &std::path::Path,
+        name: &str,
+    ) -> (std::path::PathBuf, std::path::PathBuf) {
+        let cert = dir.join(format!("{name}.crt"));
+        let key = dir.join(format!("{name}.key"));
+        std::fs::write(&cert, &self.cert_pem).unwrap();
+        std::fs::write(&key, &self.key_pem).unwrap();
+        (cert, key)
+    }
+}
+
+impl Ca {
+    /// Writes the CA certificate to `dir/<name>.crt`; returns its path.
+    pub fn write(&self, dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+        let path = dir.join(format!("{name}.crt"));
+        std::fs::write(&path, &self.pem).unwrap();
+        path
+    }
+}
