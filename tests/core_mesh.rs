@@ -21,31 +21,45 @@ async fn valid_answer_wins_over_faster_not_found_answers() {
     let gw = TestGateway::start().await;
     let _beta = start_instance(&gw, "beta-1", "beta", knows("aa:00", "vps-other"));
     let _dev = start_instance(&gw, "dev-1", "dev", knows("aa:01", "vps-dev"));
-    // prod knows the lease but answers last.
-    let _prod = start_instance(
-        &gw,
-        "prod-1",
-        "prod",
-        |_ctx, req: pb::FindVpsByLeaseRequest| async move {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            Ok(if req.mac == "52:54:00:12:34:56" {
-                FindVpsByLeaseResponse {
-                    vps_id: "vps-42".into(),
-                    organization_id: "org-7".into(),
+    // prod knows the lease but answers last: only once the gateway holds
+    // both "not mine" answers.
+    let release = Arc::new(Notify::new());
+    let _prod = {
+        let release = release.clone();
+        start_instance(
+            &gw,
+            "prod-1",
+            "prod",
+            move |_ctx, req: pb::FindVpsByLeaseRequest| {
+                let release = release.clone();
+                async move {
+                    release.notified().await;
+                    Ok(if req.mac == "52:54:00:12:34:56" {
+                        FindVpsByLeaseResponse {
+                            vps_id: "vps-42".into(),
+                            organization_id: "org-7".into(),
+                        }
+                    } else {
+                        Default::default()
+                    })
                 }
-            } else {
-                Default::default()
-            })
-        },
-    );
+            },
+        )
+    };
     gw.wait_instances(3).await;
-    let answer = gw
-        .gateway
-        .mesh()
-        .call::<FindVpsByLease>(lease("10.0.0.5", "52:54:00:12:34:56"))
-        .first_valid()
-        .await
-        .unwrap();
+    let mesh = gw.gateway.mesh();
+    let call = tokio::spawn(async move {
+        mesh.call::<FindVpsByLease>(lease("10.0.0.5", "52:54:00:12:34:56"))
+            .first_valid()
+            .await
+    });
+    let instances = gw.gateway.instances().clone();
+    eventually("beta and dev answered not mine, prod still working", || {
+        instances.pending_calls() == 1 && instances.get("prod-1").unwrap().in_flight() == 1
+    })
+    .await;
+    release.notify_one();
+    let answer = call.await.unwrap().unwrap();
     assert_eq!(answer.value.vps_id, "vps-42");
     assert_eq!(answer.value.organization_id, "org-7");
     assert_eq!(&*answer.instance, "prod-1");
@@ -79,20 +93,35 @@ async fn errors_from_some_instances_do_not_fail_the_call() {
     let _broken = start_instance(&gw, "broken", "beta", |_ctx, _req| async {
         Err::<FindVpsByLeaseResponse, _>(HandlerError::unavailable("database down"))
     });
-    let _good = start_instance(&gw, "good", "prod", |_ctx, _req| async {
-        tokio::time::sleep(Duration::from_millis(30)).await;
-        Ok(FindVpsByLeaseResponse {
-            vps_id: "vps-1".into(),
-            organization_id: "o".into(),
+    // good answers only once the gateway holds broken's error.
+    let release = Arc::new(Notify::new());
+    let _good = {
+        let release = release.clone();
+        start_instance(&gw, "good", "prod", move |_ctx, _req| {
+            let release = release.clone();
+            async move {
+                release.notified().await;
+                Ok(FindVpsByLeaseResponse {
+                    vps_id: "vps-1".into(),
+                    organization_id: "o".into(),
+                })
+            }
         })
-    });
+    };
     gw.wait_instances(2).await;
     let mesh = gw.gateway.mesh();
-    let answer = mesh
-        .call::<FindVpsByLease>(lease("10.0.0.1", "m"))
-        .first_valid()
-        .await
-        .unwrap();
+    let call = tokio::spawn(async move {
+        mesh.call::<FindVpsByLease>(lease("10.0.0.1", "m"))
+            .first_valid()
+            .await
+    });
+    let instances = gw.gateway.instances().clone();
+    eventually("broken answered its error, good still working", || {
+        instances.pending_calls() == 1 && instances.get("good").unwrap().in_flight() == 1
+    })
+    .await;
+    release.notify_one();
+    let answer = call.await.unwrap().unwrap();
     assert_eq!(&*answer.instance, "good");
 }
 

@@ -281,13 +281,14 @@ async fn gateway_drain_finishes_calls_in_flight_refuses_new_ones_and_spreads_ret
 async fn instance_shutdown_stops_new_routing_and_finishes_handlers_in_flight() {
     let gw = TestGateway::start().await;
     let started = Arc::new(Notify::new());
-    let s = started.clone();
+    let release = Arc::new(Notify::new());
+    let (s, r) = (started.clone(), release.clone());
     let instance = start_instance(&gw, "leaving", "prod", move |ctx, _req| {
-        let s = s.clone();
+        let (s, r) = (s.clone(), r.clone());
         async move {
             s.notify_one();
-            // Finishes on its own shortly after shutdown begins.
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            // Finishes on its own once shutdown has begun.
+            r.notified().await;
             assert!(!ctx.is_cancelled());
             Ok(FindVpsByLeaseResponse {
                 vps_id: "vps-done".into(),
@@ -322,6 +323,7 @@ async fn instance_shutdown_stops_new_routing_and_finishes_handlers_in_flight() {
         .await
         .unwrap_err();
     assert!(matches!(err, CallError::NoResponders { .. }), "{err:?}");
+    release.notify_one();
     assert_eq!(in_flight.await.unwrap().unwrap().value.vps_id, "vps-done");
     stopping.await.unwrap();
     gw.wait_instances(0).await;
