@@ -17,6 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use gatemesh_handlers::dispatch::code_name;
 use gatemesh_handlers::{MAX_METHOD_NAME_LEN, Outcome};
 use gatemesh_proto::pb::gateway_message::Kind;
 use gatemesh_proto::{Method, methods, pb};
@@ -41,6 +42,17 @@ pub enum Strategy {
     All,
     /// One instance, the least busy; retried elsewhere if it vanishes.
     One,
+}
+
+impl Strategy {
+    /// Its metric label and log spelling.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::FirstValid => "first_valid",
+            Self::All => "all",
+            Self::One => "one",
+        }
+    }
 }
 
 /// A strategy plus the filters and deadline of one call.
@@ -170,19 +182,22 @@ impl Mesh {
         started: Instant,
         result: &Result<T, CallError>,
     ) {
+        let code = result
+            .as_ref()
+            .err()
+            .map_or(tonic::Code::Ok, CallError::code);
         self.inner
             .stats
-            .record_call(method, strategy, result, started.elapsed());
+            .record_call(method, strategy.label(), code, started.elapsed());
         if let Err(e) = result {
-            let code = e.code();
-            let strategy = crate::stats::strategy_label(strategy);
+            let strategy = strategy.label();
             if matches!(
                 e,
                 CallError::NotFound { .. } | CallError::NoResponders { .. }
             ) {
-                tracing::debug!(method, strategy, ?code, error = %e, "call failed");
+                tracing::debug!(method, strategy, code = code_name(code), error = %e, "call failed");
             } else {
-                tracing::warn!(method, strategy, ?code, error = %e, "call failed");
+                tracing::warn!(method, strategy, code = code_name(code), error = %e, "call failed");
             }
         }
     }

@@ -188,7 +188,11 @@ impl GatewayConfig {
     ) -> Result<Self, ConfigError> {
         let mut config: Self = from_vars("GATEWAY_", vars)?;
         config.validate()?;
-        config.tls = GatewayTls::from_config(&config)?;
+        config.tls = GatewayTls::from_files(
+            config.tls_cert.as_deref(),
+            config.tls_key.as_deref(),
+            config.tls_client_ca.as_deref(),
+        )?;
         Ok(config)
     }
 

@@ -22,6 +22,7 @@
 //! - [`metrics`]: [`Metrics`], the Prometheus exposition of those counters.
 //! - [`http`]: the operator HTTP endpoints (`/health`, `/ready`,
 //!   `/instances`, `/metrics`) and the health-check hook components use.
+//! - `state`: the one home of the state every stream and call shares.
 //! - [`server`]: [`Gateway`], which wires it all up and runs it until shutdown.
 
 #![forbid(unsafe_code)]
@@ -39,6 +40,7 @@ pub mod instances;
 pub mod metrics;
 pub mod peer;
 pub mod server;
+mod state;
 pub mod stats;
 pub mod stream;
 pub mod tls;

@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -12,15 +12,14 @@ use gatemesh_proto::pb::gateway_admin_server::GatewayAdminServer;
 use gatemesh_proto::pb::gateway_server::GatewayServer;
 use rand::Rng;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
-use tokio_util::task::TaskTracker;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::admin::AdminService;
 use crate::auth::SecretInterceptor;
 use crate::metrics::{Metrics, ServedObserver};
+use crate::state::{Parts, Shared};
 use crate::stats::Stats;
 use crate::stream::GatewayService;
 use crate::{Disconnect, GatewayConfig, Instances, Mesh};
@@ -31,39 +30,6 @@ const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
 
 /// Room for the envelope around a payload of the maximum size.
 const FRAME_OVERHEAD: usize = 64 * 1024;
-
-/// State shared by every stream and call of one gateway.
-pub(crate) struct Shared {
-    pub(crate) config: GatewayConfig,
-    pub(crate) gateway_id: String,
-    pub(crate) instances: Arc<Instances>,
-    pub(crate) stats: Arc<Stats>,
-    pub(crate) mesh: Mesh,
-    pub(crate) registry: Arc<Registry>,
-    /// The DHCP manager's read side, once one is attached.
-    pub(crate) dhcp: Arc<std::sync::OnceLock<crate::dhcp::DhcpHandle>>,
-    pub(crate) dispatch: DispatchConfig,
-    pub(crate) permits: Arc<Semaphore>,
-    pub(crate) tasks: TaskTracker,
-    next_conn: AtomicU64,
-    draining: AtomicBool,
-    /// Set once the gRPC server runs; `/ready` waits for it.
-    pub(crate) serving: AtomicBool,
-    pub(crate) started: Instant,
-    pub(crate) metrics: Metrics,
-    pub(crate) checks: crate::http::Checks,
-    pub(crate) health: tonic_health::server::HealthReporter,
-}
-
-impl Shared {
-    pub(crate) fn next_conn_id(&self) -> u64 {
-        self.next_conn.fetch_add(1, Ordering::Relaxed)
-    }
-
-    pub(crate) fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
-    }
-}
 
 /// A gateway: the registry of connected instances and the services around it.
 #[derive(Clone)]
@@ -114,9 +80,8 @@ impl Gateway {
             max_answer_bytes: config.max_message_bytes,
             ..DispatchConfig::default()
         };
-        let permits = Arc::new(Semaphore::new(config.max_concurrency));
         Ok(Self {
-            shared: Arc::new(Shared {
+            shared: Arc::new(Shared::new(Parts {
                 config,
                 gateway_id,
                 instances,
@@ -125,16 +90,9 @@ impl Gateway {
                 registry: Arc::new(registry),
                 dhcp,
                 dispatch,
-                permits,
-                tasks: TaskTracker::new(),
-                next_conn: AtomicU64::new(1),
-                draining: AtomicBool::new(false),
-                serving: AtomicBool::new(false),
                 started,
                 metrics,
-                checks: Default::default(),
-                health: tonic_health::server::HealthReporter::new(),
-            }),
+            })),
         })
     }
 
@@ -235,7 +193,7 @@ impl Gateway {
                 .await;
         }
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = crate::tls::apply(tonic::transport::Server::builder(), config)?
+        let server = crate::tls::apply(tonic::transport::Server::builder(), config.tls.as_ref())?
             .http2_keepalive_interval(Some(config.heartbeat_interval()))
             .http2_keepalive_timeout(Some(config.liveness_timeout()))
             .add_service(gateway)
@@ -272,7 +230,7 @@ impl Gateway {
     /// that spreads the instances' returns over the reconnect spread.
     pub async fn drain(&self) {
         let shared = &self.shared;
-        shared.draining.store(true, Ordering::Relaxed);
+        shared.start_draining();
         shared.mesh.drain();
         for service in ["", GATEWAY_SERVICE, ADMIN_SERVICE] {
             shared

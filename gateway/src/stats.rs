@@ -16,7 +16,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
-use crate::{CallError, Disconnect, Strategy};
+use crate::Disconnect;
 
 #[derive(Debug)]
 pub struct Stats {
@@ -97,22 +97,6 @@ pub fn method_label(method: &str) -> &'static str {
     methods::known_method(method).map_or("other", |m| m.name)
 }
 
-pub fn strategy_label(strategy: Strategy) -> &'static str {
-    match strategy {
-        Strategy::FirstValid => "first_valid",
-        Strategy::All => "all",
-        Strategy::One => "one",
-    }
-}
-
-/// `ok`, or the gRPC code the call failed with.
-pub fn outcome_label<T>(result: &Result<T, CallError>) -> &'static str {
-    match result {
-        Ok(_) => code_name(tonic::Code::Ok),
-        Err(e) => code_name(e.code()),
-    }
-}
-
 impl Stats {
     pub fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
@@ -122,25 +106,25 @@ impl Stats {
         counter.load(Ordering::Relaxed)
     }
 
-    /// One finished call through [`crate::Mesh`].
-    pub(crate) fn record_call<T>(
+    /// One finished call through [`crate::Mesh`]: `strategy` its label,
+    /// `outcome` `OK` or the code it failed with.
+    pub(crate) fn record_call(
         &self,
         method: &str,
-        strategy: Strategy,
-        result: &Result<T, CallError>,
+        strategy: &'static str,
+        outcome: tonic::Code,
         elapsed: Duration,
     ) {
-        match result {
-            Ok(_) => Self::bump(&self.calls_ok),
-            Err(_) => Self::bump(&self.calls_failed),
+        match outcome {
+            tonic::Code::Ok => Self::bump(&self.calls_ok),
+            _ => Self::bump(&self.calls_failed),
         }
         let method = method_label(method);
-        let strategy = strategy_label(strategy);
         self.calls
             .get_or_create(&CallLabels {
                 method,
                 strategy,
-                outcome: outcome_label(result),
+                outcome: code_name(outcome),
             })
             .inc();
         self.call_seconds
@@ -157,12 +141,12 @@ impl Stats {
             .inc();
     }
 
-    /// Finished calls with these labels; `outcome` is `ok` or a code name.
-    pub fn calls(&self, method: &str, strategy: Strategy, outcome: &'static str) -> u64 {
+    /// Finished calls with these labels; `outcome` is a [`code_name`].
+    pub fn calls(&self, method: &str, strategy: &'static str, outcome: &'static str) -> u64 {
         self.calls
             .get(&CallLabels {
                 method: method_label(method),
-                strategy: strategy_label(strategy),
+                strategy,
                 outcome,
             })
             .map_or(0, |c| c.get())

@@ -18,7 +18,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::peer::PeerInfo;
-use crate::server::Shared;
+use crate::state::Shared;
 use crate::stats::Stats;
 use crate::{Disconnect, Peer, auth, tls};
 

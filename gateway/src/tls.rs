@@ -2,6 +2,7 @@
 //! in which the instance id in hello must be the certificate's identity.
 
 use std::fmt;
+use std::path::Path;
 use std::time::Duration;
 
 use gatemesh_runtime::{ConfigError, pem};
@@ -9,8 +10,6 @@ use tonic::Status;
 use tonic::transport::server::ServerTlsConfig;
 use tonic::transport::{Certificate, CertificateDer, Identity, Server};
 use x509_parser::extensions::GeneralName;
-
-use crate::GatewayConfig;
 
 /// A client that opens a connection and never finishes the handshake must
 /// not hold a slot for ever.
@@ -38,12 +37,17 @@ impl fmt::Debug for GatewayTls {
 }
 
 impl GatewayTls {
-    /// Reads and checks the files named by `GATEWAY_TLS_*`; `None` when
-    /// TLS is off. A half-given setting names what is missing.
-    pub(crate) fn from_config(config: &GatewayConfig) -> Result<Option<Self>, ConfigError> {
-        let (cert, key) = match (&config.tls_cert, &config.tls_key) {
+    /// Reads and checks the files named by `GATEWAY_TLS_CERT`,
+    /// `GATEWAY_TLS_KEY` and `GATEWAY_TLS_CLIENT_CA`; `None` when TLS is
+    /// off. A half-given setting names what is missing.
+    pub(crate) fn from_files(
+        cert: Option<&Path>,
+        key: Option<&Path>,
+        client_ca: Option<&Path>,
+    ) -> Result<Option<Self>, ConfigError> {
+        let (cert, key) = match (cert, key) {
             (None, None) => {
-                if config.tls_client_ca.is_some() {
+                if client_ca.is_some() {
                     return Err(ConfigError(
                         "GATEWAY_TLS_CLIENT_CA: mTLS needs GATEWAY_TLS_CERT and GATEWAY_TLS_KEY too"
                             .into(),
@@ -66,9 +70,7 @@ impl GatewayTls {
         let tls = Self {
             cert_pem: pem::certificates("GATEWAY_TLS_CERT", cert)?,
             key_pem: pem::private_key("GATEWAY_TLS_KEY", key)?,
-            client_ca_pem: config
-                .tls_client_ca
-                .as_deref()
+            client_ca_pem: client_ca
                 .map(|ca| pem::certificates("GATEWAY_TLS_CLIENT_CA", ca))
                 .transpose()?,
         };
@@ -104,9 +106,9 @@ impl GatewayTls {
     }
 }
 
-/// Puts TLS on `builder` when the config has it; warns when it does not.
-pub(crate) fn apply(builder: Server, config: &GatewayConfig) -> anyhow::Result<Server> {
-    match &config.tls {
+/// Puts TLS on `builder` when there is one; warns when there is not.
+pub(crate) fn apply(builder: Server, tls: Option<&GatewayTls>) -> anyhow::Result<Server> {
+    match tls {
         None => {
             tracing::warn!(
                 "serving cleartext: development only (set GATEWAY_TLS_CERT and GATEWAY_TLS_KEY)"

@@ -1,0 +1,106 @@
+//! [`Shared`]: the one home of the state every stream and call of one
+//! gateway shares. Built once by [`crate::Gateway`]; the stream loop and the
+//! services read it, and each field says who writes it.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use gatemesh_handlers::{DispatchConfig, Registry};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+
+use crate::dhcp::DhcpHandle;
+use crate::http::Checks;
+use crate::metrics::Metrics;
+use crate::stats::Stats;
+use crate::{GatewayConfig, Instances, Mesh};
+
+pub(crate) struct Shared {
+    /// The settings, fixed at start.
+    pub(crate) config: GatewayConfig,
+    /// This gateway's name, sent in welcome and `GetGatewayInfo`.
+    pub(crate) gateway_id: String,
+    /// The connected instances; streams insert and remove themselves.
+    pub(crate) instances: Arc<Instances>,
+    /// Counters every part bumps; read by `/metrics` and the admin API.
+    pub(crate) stats: Arc<Stats>,
+    /// The call API, routing over `instances`.
+    pub(crate) mesh: Mesh,
+    /// Handlers of the methods the gateway serves to instances.
+    pub(crate) registry: Arc<Registry>,
+    /// The DHCP manager's read side, once one is attached.
+    pub(crate) dhcp: Arc<OnceLock<DhcpHandle>>,
+    /// How each stream's dispatcher runs instances' calls to the gateway.
+    pub(crate) dispatch: DispatchConfig,
+    /// Handlers of instances' calls running at once, over all streams.
+    pub(crate) permits: Arc<Semaphore>,
+    /// Every stream's task, so shutdown can wait for them.
+    pub(crate) tasks: TaskTracker,
+    /// The next stream's connection id (ownership checks on cleanup).
+    next_conn: AtomicU64,
+    /// Set once when shutdown begins; new streams and calls are refused.
+    draining: AtomicBool,
+    /// Set once the gRPC server runs; `/ready` waits for it.
+    pub(crate) serving: AtomicBool,
+    /// When the gateway started, for uptime.
+    pub(crate) started: Instant,
+    /// The Prometheus registry behind `/metrics`.
+    pub(crate) metrics: Metrics,
+    /// Named health checks `/health` runs.
+    pub(crate) checks: Checks,
+    /// The grpc.health.v1 status, flipped to not serving on drain.
+    pub(crate) health: tonic_health::server::HealthReporter,
+}
+
+/// The parts of [`Shared`] a caller must build; the rest start empty.
+pub(crate) struct Parts {
+    pub(crate) config: GatewayConfig,
+    pub(crate) gateway_id: String,
+    pub(crate) instances: Arc<Instances>,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) mesh: Mesh,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) dhcp: Arc<OnceLock<DhcpHandle>>,
+    pub(crate) dispatch: DispatchConfig,
+    pub(crate) started: Instant,
+    pub(crate) metrics: Metrics,
+}
+
+impl Shared {
+    pub(crate) fn new(parts: Parts) -> Self {
+        let permits = Arc::new(Semaphore::new(parts.config.max_concurrency));
+        Self {
+            config: parts.config,
+            gateway_id: parts.gateway_id,
+            instances: parts.instances,
+            stats: parts.stats,
+            mesh: parts.mesh,
+            registry: parts.registry,
+            dhcp: parts.dhcp,
+            dispatch: parts.dispatch,
+            permits,
+            tasks: TaskTracker::new(),
+            next_conn: AtomicU64::new(1),
+            draining: AtomicBool::new(false),
+            serving: AtomicBool::new(false),
+            started: parts.started,
+            metrics: parts.metrics,
+            checks: Checks::default(),
+            health: tonic_health::server::HealthReporter::new(),
+        }
+    }
+
+    pub(crate) fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Marks the start of shutdown; true the first time.
+    pub(crate) fn start_draining(&self) -> bool {
+        !self.draining.swap(true, Ordering::Relaxed)
+    }
+}
