@@ -411,3 +411,81 @@ impl Drop for Outbound {
         self.peer.close(Disconnect::ConnectionLost);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::time::{Duration, SystemTime};
+
+    use futures_util::StreamExt;
+    use gatemesh_handlers::{DispatchConfig, Registry};
+    use tokio::sync::Semaphore;
+
+    use super::*;
+
+    fn peer(tx: mpsc::Sender<pb::GatewayMessage>) -> Arc<Peer> {
+        let info = PeerInfo {
+            id: "i".into(),
+            environment: "prod".into(),
+            version: String::new(),
+            methods: HashSet::new(),
+            remote_addr: None,
+            connected_since: SystemTime::now(),
+        };
+        let dispatcher = Arc::new(Dispatcher::new(
+            Arc::new(Registry::new()),
+            DispatchConfig::default(),
+            Arc::new(Semaphore::new(1)),
+            Outbox::new(tx.clone(), |response| pb::GatewayMessage {
+                kind: Some(Kind::Response(response)),
+            }),
+        ));
+        Arc::new(Peer::new(1, info, tx, dispatcher, Duration::from_secs(10)))
+    }
+
+    fn pong(nonce: u64) -> Kind {
+        Kind::Pong(pb::Pong { nonce })
+    }
+
+    #[tokio::test]
+    async fn a_graceful_close_sends_what_was_queued_then_the_goaway() {
+        let (tx, rx) = mpsc::channel(8);
+        let peer = peer(tx);
+        let outbound = Outbound::new(rx, peer.clone());
+        for nonce in 1..=3 {
+            peer.send(pong(nonce)).unwrap();
+        }
+        peer.close(Disconnect::Shutdown {
+            reconnect_after_ms: 7,
+        });
+        let frames: Vec<_> = outbound.map(|f| f.unwrap().kind.unwrap()).collect().await;
+        assert_eq!(
+            frames,
+            [
+                pong(1),
+                pong(2),
+                pong(3),
+                Kind::GoAway(pb::GoAway {
+                    reason: "gateway shutting down".into(),
+                    reconnect_after_ms: 7,
+                }),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_close_for_cause_ends_with_its_status_not_ok() {
+        let (tx, rx) = mpsc::channel(8);
+        let peer = peer(tx);
+        let mut outbound = Outbound::new(rx, peer.clone());
+        peer.send(pong(1)).unwrap();
+        peer.close(Disconnect::Stuck);
+        // A peer closed for not reading is not sent its backlog.
+        let end = outbound.next().await.unwrap().unwrap_err();
+        assert_eq!(end.code(), tonic::Code::ResourceExhausted);
+        assert!(outbound.next().await.is_none());
+        // The first close decides; a second one changes nothing.
+        assert!(!peer.close(Disconnect::Replaced));
+        assert_eq!(peer.close_reason(), Some(Disconnect::Stuck));
+    }
+}
