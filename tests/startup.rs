@@ -164,3 +164,101 @@ fn the_instance_checks_its_id_environment_and_secret_before_dialling() {
         &["did you mean VPS_RECONNECT_MAX_MS?"],
     );
 }
+
+/// `GET /health` on `addr`; `None` when it does not answer in 10 s.
+fn health(addr: std::net::SocketAddr) -> Option<serde_json::Value> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).ok()?;
+    let (_, body) = raw.split_once("\r\n\r\n")?;
+    serde_json::from_str(body).ok()
+}
+
+#[test]
+fn the_gateway_raises_its_fd_limit_and_health_says_when_it_runs_short() {
+    use std::io::BufRead;
+    if Command::new("prlimit").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: prlimit (util-linux) not found");
+        return;
+    }
+    let http_port = free_port();
+    let mut child = Command::new("prlimit")
+        .arg("--nofile=32:64")
+        .arg("--")
+        .arg(binary("vps-gateway"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "info")
+        .env("GATEWAY_API_SECRET", "s")
+        .env("GATEWAY_BIND", "127.0.0.1")
+        .env("GATEWAY_GRPC_PORT", free_port().to_string())
+        .env("GATEWAY_HTTP_PORT", http_port.to_string())
+        .env("GATEWAY_HTTP_TIMEOUT_MS", "600000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    // Killed however the test ends.
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _child = Kill(child);
+    let (lines, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let raised = loop {
+        let line = seen
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the gateway logs its descriptor limit at start");
+        if line.contains("file descriptor limit") {
+            break line;
+        }
+    };
+    assert!(
+        raised.contains("soft=64") && raised.contains("was=32"),
+        "{raised}"
+    );
+
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], http_port));
+    let started = Instant::now();
+    while health(addr).is_none() {
+        assert!(started.elapsed() < Duration::from_secs(60), "no /health");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Idle connections, one at a time, until /health says why it is
+    // degraded; it must say so before the last descriptor is gone.
+    let mut held = Vec::new();
+    let reason = loop {
+        let body = health(addr).expect("/health answers while descriptors remain");
+        let reasons = body["reasons"].as_array().unwrap().clone();
+        if let Some(r) = reasons
+            .iter()
+            .filter_map(|r| r.as_str())
+            .find(|r| r.contains("file descriptors open"))
+        {
+            break r.to_string();
+        }
+        assert!(
+            held.len() < 64,
+            "64 connections held and /health never said so: {body}"
+        );
+        held.push(std::net::TcpStream::connect(addr).unwrap());
+    };
+    assert!(reason.ends_with("of 64 file descriptors open"), "{reason}");
+}

@@ -4,6 +4,8 @@
 //! the soft limit to the hard one at start, and report how close they are
 //! to it in `/health` and `/metrics`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 
 /// Share of the limit in use past which `/health` turns degraded.
@@ -57,11 +59,19 @@ pub fn open_fds() -> Option<u64> {
 }
 
 /// Why the process is short of descriptors, when it is: a `/health`
-/// reason.
+/// reason. Logged once when it starts and once when it ends.
 pub fn fd_pressure() -> Option<String> {
+    static SHORT: AtomicBool = AtomicBool::new(false);
     let (open, limit) = (open_fds()?, fd_limit()?);
-    (open * 100 >= limit * PRESSURE_PERCENT)
-        .then(|| format!("{open} of {limit} file descriptors open"))
+    let short = open * 100 >= limit * PRESSURE_PERCENT;
+    if SHORT.swap(short, Ordering::Relaxed) != short {
+        if short {
+            tracing::warn!(open, limit, "running out of file descriptors");
+        } else {
+            tracing::info!(open, limit, "file descriptors available again");
+        }
+    }
+    short.then(|| format!("{open} of {limit} file descriptors open"))
 }
 
 #[cfg(test)]
