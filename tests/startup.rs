@@ -262,3 +262,36 @@ fn the_gateway_raises_its_fd_limit_and_health_says_when_it_runs_short() {
     };
     assert!(reason.ends_with("of 64 file descriptors open"), "{reason}");
 }
+
+#[test]
+fn logs_are_plain_text_off_a_terminal_and_json_fields_are_json_values() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let http = free_port().to_string();
+    let base = [
+        ("GATEWAY_API_SECRET", "s"),
+        ("GATEWAY_BIND", "127.0.0.1"),
+        ("GATEWAY_GRPC_PORT", port.as_str()),
+        ("GATEWAY_HTTP_PORT", http.as_str()),
+        ("RUST_LOG", "info"),
+    ];
+    // Text, piped: no colour codes for files and the journal.
+    let (code, stderr) = run("vps-gateway", &base);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("file descriptor limit"), "{stderr}");
+    assert!(
+        !stderr.contains('\x1b'),
+        "colour codes off a terminal: {stderr:?}"
+    );
+    // JSON: numbers stay numbers.
+    let mut env = base.to_vec();
+    env.push(("GATEWAY_LOG_FORMAT", "json"));
+    let (code, stderr) = run("vps-gateway", &env);
+    assert_eq!(code, Some(1), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("file descriptor limit"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    let event: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert!(event["soft"].is_u64() && event["hard"].is_u64(), "{event}");
+}
