@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use common::http::{get, get_json, sample};
 use common::*;
 use gatemesh_gateway::Gateway;
+use gatemesh_handlers::dispatch::code_name;
 use gatemesh_proto::methods::FindVpsByLease;
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -63,9 +64,9 @@ async fn endpoints_follow_instances_calls_and_departures() {
     assert_eq!(status, 200);
     let list = list.as_array().unwrap();
     assert_eq!(list.len(), 2);
-    assert_eq!(list[0]["id"], "inst-a");
+    assert_eq!(list[0]["instance_id"], "inst-a");
     assert_eq!(list[0]["environment"], "prod");
-    assert_eq!(list[1]["id"], "inst-b");
+    assert_eq!(list[1]["instance_id"], "inst-b");
     assert_eq!(list[1]["environment"], "beta");
     for entry in list {
         assert_eq!(entry["methods"], serde_json::json!(["FindVPSByLease"]));
@@ -77,7 +78,7 @@ async fn endpoints_follow_instances_calls_and_departures() {
                 .starts_with("127.0.0.1:")
         );
         assert!(entry["connected_since_ms"].as_u64().unwrap() > 0);
-        assert!(entry["last_heartbeat_ms"].as_u64().unwrap() > 0);
+        assert!(entry["last_seen_ms"].as_u64().unwrap() > 0);
         assert_eq!(entry["in_flight"], 0);
         assert_eq!(entry["calls_served"], 0);
         assert_eq!(entry["errors"], 0);
@@ -95,7 +96,7 @@ async fn endpoints_follow_instances_calls_and_departures() {
     );
     assert_eq!(sample(&metrics, "gatemesh_gateway_instances", ""), 2.0);
     assert!(metrics.contains(
-        r#"gatemesh_gateway_instance_in_flight{instance="inst-a",environment="prod"} 0"#
+        r#"gatemesh_gateway_instance_in_flight{instance_id="inst-a",environment="prod"} 0"#
     ));
     assert!(metrics.contains("gatemesh_gateway_queue_depth "));
     assert!(metrics.contains("gatemesh_gateway_late_responses_total "));
@@ -126,7 +127,10 @@ async fn endpoints_follow_instances_calls_and_departures() {
         sample(
             &metrics,
             "gatemesh_gateway_calls_total",
-            r#"method="FindVPSByLease",strategy="first_valid",outcome="NOT_FOUND""#
+            &format!(
+                r#"method="FindVPSByLease",strategy="first_valid",outcome="{}""#,
+                code_name(tonic::Code::NotFound)
+            )
         ),
         1.0
     );

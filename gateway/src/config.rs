@@ -1,10 +1,10 @@
 //! `vps-gateway` settings, read from `GATEWAY_*` environment variables.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use gatemesh_runtime::env::{ensure, from_vars};
+use gatemesh_runtime::env::{bind_addr, check_label, check_secret, ensure, from_vars_with, range};
 use gatemesh_runtime::{ConfigError, Secret};
 use serde::Deserialize;
 
@@ -17,17 +17,33 @@ pub struct GatewayConfig {
     /// `GATEWAY_GRPC_PORT`.
     #[serde(default = "defaults::grpc_port")]
     pub grpc_port: u16,
-    /// `GATEWAY_BIND`: the address to listen on.
+    /// `GATEWAY_BIND`: the address to listen on, an IP address or a host
+    /// name resolved at start.
     #[serde(default = "defaults::bind")]
-    pub bind: IpAddr,
+    pub bind: String,
     /// `GATEWAY_HTTP_PORT`: the operator HTTP endpoints (`/health`,
     /// `/ready`, `/instances`, `/metrics`), plain HTTP even when gRPC uses TLS.
     #[serde(default = "defaults::http_port")]
     pub http_port: u16,
-    /// `GATEWAY_HTTP_BIND`: the address of the HTTP endpoints; `GATEWAY_BIND`
-    /// when unset.
-    #[serde(default)]
-    pub http_bind: Option<IpAddr>,
+    /// `GATEWAY_HTTP_BIND`: the address of the HTTP endpoints, loopback by
+    /// default; on any other address `/instances` asks for the secret.
+    #[serde(default = "defaults::http_bind")]
+    pub http_bind: String,
+    /// `GATEWAY_HTTP_TIMEOUT_MS`: an HTTP connection must send a request's
+    /// headers within this, and an idle keep-alive connection is closed
+    /// after it.
+    #[serde(default = "defaults::http_timeout_ms")]
+    pub http_timeout_ms: u64,
+    /// `GATEWAY_METRICS_PER_INSTANCE`: the per-instance gauges of
+    /// `/metrics`; large fleets turn them off (series grow as instances
+    /// times gateways).
+    #[serde(default = "defaults::metrics_per_instance")]
+    pub metrics_per_instance: bool,
+    /// `GATEWAY_BIND` and `GATEWAY_HTTP_BIND` resolved.
+    #[serde(skip, default = "defaults::unresolved")]
+    bind_ip: IpAddr,
+    #[serde(skip, default = "defaults::unresolved")]
+    http_bind_ip: IpAddr,
     /// `GATEWAY_ID`: this gateway's name; the hostname when unset.
     #[serde(default)]
     pub id: Option<String>,
@@ -125,14 +141,26 @@ pub struct GatewayConfig {
 mod defaults {
     use std::net::{IpAddr, Ipv4Addr};
 
+    pub fn bind() -> String {
+        "0.0.0.0".into()
+    }
+    pub fn http_bind() -> String {
+        "127.0.0.1".into()
+    }
+    pub fn unresolved() -> IpAddr {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    }
+    pub fn http_timeout_ms() -> u64 {
+        5_000
+    }
+    pub fn metrics_per_instance() -> bool {
+        true
+    }
     pub fn grpc_port() -> u16 {
         1537
     }
     pub fn http_port() -> u16 {
         9091
-    }
-    pub fn bind() -> IpAddr {
-        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
     }
     pub fn call_timeout_ms() -> u64 {
         10_000
@@ -181,13 +209,19 @@ mod defaults {
     }
 }
 
+/// Settings where an empty value is a value (README says what it does);
+/// for every other one empty means unset.
+const EMPTY_ALLOWED: &[&str] = &["GATEWAY_DHCP_VPS_HOSTNAME_PREFIX"];
+
 impl GatewayConfig {
     /// Reads the settings from `vars` (the process environment in `main`).
     pub fn from_vars(
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let mut config: Self = from_vars("GATEWAY_", vars)?;
+        let mut config: Self = from_vars_with("GATEWAY_", vars, EMPTY_ALLOWED)?;
         config.validate()?;
+        config.bind_ip = bind_addr("GATEWAY_BIND", &config.bind)?;
+        config.http_bind_ip = bind_addr("GATEWAY_HTTP_BIND", &config.http_bind)?;
         config.tls = GatewayTls::from_files(
             config.tls_cert.as_deref(),
             config.tls_key.as_deref(),
@@ -203,45 +237,58 @@ impl GatewayConfig {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        ensure(
-            !self.api_secret.is_empty(),
-            "GATEWAY_API_SECRET",
-            "a non-empty secret",
+        check_secret("GATEWAY_API_SECRET", self.api_secret.expose())?;
+        if let Some(id) = &self.id {
+            check_label("GATEWAY_ID", id, 128)?;
+        }
+        range("GATEWAY_GRPC_PORT", self.grpc_port, 1..=65535)?;
+        range("GATEWAY_HTTP_PORT", self.http_port, 1..=65535)?;
+        range(
+            "GATEWAY_HTTP_TIMEOUT_MS",
+            self.http_timeout_ms,
+            100..=600_000,
         )?;
-        ensure(
-            self.call_timeout_ms > 0,
+        range(
             "GATEWAY_CALL_TIMEOUT_MS",
-            "a positive number of milliseconds",
+            self.call_timeout_ms,
+            1..=3_600_000,
         )?;
-        ensure(
-            (10..=3_600_000).contains(&self.heartbeat_interval_ms),
+        range(
             "GATEWAY_HEARTBEAT_INTERVAL_MS",
-            "10 to 3600000 milliseconds",
+            self.heartbeat_interval_ms,
+            10..=3_600_000,
         )?;
-        ensure(
-            self.max_missed_heartbeats >= 1,
+        range(
             "GATEWAY_MAX_MISSED_HEARTBEATS",
-            "at least 1",
+            self.max_missed_heartbeats,
+            1..=100,
         )?;
-        ensure(
-            self.queue_capacity >= 1,
-            "GATEWAY_QUEUE_CAPACITY",
-            "at least 1",
+        range("GATEWAY_QUEUE_CAPACITY", self.queue_capacity, 1..=1_000_000)?;
+        range(
+            "GATEWAY_STUCK_TIMEOUT_MS",
+            self.stuck_timeout_ms,
+            10..=3_600_000,
         )?;
-        ensure(
-            self.max_concurrency >= 1,
-            "GATEWAY_MAX_CONCURRENCY",
-            "at least 1",
-        )?;
-        ensure(
-            (1..=65_536).contains(&self.max_concurrency_per_instance),
+        range(
             "GATEWAY_MAX_CONCURRENCY_PER_INSTANCE",
-            "1 to 65536",
+            self.max_concurrency_per_instance,
+            1..=65_536,
         )?;
-        ensure(
-            (1024..=256 * 1024 * 1024).contains(&self.max_message_bytes),
+        range(
             "GATEWAY_MAX_MESSAGE_BYTES",
-            "1024 to 268435456 bytes",
+            self.max_message_bytes,
+            1024..=256 * 1024 * 1024,
+        )?;
+        range(
+            "GATEWAY_MAX_CONCURRENCY",
+            self.max_concurrency,
+            1..=1_000_000,
+        )?;
+        range("GATEWAY_DRAIN_GRACE_MS", self.drain_grace_ms, 0..=600_000)?;
+        range(
+            "GATEWAY_RECONNECT_SPREAD_MS",
+            self.reconnect_spread_ms,
+            0..=600_000,
         )?;
         if let Some(format) = &self.log_format {
             ensure(
@@ -316,9 +363,18 @@ impl GatewayConfig {
         })
     }
 
+    /// Where the gRPC port listens.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.bind_ip, self.grpc_port)
+    }
+
     /// Where the operator HTTP endpoints listen.
-    pub fn http_addr(&self) -> std::net::SocketAddr {
-        std::net::SocketAddr::new(self.http_bind.unwrap_or(self.bind), self.http_port)
+    pub fn http_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.http_bind_ip, self.http_port)
+    }
+
+    pub fn http_timeout(&self) -> Duration {
+        Duration::from_millis(self.http_timeout_ms)
     }
 
     pub fn call_timeout(&self) -> Duration {
@@ -358,14 +414,22 @@ mod tests {
         let c = GatewayConfig::from_vars(vars(&[("GATEWAY_API_SECRET", "s")])).unwrap();
         assert_eq!(c.grpc_port, 1537);
         assert_eq!(c.call_timeout_ms, 10_000);
-        assert_eq!(c.http_addr().to_string(), "0.0.0.0:9091");
+        assert_eq!(c.grpc_addr().to_string(), "0.0.0.0:1537");
+        assert_eq!(
+            c.http_addr().to_string(),
+            "127.0.0.1:9091",
+            "the HTTP endpoints stay on loopback unless asked"
+        );
+        assert!(c.metrics_per_instance);
         let c = GatewayConfig::from_vars(vars(&[
             ("GATEWAY_API_SECRET", "s"),
             ("GATEWAY_BIND", "127.0.0.1"),
+            ("GATEWAY_HTTP_BIND", "0.0.0.0"),
             ("GATEWAY_HTTP_PORT", "9100"),
         ]))
         .unwrap();
-        assert_eq!(c.http_addr().to_string(), "127.0.0.1:9100");
+        assert_eq!(c.grpc_addr().to_string(), "127.0.0.1:1537");
+        assert_eq!(c.http_addr().to_string(), "0.0.0.0:9100");
         assert!(!format!("{c:?}").contains("\"s\""), "secret is masked");
         let e = GatewayConfig::from_vars(vars(&[])).unwrap_err().to_string();
         assert_eq!(e, "GATEWAY_API_SECRET is required but not set");
@@ -383,6 +447,86 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.starts_with("GATEWAY_LOG_FORMAT"), "{e}");
+    }
+
+    fn error(list: &[(&str, &str)]) -> String {
+        let mut all = vec![("GATEWAY_API_SECRET", "s")];
+        all.extend_from_slice(list);
+        GatewayConfig::from_vars(vars(&all))
+            .expect_err("refused")
+            .to_string()
+    }
+
+    #[test]
+    fn a_misspelt_variable_stops_the_gateway_naming_the_nearest_setting() {
+        assert_eq!(
+            error(&[("GATEWAY_GRPC_PROT", "44031")]),
+            "GATEWAY_GRPC_PROT: unknown variable; did you mean GATEWAY_GRPC_PORT?"
+        );
+        let e = error(&[("GATEWAY_DHCP_LEASE_FILE", "/l")]);
+        assert!(e.ends_with("did you mean GATEWAY_DHCP_LEASES_FILE?"), "{e}");
+    }
+
+    #[test]
+    fn every_numeric_setting_is_range_checked() {
+        let huge = "18446744073709551615";
+        for (var, bad, range) in [
+            ("GATEWAY_GRPC_PORT", "0", "1 to 65535"),
+            ("GATEWAY_HTTP_PORT", "0", "1 to 65535"),
+            ("GATEWAY_HTTP_TIMEOUT_MS", "0", "100 to 600000"),
+            ("GATEWAY_CALL_TIMEOUT_MS", "0", "1 to 3600000"),
+            ("GATEWAY_CALL_TIMEOUT_MS", huge, "1 to 3600000"),
+            ("GATEWAY_HEARTBEAT_INTERVAL_MS", "1", "10 to 3600000"),
+            ("GATEWAY_MAX_MISSED_HEARTBEATS", "0", "1 to 100"),
+            ("GATEWAY_QUEUE_CAPACITY", huge, "1 to 1000000"),
+            ("GATEWAY_STUCK_TIMEOUT_MS", "0", "10 to 3600000"),
+            ("GATEWAY_MAX_MESSAGE_BYTES", "10", "1024 to 268435456"),
+            ("GATEWAY_MAX_CONCURRENCY", huge, "1 to 1000000"),
+            ("GATEWAY_MAX_CONCURRENCY", "0", "1 to 1000000"),
+            ("GATEWAY_DRAIN_GRACE_MS", huge, "0 to 600000"),
+            ("GATEWAY_RECONNECT_SPREAD_MS", huge, "0 to 600000"),
+        ] {
+            let e = error(&[(var, bad)]);
+            assert_eq!(e, format!("{var}={bad}: expected {range}"));
+        }
+    }
+
+    #[test]
+    fn secrets_ids_and_addresses_are_checked_at_start() {
+        let e = GatewayConfig::from_vars(vars(&[("GATEWAY_API_SECRET", "two\nlines")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("GATEWAY_API_SECRET: expected printable ASCII"),
+            "{e}"
+        );
+        let e = error(&[("GATEWAY_ID", "gw 1")]);
+        assert!(e.starts_with("GATEWAY_ID: expected 1 to 128 bytes"), "{e}");
+        let c = GatewayConfig::from_vars(vars(&[
+            ("GATEWAY_API_SECRET", "s"),
+            ("GATEWAY_BIND", "localhost"),
+        ]))
+        .unwrap();
+        assert!(c.grpc_addr().ip().is_loopback());
+        let e = error(&[("GATEWAY_BIND", "no-such-host.invalid")]);
+        assert!(e.starts_with("GATEWAY_BIND=no-such-host.invalid: "), "{e}");
+        let e = error(&[("GATEWAY_HTTP_BIND", "no-such-host.invalid")]);
+        assert!(
+            e.starts_with("GATEWAY_HTTP_BIND=no-such-host.invalid: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_empty_value_is_unset_except_where_empty_switches_something_off() {
+        let c = GatewayConfig::from_vars(vars(&[
+            ("GATEWAY_API_SECRET", "s"),
+            ("GATEWAY_GRPC_PORT", ""),
+            ("GATEWAY_DHCP_VPS_HOSTNAME_PREFIX", ""),
+        ]))
+        .unwrap();
+        assert_eq!(c.grpc_port, 1537);
+        assert_eq!(c.dhcp_vps_hostname_prefix, "", "empty turns the prefix off");
     }
 
     #[test]

@@ -6,8 +6,16 @@
 //!   503 when `unhealthy` (draining or shutting down).
 //! - `GET /ready`: 200 once the gRPC server serves and every readiness
 //!   check passes, else 503 with the reasons.
-//! - `GET /instances`: the connected instances, as [`InstanceView`]s.
-//! - `GET /metrics`: Prometheus text (see [`crate::metrics`]).
+//! - `GET /instances`: the connected instances, as [`InstanceView`]s, with
+//!   the admin API's `InstanceInfo` field names. It tells as much as the
+//!   secret-protected `ListInstances`, so on any address but loopback it
+//!   asks for the secret too (`Authorization: Bearer <secret>` or the
+//!   gRPC API's `x-gatemesh-secret` header).
+//! - `GET /metrics`: Prometheus text, or OpenMetrics when the `Accept`
+//!   header prefers it (see [`crate::metrics`]).
+//!
+//! A connection must send its request headers within
+//! `GATEWAY_HTTP_TIMEOUT_MS` (also the idle limit between requests).
 //!
 //! # Health and readiness hooks
 //!
@@ -33,7 +41,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use axum::Json;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use parking_lot::RwLock;
@@ -104,18 +112,20 @@ pub struct Readiness {
     pub reasons: Vec<String>,
 }
 
-/// One entry of `GET /instances`.
+/// One entry of `GET /instances`: the fields of the admin API's
+/// `InstanceInfo`, spelt the same, and two more.
 #[derive(Debug, Clone, Serialize)]
 pub struct InstanceView {
-    pub id: String,
+    pub instance_id: String,
     pub environment: String,
     pub version: String,
     pub methods: Vec<String>,
-    pub remote_addr: Option<String>,
+    /// Empty when unknown, as in `InstanceInfo`.
+    pub remote_addr: String,
     /// Unix milliseconds.
     pub connected_since_ms: u64,
     /// Unix milliseconds of the last frame (heartbeat or other) received.
-    pub last_heartbeat_ms: u64,
+    pub last_seen_ms: u64,
     pub in_flight: u64,
     pub calls_served: u64,
     pub errors: u64,
@@ -156,6 +166,9 @@ impl Gateway {
             }
             if instances == 0 {
                 reasons.push("no instance connected".to_string());
+            }
+            if let Some(pressure) = gatemesh_runtime::limits::fd_pressure() {
+                reasons.push(pressure);
             }
             reasons.extend(failures(&shared.checks.health));
             let status = if reasons.is_empty() {
@@ -198,13 +211,13 @@ impl Gateway {
             .map(|peer| {
                 let info = crate::admin::instance_info(peer);
                 InstanceView {
-                    id: info.instance_id,
+                    instance_id: info.instance_id,
                     environment: info.environment,
                     version: info.version,
                     methods: info.methods,
-                    remote_addr: (!info.remote_addr.is_empty()).then_some(info.remote_addr),
+                    remote_addr: info.remote_addr,
                     connected_since_ms: info.connected_since_ms,
-                    last_heartbeat_ms: info.last_seen_ms,
+                    last_seen_ms: info.last_seen_ms,
                     in_flight: info.in_flight,
                     calls_served: info.calls_served,
                     errors: info.errors,
@@ -215,29 +228,71 @@ impl Gateway {
             .collect()
     }
 
-    /// The operator endpoints, for serving or embedding in another router.
+    /// The operator endpoints, for serving or embedding in another
+    /// router; `/instances` asks for the secret.
     pub fn http_router(&self) -> axum::Router {
+        self.router(Exposure::SecretRequired)
+    }
+
+    fn router(&self, exposure: Exposure) -> axum::Router {
         axum::Router::new()
             .route("/health", get(health))
             .route("/ready", get(ready))
-            .route("/instances", get(instances))
+            .route(
+                "/instances",
+                get(move |state, headers| instances(state, headers, exposure)),
+            )
             .route("/metrics", get(metrics))
             .with_state(self.clone())
     }
 
     /// Serves the operator endpoints on `listener` until `shutdown`
     /// resolves. Run it beside [`Gateway::serve`] and stop it after, so
-    /// `/health` reports the drain.
+    /// `/health` reports the drain. On a loopback address `/instances` is
+    /// open; on any other it asks for the secret.
     pub async fn serve_http(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        axum::serve(listener, self.http_router())
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("HTTP server failed")
+        let local = listener.local_addr().context("HTTP listener address")?;
+        let exposure = if local.ip().is_loopback() {
+            Exposure::Open
+        } else {
+            Exposure::SecretRequired
+        };
+        gatemesh_runtime::http::serve(
+            listener,
+            self.router(exposure),
+            self.config().http_timeout(),
+            self.metrics().http_stats(),
+            shutdown,
+        )
+        .await
+        .context("HTTP server failed")
     }
+
+    /// Whether `headers` carry the shared secret, as a bearer token or the
+    /// gRPC API's metadata header.
+    fn http_authorized(&self, headers: &HeaderMap) -> bool {
+        let secret = &self.config().api_secret;
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        let custom = headers
+            .get(gatemesh_proto::SECRET_METADATA_KEY)
+            .map(|v| v.as_bytes());
+        bearer.or(custom).is_some_and(|given| secret.matches(given))
+    }
+}
+
+/// Who may read `/instances`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exposure {
+    /// Anyone who reaches the port: it is loopback.
+    Open,
+    /// Only callers that present the shared secret.
+    SecretRequired,
 }
 
 async fn health(State(gateway): State<Gateway>) -> Response {
@@ -259,14 +314,38 @@ async fn ready(State(gateway): State<Gateway>) -> Response {
     (code, Json(readiness)).into_response()
 }
 
-async fn instances(State(gateway): State<Gateway>) -> Json<Vec<InstanceView>> {
-    Json(gateway.instance_views())
+async fn instances(
+    State(gateway): State<Gateway>,
+    headers: HeaderMap,
+    exposure: Exposure,
+) -> Response {
+    if exposure == Exposure::SecretRequired && !gateway.http_authorized(&headers) {
+        let stats = gateway.metrics().http_stats();
+        if stats
+            .unauthorized
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            == 0
+        {
+            tracing::warn!(
+                "GET /instances without the secret refused (logged once; counted in /metrics)"
+            );
+        }
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "/instances needs the gateway secret: Authorization: Bearer <GATEWAY_API_SECRET>\n",
+        )
+            .into_response();
+    }
+    Json(gateway.instance_views()).into_response()
 }
 
-async fn metrics(State(gateway): State<Gateway>) -> Response {
+async fn metrics(State(gateway): State<Gateway>, headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = gatemesh_runtime::metrics::Format::negotiate(accept);
     (
-        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
-        gateway.metrics().render(),
+        [(header::CONTENT_TYPE, format.content_type())],
+        gateway.metrics().render_as(format),
     )
         .into_response()
 }

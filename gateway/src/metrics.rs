@@ -3,14 +3,20 @@
 //! (in flight and queue depth per instance), so the call path pays for
 //! none of them.
 //!
-//! Every name starts with `gatemesh_gateway_`; see [`Metrics::render`].
+//! Every name starts with `gatemesh_gateway_`, except the standard
+//! `process_*` metrics; see [`Metrics::render`]. Every labelled counter is
+//! present from the start with all its known label values (catalogue
+//! methods, strategies, outcomes, disconnect reasons), so a rate over a
+//! series that has not moved yet is 0, not absent.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use gatemesh_handlers::DispatchObserver;
 use gatemesh_handlers::dispatch::code_name;
+use gatemesh_runtime::http::HttpStats;
+use gatemesh_runtime::metrics::{BuildInfo, Format, ProcessCollector};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -21,16 +27,52 @@ use tonic::Code;
 
 use crate::Instances;
 use crate::dhcp::DhcpHandle;
-use crate::stats::{ServedLabels, Stats, method_label};
+use crate::stats::{CallLabels, ReasonLabels, RouteLabels, ServedLabels, Stats, method_label};
+use crate::{Disconnect, Strategy, peer::Peer};
 use std::sync::OnceLock;
-
-/// The content type of [`Metrics::render`]'s output.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// The gateway's metric registry.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    per_instance: Arc<AtomicBool>,
+    http: Arc<HttpStats>,
+}
+
+/// Every outcome label a call can have: each gRPC code's name, `OK` first.
+fn outcomes() -> impl Iterator<Item = &'static str> {
+    (0..=16).map(|c| code_name(Code::from_i32(c)))
+}
+
+const STRATEGIES: [Strategy; 3] = [Strategy::FirstValid, Strategy::All, Strategy::One];
+
+/// Creates every known label combination at zero.
+fn precreate(stats: &Stats) {
+    let methods = gatemesh_proto::methods::KNOWN.iter().map(|m| m.name);
+    for method in methods.chain(["other"]) {
+        for strategy in STRATEGIES.map(Strategy::label) {
+            let _ = stats
+                .call_seconds
+                .get_or_create(&RouteLabels { method, strategy });
+            for outcome in outcomes() {
+                let _ = stats.calls.get_or_create(&CallLabels {
+                    method,
+                    strategy,
+                    outcome,
+                });
+            }
+        }
+        for outcome in outcomes() {
+            let _ = stats
+                .served
+                .get_or_create(&ServedLabels { method, outcome });
+        }
+    }
+    for reason in Disconnect::LABELS {
+        let _ = stats
+            .disconnect_reasons
+            .get_or_create(&ReasonLabels { reason });
+    }
 }
 
 impl Metrics {
@@ -40,7 +82,16 @@ impl Metrics {
         started: Instant,
         dhcp: Arc<OnceLock<DhcpHandle>>,
     ) -> Self {
-        let mut registry = Registry::with_prefix("gatemesh_gateway");
+        precreate(&stats);
+        let per_instance = Arc::new(AtomicBool::new(true));
+        let http = Arc::new(HttpStats::default());
+        let mut root = Registry::default();
+        root.register_collector(Box::new(ProcessCollector));
+        let registry = root.sub_registry_with_prefix("gatemesh_gateway");
+        registry.register_collector(Box::new(BuildInfo {
+            name: "build_info".into(),
+            version: env!("CARGO_PKG_VERSION"),
+        }));
         registry.register(
             "calls",
             "Calls through the mesh, by method, strategy and outcome (ok or gRPC code)",
@@ -65,17 +116,36 @@ impl Metrics {
             stats,
             instances,
             started,
+            per_instance: per_instance.clone(),
+            http: http.clone(),
         }));
         registry.register_collector(Box::new(DhcpMetrics(dhcp)));
-        Self { registry }
+        Self {
+            registry: root,
+            per_instance,
+            http,
+        }
     }
 
-    /// The OpenMetrics text exposition (Prometheus reads it as is).
+    /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self) -> String {
-        let mut out = String::with_capacity(8 * 1024);
-        // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        self.render_as(Format::Prometheus)
+    }
+
+    /// The exposition in `format` (see [`Format::negotiate`]).
+    pub fn render_as(&self, format: Format) -> String {
+        gatemesh_runtime::metrics::render(&self.registry, format)
+    }
+
+    /// Turns the per-instance gauges (`instance_in_flight`,
+    /// `instance_queue_depth`) on or off; `GATEWAY_METRICS_PER_INSTANCE`.
+    pub fn set_per_instance(&self, on: bool) {
+        self.per_instance.store(on, Ordering::Relaxed);
+    }
+
+    /// The operator HTTP server's counters.
+    pub fn http_stats(&self) -> Arc<HttpStats> {
+        self.http.clone()
     }
 }
 
@@ -147,6 +217,8 @@ struct ScrapeTime {
     stats: Arc<Stats>,
     instances: Weak<Instances>,
     started: Instant,
+    per_instance: Arc<AtomicBool>,
+    http: Arc<HttpStats>,
 }
 
 fn counter(
@@ -215,6 +287,30 @@ impl Collector for ScrapeTime {
             "Cancels for ids not running on their stream (just ended, or never sent); dropped",
             &stats.stray_cancels,
         )?;
+        counter(
+            e,
+            "http_connections",
+            "Connections accepted by the operator HTTP endpoints",
+            &self.http.connections,
+        )?;
+        counter(
+            e,
+            "http_timeouts",
+            "HTTP connections closed for sending no complete request header in time",
+            &self.http.timeouts,
+        )?;
+        counter(
+            e,
+            "http_unauthorized",
+            "HTTP requests refused for lacking the secret",
+            &self.http.unauthorized,
+        )?;
+        counter(
+            e,
+            "http_accept_errors",
+            "Failed accepts on the HTTP port (out of file descriptors, ...)",
+            &self.http.accept_errors,
+        )?;
         gauge(
             e,
             "uptime_seconds",
@@ -233,16 +329,19 @@ impl Collector for ScrapeTime {
             "Frames waiting in the outbound queues of all instances",
             peers.iter().map(|p| p.queue_depth() as i64).sum(),
         )?;
+        if !self.per_instance.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         for (name, help, value) in [
             (
                 "instance_in_flight",
                 "Calls sent to an instance and not yet answered",
-                &(|p: &crate::Peer| p.in_flight()) as &dyn Fn(&crate::Peer) -> usize,
+                &(|p: &Peer| p.in_flight()) as &dyn Fn(&Peer) -> usize,
             ),
             (
                 "instance_queue_depth",
                 "Frames waiting in an instance's outbound queue",
-                &|p: &crate::Peer| p.queue_depth(),
+                &|p: &Peer| p.queue_depth(),
             ),
         ] {
             let mut family = e.encode_descriptor(
@@ -253,7 +352,8 @@ impl Collector for ScrapeTime {
             )?;
             for peer in &peers {
                 let labels = [
-                    ("instance", &*peer.info.id),
+                    // `instance` is Prometheus' own target label.
+                    ("instance_id", &*peer.info.id),
                     ("environment", &*peer.info.environment),
                 ];
                 ConstGauge::new(value(peer) as i64).encode(family.encode_family(&labels)?)?;

@@ -71,6 +71,7 @@ impl Gateway {
             started,
             dhcp.clone(),
         );
+        metrics.set_per_instance(config.metrics_per_instance);
         let dispatch = DispatchConfig {
             default_timeout: config.call_timeout(),
             observer: Some(Arc::new(ServedObserver(stats.clone()))),

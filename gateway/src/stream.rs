@@ -51,7 +51,11 @@ impl pb::gateway_server::Gateway for GatewayService {
             auth::check_request(&request, &shared.config.api_secret, secret_optional)
         {
             Stats::bump(&shared.stats.refused_streams);
-            tracing::warn!(remote = ?remote_addr, reason = status.message(), "stream refused");
+            tracing::warn!(
+                remote = remote_addr.map(tracing::field::display),
+                reason = status.message(),
+                "stream refused"
+            );
             return Err(status);
         }
         if shared.is_draining() {
@@ -72,13 +76,21 @@ impl pb::gateway_server::Gateway for GatewayService {
         };
         if let Err(status) = validate_hello(&hello) {
             Stats::bump(&shared.stats.refused_streams);
-            tracing::warn!(remote = ?remote_addr, reason = status.message(), "hello refused");
+            tracing::warn!(
+                remote = remote_addr.map(tracing::field::display),
+                reason = status.message(),
+                "hello refused"
+            );
             return Err(status);
         }
         if mtls && let Err(status) = tls::check_identity(peer_certs.as_deref(), &hello.instance_id)
         {
             Stats::bump(&shared.stats.refused_streams);
-            tracing::warn!(remote = ?remote_addr, reason = status.message(), "identity refused");
+            tracing::warn!(
+                remote = remote_addr.map(tracing::field::display),
+                reason = status.message(),
+                "identity refused"
+            );
             return Err(status);
         }
 
@@ -134,8 +146,8 @@ impl pb::gateway_server::Gateway for GatewayService {
             instance = %peer.info.id,
             environment = %peer.info.environment,
             version = %peer.info.version,
-            methods = ?peer.info.methods,
-            remote = ?remote_addr,
+            methods = %sorted(&peer.info.methods).join(","),
+            remote = remote_addr.map(tracing::field::display),
             conn = peer.conn_id,
             "instance registered"
         );
@@ -158,6 +170,12 @@ impl pb::gateway_server::Gateway for GatewayService {
         });
         Ok(Response::new(outbound))
     }
+}
+
+fn sorted(methods: &HashSet<String>) -> Vec<&str> {
+    let mut methods: Vec<&str> = methods.iter().map(String::as_str).collect();
+    methods.sort_unstable();
+    methods
 }
 
 fn valid_name(s: &str, max: usize) -> bool {

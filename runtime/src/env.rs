@@ -2,21 +2,47 @@
 //!
 //! Values come from an injectable iterator, so tests never touch the real
 //! environment. Errors name the full variable and what it expects.
+//!
+//! Rules every binary follows:
+//!
+//! - A variable with the binary's prefix that names no setting stops it,
+//!   naming the nearest known one: a typo must not fall back to a default.
+//! - An empty value counts as unset, except for the settings a binary
+//!   lists as `empty_allowed`, where empty is a value of its own (for
+//!   instance "switch this off").
+//! - Numbers are checked against a range after parsing ([`range`]).
 
-use serde::de::DeserializeOwned;
+use std::net::{IpAddr, ToSocketAddrs};
+use std::ops::RangeInclusive;
+
+use serde::de::{self, DeserializeOwned, Visitor};
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
-/// Reads `T` from the variables in `vars` that start with `prefix`.
+/// Reads `T` from the variables in `vars` that start with `prefix`; an
+/// empty value counts as unset.
 pub fn from_vars<T, I>(prefix: &str, vars: I) -> Result<T, ConfigError>
 where
     T: DeserializeOwned,
     I: IntoIterator<Item = (String, String)>,
 {
-    // An empty value means "unset", as in most shells' `VAR=` idiom.
-    let vars = vars.into_iter().filter(|(_, v)| !v.is_empty());
+    from_vars_with(prefix, vars, &[])
+}
+
+/// [`from_vars`], where an empty value of a variable in `empty_allowed`
+/// (full names) is passed through as an empty string.
+pub fn from_vars_with<T, I>(prefix: &str, vars: I, empty_allowed: &[&str]) -> Result<T, ConfigError>
+where
+    T: DeserializeOwned,
+    I: IntoIterator<Item = (String, String)>,
+{
+    let vars: Vec<(String, String)> = vars
+        .into_iter()
+        .filter(|(k, v)| k.starts_with(prefix) && (!v.is_empty() || empty_allowed.contains(&&**k)))
+        .collect();
+    check_known::<T>(prefix, vars.iter().map(|(k, _)| k.as_str()))?;
     envy::prefixed(prefix).from_iter(vars).map_err(|e| match e {
         envy::Error::MissingValue(field) => ConfigError(format!(
             "{prefix}{} is required but not set",
@@ -24,6 +50,74 @@ where
         )),
         envy::Error::Custom(message) => ConfigError(name_variable(prefix, &message)),
     })
+}
+
+/// Fails on the first variable in `names` that is no setting of `T`.
+fn check_known<T: DeserializeOwned>(
+    prefix: &str,
+    names: impl Iterator<Item = impl AsRef<str>>,
+) -> Result<(), ConfigError> {
+    let known: Vec<String> = fields::<T>()
+        .iter()
+        .map(|f| format!("{prefix}{}", f.to_uppercase()))
+        .collect();
+    for name in names {
+        let name = name.as_ref();
+        if !name.starts_with(prefix) || known.iter().any(|k| k == name) {
+            continue;
+        }
+        let nearest = known
+            .iter()
+            .min_by_key(|k| strsim::levenshtein(k, name))
+            .map(String::as_str)
+            .unwrap_or("none");
+        return Err(ConfigError(format!(
+            "{name}: unknown variable; did you mean {nearest}?"
+        )));
+    }
+    Ok(())
+}
+
+/// The field names `T`'s `Deserialize` asks for, as serde declares them.
+/// (A deserializer that only records what `deserialize_struct` is given.)
+pub fn fields<T: DeserializeOwned>() -> &'static [&'static str] {
+    struct Fields(Option<&'static [&'static str]>);
+    #[derive(Debug)]
+    struct Stop;
+    impl std::fmt::Display for Stop {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("stop")
+        }
+    }
+    impl std::error::Error for Stop {}
+    impl de::Error for Stop {
+        fn custom<M: std::fmt::Display>(_: M) -> Self {
+            Stop
+        }
+    }
+    impl<'de> de::Deserializer<'de> for &mut Fields {
+        type Error = Stop;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Stop> {
+            Err(Stop)
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Stop> {
+            self.0 = Some(fields);
+            Err(Stop)
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map enum identifier ignored_any
+        }
+    }
+    let mut probe = Fields(None);
+    let _ = T::deserialize(&mut probe);
+    probe.0.unwrap_or(&[])
 }
 
 /// envy names the variable without its prefix; put it back.
@@ -46,6 +140,69 @@ pub fn ensure(ok: bool, var: &str, what: &str) -> Result<(), ConfigError> {
     }
 }
 
+/// Checks that a numeric setting lies in `allowed`; the message names the
+/// variable, the value and the range.
+pub fn range<N>(var: &str, value: N, allowed: RangeInclusive<N>) -> Result<(), ConfigError>
+where
+    N: PartialOrd + std::fmt::Display + Copy,
+{
+    if allowed.contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError(format!(
+            "{var}={value}: expected {} to {}",
+            allowed.start(),
+            allowed.end()
+        )))
+    }
+}
+
+/// A shared secret must travel as a gRPC metadata (HTTP header) value:
+/// visible ASCII and inner spaces only, no surrounding whitespace.
+pub fn check_secret(var: &str, secret: &str) -> Result<(), ConfigError> {
+    ensure(!secret.is_empty(), var, "a non-empty secret")?;
+    let visible = secret.bytes().all(|b| (0x20..0x7f).contains(&b));
+    let trimmed = !secret.starts_with(' ') && !secret.ends_with(' ');
+    ensure(
+        visible && trimmed,
+        var,
+        "printable ASCII without leading or trailing spaces (it travels as a gRPC header)",
+    )
+}
+
+/// A listen address: an IP address, or a host name resolved now (its
+/// first address). Errors name the variable.
+pub fn bind_addr(var: &str, value: &str) -> Result<IpAddr, ConfigError> {
+    if let Ok(ip) = value.parse::<IpAddr>() {
+        return Ok(ip);
+    }
+    let resolved = (value, 0)
+        .to_socket_addrs()
+        .map_err(|e| ConfigError(format!("{var}={value}: cannot resolve the host name: {e}")))?;
+    let mut addrs: Vec<IpAddr> = resolved.map(|a| a.ip()).collect();
+    // `localhost` often resolves to ::1 first; prefer IPv4 like most tools.
+    addrs.sort_by_key(|ip| !ip.is_ipv4());
+    addrs.first().copied().ok_or_else(|| {
+        ConfigError(format!(
+            "{var}={value}: the host name resolves to no address"
+        ))
+    })
+}
+
+/// An id or environment label as the gateway's hello check accepts it:
+/// 1 to `max` bytes of letters, digits and `.`, `_`, `-`, `:`, `@`, `/`.
+pub fn check_label(var: &str, value: &str, max: usize) -> Result<(), ConfigError> {
+    let ok = (1..=max).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-_:@/".contains(&b));
+    ensure(
+        ok,
+        var,
+        &format!("1 to {max} bytes of letters, digits and . _ - : @ /, got {value:?}"),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,6 +213,12 @@ mod tests {
         secret: String,
         #[serde(default)]
         port: Option<u16>,
+        #[serde(default = "default_prefix")]
+        prefix: String,
+    }
+
+    fn default_prefix() -> String {
+        "vps-".into()
     }
 
     fn vars(list: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -77,5 +240,61 @@ mod tests {
         let ok =
             from_vars::<Example, _>("X_", vars(&[("X_SECRET", "s"), ("X_PORT", "9")])).unwrap();
         assert_eq!((ok.secret.as_str(), ok.port), ("s", Some(9)));
+    }
+
+    #[test]
+    fn an_unknown_variable_names_the_nearest_known_one() {
+        assert_eq!(fields::<Example>(), ["secret", "port", "prefix"]);
+        let err =
+            from_vars::<Example, _>("X_", vars(&[("X_SECRET", "s"), ("X_PROT", "9")])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "X_PROT: unknown variable; did you mean X_PORT?"
+        );
+        // Other prefixes are not ours to judge.
+        from_vars::<Example, _>("X_", vars(&[("X_SECRET", "s"), ("Y_PROT", "9")])).unwrap();
+    }
+
+    #[test]
+    fn empty_is_unset_unless_the_setting_allows_empty() {
+        let c =
+            from_vars::<Example, _>("X_", vars(&[("X_SECRET", "s"), ("X_PREFIX", "")])).unwrap();
+        assert_eq!(c.prefix, "vps-");
+        let c = from_vars_with::<Example, _>(
+            "X_",
+            vars(&[("X_SECRET", "s"), ("X_PREFIX", "")]),
+            &["X_PREFIX"],
+        )
+        .unwrap();
+        assert_eq!(c.prefix, "");
+    }
+
+    #[test]
+    fn ranges_secrets_labels_and_addresses() {
+        let e = range("X_N", 0u64, 1..=10).unwrap_err().to_string();
+        assert_eq!(e, "X_N=0: expected 1 to 10");
+        range("X_N", 10u64, 1..=10).unwrap();
+        check_secret("X_S", "s3cret with space").unwrap();
+        for bad in ["", "a\nb", " q1", "q1 ", "tab\there", "é"] {
+            let e = check_secret("X_S", bad).unwrap_err().to_string();
+            assert!(e.starts_with("X_S: expected"), "{bad:?}: {e}");
+            assert!(
+                !e.contains(bad) || bad.is_empty(),
+                "the secret is never shown"
+            );
+        }
+        check_label("X_ID", "inst-1.a_b:c@d/e", 128).unwrap();
+        assert!(check_label("X_ID", "", 128).is_err());
+        assert!(check_label("X_ID", "a b", 128).is_err());
+        assert!(check_label("X_ID", &"a".repeat(65), 64).is_err());
+        assert_eq!(
+            bind_addr("X_BIND", "127.0.0.1").unwrap(),
+            IpAddr::from([127, 0, 0, 1])
+        );
+        assert!(bind_addr("X_BIND", "localhost").unwrap().is_loopback());
+        let e = bind_addr("X_BIND", "no such host.invalid")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("X_BIND=no such host.invalid: "), "{e}");
     }
 }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use gatemesh_runtime::env::{ensure, from_vars};
+use gatemesh_runtime::env::{bind_addr, check_label, check_secret, ensure, from_vars, range};
 use gatemesh_runtime::{ConfigError, Secret};
 use serde::Deserialize;
 
@@ -54,9 +54,18 @@ pub struct ServiceConfig {
     /// off when unset.
     #[serde(default)]
     pub http_port: Option<u16>,
-    /// `VPS_HTTP_BIND`: the address of the operator endpoints.
+    /// `VPS_HTTP_BIND`: the address of the operator endpoints, an IP
+    /// address or a host name resolved at start.
     #[serde(default = "defaults::http_bind")]
-    pub http_bind: std::net::IpAddr,
+    pub http_bind: String,
+    /// `VPS_HTTP_TIMEOUT_MS`: an HTTP connection must send a request's
+    /// headers within this, and an idle keep-alive connection is closed
+    /// after it.
+    #[serde(default = "defaults::http_timeout_ms")]
+    pub http_timeout_ms: u64,
+    /// `VPS_HTTP_BIND` resolved.
+    #[serde(skip, default = "defaults::unresolved")]
+    http_bind_ip: std::net::IpAddr,
     /// `VPS_LOG_FORMAT`: `text` or `json`.
     #[serde(default)]
     pub log_format: Option<String>,
@@ -77,8 +86,14 @@ pub struct ServiceConfig {
 }
 
 mod defaults {
-    pub fn http_bind() -> std::net::IpAddr {
+    pub fn http_bind() -> String {
+        "0.0.0.0".into()
+    }
+    pub fn unresolved() -> std::net::IpAddr {
         std::net::Ipv4Addr::UNSPECIFIED.into()
+    }
+    pub fn http_timeout_ms() -> u64 {
+        5_000
     }
     pub fn environment() -> String {
         "dev".into()
@@ -109,6 +124,7 @@ impl ServiceConfig {
     ) -> Result<Self, ConfigError> {
         let mut config: Self = from_vars("VPS_", vars)?;
         config.validate()?;
+        config.http_bind_ip = bind_addr("VPS_HTTP_BIND", &config.http_bind)?;
         config.tls = ClientTls::from_config(&config)?;
         Ok(config)
     }
@@ -132,16 +148,11 @@ impl ServiceConfig {
                 &format!("valid URLs, got {url:?}"),
             )?;
         }
-        ensure(
-            !self.gateway_api_secret.is_empty(),
-            "VPS_GATEWAY_API_SECRET",
-            "a non-empty secret",
-        )?;
-        ensure(
-            !self.environment.is_empty(),
-            "VPS_ENVIRONMENT",
-            "a non-empty label",
-        )?;
+        check_secret("VPS_GATEWAY_API_SECRET", self.gateway_api_secret.expose())?;
+        // The gateway's hello check, applied before dialling so a bad id
+        // stops the instance instead of being refused forever.
+        check_label("VPS_INSTANCE_ID", &self.instance_id(), 128)?;
+        check_label("VPS_ENVIRONMENT", &self.environment, 64)?;
         if let Some(url) = &self.database_url {
             ensure(
                 self.inventory_file.is_none(),
@@ -157,31 +168,24 @@ impl ServiceConfig {
                 "a postgres:// URL or a key=value connection string",
             )?;
         }
-        ensure(
-            (1..=1024).contains(&self.database_pool_size),
-            "VPS_DATABASE_POOL_SIZE",
-            "1 to 1024",
-        )?;
-        ensure(
-            self.max_concurrency >= 1,
-            "VPS_MAX_CONCURRENCY",
-            "at least 1",
-        )?;
-        ensure(
-            (1..=65_536).contains(&self.max_concurrency_per_gateway),
+        range("VPS_DATABASE_POOL_SIZE", self.database_pool_size, 1..=1024)?;
+        range("VPS_MAX_CONCURRENCY", self.max_concurrency, 1..=1_000_000)?;
+        range(
             "VPS_MAX_CONCURRENCY_PER_GATEWAY",
-            "1 to 65536",
+            self.max_concurrency_per_gateway,
+            1..=65_536,
         )?;
-        ensure(
-            self.reconnect_base_ms >= 1,
-            "VPS_RECONNECT_BASE_MS",
-            "at least 1",
-        )?;
-        ensure(
-            self.reconnect_max_ms >= self.reconnect_base_ms,
+        range("VPS_RECONNECT_BASE_MS", self.reconnect_base_ms, 1..=600_000)?;
+        range(
             "VPS_RECONNECT_MAX_MS",
-            "at least VPS_RECONNECT_BASE_MS",
+            self.reconnect_max_ms,
+            self.reconnect_base_ms..=3_600_000,
         )?;
+        range("VPS_DRAIN_GRACE_MS", self.drain_grace_ms, 0..=600_000)?;
+        if let Some(port) = self.http_port {
+            range("VPS_HTTP_PORT", port, 1..=65535)?;
+        }
+        range("VPS_HTTP_TIMEOUT_MS", self.http_timeout_ms, 100..=600_000)?;
         if let Some(format) = &self.log_format {
             ensure(
                 matches!(format.as_str(), "text" | "json"),
@@ -208,6 +212,16 @@ impl ServiceConfig {
                 .and_then(|h| h.into_string().ok())
                 .unwrap_or_else(|| "instance".into())
         })
+    }
+
+    /// Where the operator endpoints listen, when `VPS_HTTP_PORT` is set.
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.http_port
+            .map(|port| std::net::SocketAddr::new(self.http_bind_ip, port))
+    }
+
+    pub fn http_timeout(&self) -> Duration {
+        Duration::from_millis(self.http_timeout_ms)
     }
 
     pub fn reconnect_base(&self) -> Duration {
@@ -258,6 +272,84 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.starts_with("VPS_MAX_CONCURRENCY"), "{e}");
+    }
+
+    fn error(list: &[(&str, &str)]) -> String {
+        let mut all = vec![
+            ("VPS_GATEWAY_URL", "http://a:1537"),
+            ("VPS_GATEWAY_API_SECRET", "s"),
+        ];
+        all.extend_from_slice(list);
+        ServiceConfig::from_vars(vars(&all))
+            .expect_err("refused")
+            .to_string()
+    }
+
+    #[test]
+    fn a_misspelt_variable_stops_the_instance_naming_the_nearest_setting() {
+        assert_eq!(
+            error(&[("VPS_GATEWAY_URLS", "http://b:1537")]),
+            "VPS_GATEWAY_URLS: unknown variable; did you mean VPS_GATEWAY_URL?"
+        );
+    }
+
+    #[test]
+    fn id_environment_and_secret_pass_the_gateways_hello_check_before_dialling() {
+        let e = error(&[("VPS_INSTANCE_ID", "inst 1")]);
+        assert!(
+            e.starts_with("VPS_INSTANCE_ID: expected 1 to 128 bytes"),
+            "{e}"
+        );
+        let long = "x".repeat(129);
+        let e = error(&[("VPS_INSTANCE_ID", &long)]);
+        assert!(e.starts_with("VPS_INSTANCE_ID: expected"), "{e}");
+        let long = "e".repeat(65);
+        let e = error(&[("VPS_ENVIRONMENT", &long)]);
+        assert!(
+            e.starts_with("VPS_ENVIRONMENT: expected 1 to 64 bytes"),
+            "{e}"
+        );
+        let e = error(&[("VPS_ENVIRONMENT", "pröd")]);
+        assert!(e.starts_with("VPS_ENVIRONMENT: expected"), "{e}");
+        let e = ServiceConfig::from_vars(vars(&[
+            ("VPS_GATEWAY_URL", "http://a:1537"),
+            ("VPS_GATEWAY_API_SECRET", "line\nbreak"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("VPS_GATEWAY_API_SECRET: expected printable"),
+            "{e}"
+        );
+        let ok = ServiceConfig::from_vars(vars(&[
+            ("VPS_GATEWAY_URL", "http://a:1537"),
+            ("VPS_GATEWAY_API_SECRET", "s"),
+            ("VPS_INSTANCE_ID", "node-1/vps-service@beta:2"),
+            ("VPS_HTTP_PORT", "9092"),
+            ("VPS_HTTP_BIND", "localhost"),
+        ]))
+        .unwrap();
+        assert!(ok.http_addr().unwrap().ip().is_loopback());
+    }
+
+    #[test]
+    fn every_numeric_setting_is_range_checked() {
+        let huge = "18446744073709551615";
+        for (var, bad, range) in [
+            ("VPS_DATABASE_POOL_SIZE", "0", "1 to 1024"),
+            ("VPS_MAX_CONCURRENCY", huge, "1 to 1000000"),
+            ("VPS_RECONNECT_BASE_MS", "0", "1 to 600000"),
+            ("VPS_RECONNECT_MAX_MS", huge, "250 to 3600000"),
+            ("VPS_RECONNECT_MAX_MS", "100", "250 to 3600000"),
+            ("VPS_DRAIN_GRACE_MS", huge, "0 to 600000"),
+            ("VPS_HTTP_PORT", "0", "1 to 65535"),
+            ("VPS_HTTP_TIMEOUT_MS", "1", "100 to 600000"),
+        ] {
+            assert_eq!(
+                error(&[(var, bad)]),
+                format!("{var}={bad}: expected {range}")
+            );
+        }
     }
 
     #[test]

@@ -3,8 +3,12 @@
 //!
 //! - `GET /health`: each gateway link's state as JSON; `healthy` when every
 //!   link is up, `degraded` when some are, `unhealthy` (503) when none is.
-//! - `GET /metrics`: Prometheus text: handler calls by method and outcome,
-//!   their latency, handlers in flight, link connects and disconnects.
+//! - `GET /metrics`: Prometheus text (OpenMetrics when the `Accept` header
+//!   prefers it): handler calls by method and outcome, their latency,
+//!   handlers in flight, link connects and disconnects, `process_*`.
+//!
+//! A connection must send its request headers within `VPS_HTTP_TIMEOUT_MS`
+//! (also the idle limit between requests).
 //!
 //! [`ServiceMetrics`] counts handler calls as the dispatcher's
 //! [`DispatchObserver`]: set it in [`InstanceOptions::dispatch`](crate::InstanceOptions)
@@ -13,16 +17,19 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Json;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use gatemesh_handlers::DispatchObserver;
 use gatemesh_handlers::dispatch::code_name;
+use gatemesh_runtime::http::HttpStats;
+use gatemesh_runtime::metrics::{BuildInfo, Format, ProcessCollector};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::MetricType;
@@ -36,8 +43,6 @@ use tokio::net::TcpListener;
 use tonic::Code;
 
 use crate::link::Link;
-
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct CallLabels {
@@ -67,8 +72,9 @@ fn latency_histogram() -> Histogram {
 
 impl ServiceMetrics {
     /// Metrics for an instance serving `methods` (its registry's methods).
+    /// Every method and outcome starts at zero.
     pub fn new(methods: impl IntoIterator<Item = impl Into<String>>) -> Self {
-        Self {
+        let metrics = Self {
             methods: methods
                 .into_iter()
                 .map(|m| {
@@ -81,7 +87,26 @@ impl ServiceMetrics {
             calls: Family::default(),
             seconds: Family::new_with_constructor(latency_histogram),
             in_flight: Gauge::default(),
+        };
+        let labels: Vec<Arc<str>> = metrics
+            .methods
+            .values()
+            .cloned()
+            .chain([metrics.other.clone()])
+            .collect();
+        let outcomes = std::iter::once("ok").chain((1..=16).map(|c| code_name(Code::from_i32(c))));
+        for outcome in outcomes {
+            for method in &labels {
+                let _ = metrics.calls.get_or_create(&CallLabels {
+                    method: method.clone(),
+                    outcome,
+                });
+            }
         }
+        for method in labels {
+            let _ = metrics.seconds.get_or_create(&MethodLabels { method });
+        }
+        metrics
     }
 
     fn label(&self, method: &str) -> Arc<str> {
@@ -202,6 +227,8 @@ pub struct InstanceHealth {
     pub status: HealthStatus,
     pub instance_id: String,
     pub links: Vec<LinkView>,
+    /// Why the status is not `healthy`; empty when it is.
+    pub reasons: Vec<String>,
 }
 
 /// What the endpoints read: the instance's links and its metrics.
@@ -210,6 +237,43 @@ pub struct HttpState {
     instance_id: String,
     links: Vec<Arc<Link>>,
     registry: Arc<Registry>,
+    http: Arc<HttpStats>,
+    timeout: Duration,
+}
+
+/// The HTTP server's counters, read when scraped.
+#[derive(Debug)]
+struct HttpCollector(Arc<HttpStats>);
+
+impl Collector for HttpCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let counters: [(&str, &str, &AtomicU64); 3] = [
+            (
+                "http_connections",
+                "Connections accepted by the operator HTTP endpoints",
+                &self.0.connections,
+            ),
+            (
+                "http_timeouts",
+                "HTTP connections closed for sending no complete request header in time",
+                &self.0.timeouts,
+            ),
+            (
+                "http_accept_errors",
+                "Failed accepts on the HTTP port (out of file descriptors, ...)",
+                &self.0.accept_errors,
+            ),
+        ];
+        for (name, help, value) in counters {
+            ConstCounter::new(HttpStats::get(value)).encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Counter,
+            )?)?;
+        }
+        Ok(())
+    }
 }
 
 impl HttpState {
@@ -218,7 +282,15 @@ impl HttpState {
         links: &[Arc<Link>],
         metrics: Arc<ServiceMetrics>,
     ) -> Self {
-        let mut registry = Registry::with_prefix("gatemesh_service");
+        let http = Arc::new(HttpStats::default());
+        let mut root = Registry::default();
+        root.register_collector(Box::new(ProcessCollector));
+        let registry = root.sub_registry_with_prefix("gatemesh_service");
+        registry.register_collector(Box::new(BuildInfo {
+            name: "build_info".into(),
+            version: env!("CARGO_PKG_VERSION"),
+        }));
+        registry.register_collector(Box::new(HttpCollector(http.clone())));
         registry.register(
             "handler_calls",
             "Requests run by this instance's handlers, by method and outcome (ok or gRPC code)",
@@ -238,8 +310,17 @@ impl HttpState {
         Self {
             instance_id: instance_id.into(),
             links: links.to_vec(),
-            registry: Arc::new(registry),
+            registry: Arc::new(root),
+            http,
+            timeout: Duration::from_secs(5),
         }
+    }
+
+    /// The request-header and idle deadline (`VPS_HTTP_TIMEOUT_MS`); 5 s
+    /// unless set.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     pub fn health(&self) -> InstanceHealth {
@@ -258,24 +339,35 @@ impl HttpState {
             })
             .collect();
         let up = links.iter().filter(|l| l.connected).count();
-        let status = if up == links.len() && up > 0 {
-            HealthStatus::Healthy
-        } else if up > 0 {
-            HealthStatus::Degraded
-        } else {
+        let mut reasons: Vec<String> = links
+            .iter()
+            .filter(|l| !l.connected)
+            .map(|l| format!("{}: not connected", l.gateway))
+            .collect();
+        reasons.extend(gatemesh_runtime::limits::fd_pressure());
+        let status = if up == 0 {
             HealthStatus::Unhealthy
+        } else if reasons.is_empty() {
+            HealthStatus::Healthy
+        } else {
+            HealthStatus::Degraded
         };
         InstanceHealth {
             status,
             instance_id: self.instance_id.clone(),
             links,
+            reasons,
         }
     }
 
+    /// The Prometheus text exposition (format 0.0.4).
     pub fn render_metrics(&self) -> String {
-        let mut out = String::with_capacity(4 * 1024);
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        self.render_metrics_as(Format::Prometheus)
+    }
+
+    /// The exposition in `format`.
+    pub fn render_metrics_as(&self, format: Format) -> String {
+        gatemesh_runtime::metrics::render(&self.registry, format)
     }
 
     pub fn router(self) -> axum::Router {
@@ -292,8 +384,8 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, state.router())
-        .with_graceful_shutdown(shutdown)
+    let (timeout, stats) = (state.timeout, state.http.clone());
+    gatemesh_runtime::http::serve(listener, state.router(), timeout, stats, shutdown)
         .await
         .context("HTTP server failed")
 }
@@ -307,10 +399,12 @@ async fn health(State(state): State<HttpState>) -> Response {
     (code, Json(health)).into_response()
 }
 
-async fn metrics(State(state): State<HttpState>) -> Response {
+async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = Format::negotiate(accept);
     (
-        [(header::CONTENT_TYPE, CONTENT_TYPE)],
-        state.render_metrics(),
+        [(header::CONTENT_TYPE, format.content_type())],
+        state.render_metrics_as(format),
     )
         .into_response()
 }

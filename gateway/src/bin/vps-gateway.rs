@@ -1,17 +1,32 @@
 //! `vps-gateway`: reads `GATEWAY_*` settings, binds, and runs the gateway
-//! until SIGTERM or SIGINT.
+//! until SIGTERM or SIGINT. A start-up error is one line on stderr and a
+//! non-zero exit.
 
-use std::net::SocketAddr;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use gatemesh_gateway::GatewayConfig;
 use tokio::net::TcpListener;
 
+fn main() -> ExitCode {
+    gatemesh_runtime::exit_code("vps-gateway", run())
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let config = GatewayConfig::from_vars(std::env::vars()).context("invalid configuration")?;
-    gatemesh_runtime::logging::init(config.log_format.as_deref());
-    let addr = SocketAddr::new(config.bind, config.grpc_port);
+async fn run() -> anyhow::Result<()> {
+    let config = GatewayConfig::from_vars(std::env::vars())?;
+    let rust_log = std::env::var("RUST_LOG").ok();
+    gatemesh_runtime::logging::init(config.log_format.as_deref(), rust_log.as_deref())?;
+    match gatemesh_runtime::limits::raise_fd_limit() {
+        Ok(limit) => tracing::info!(
+            soft = limit.soft,
+            hard = limit.hard,
+            was = limit.was,
+            "file descriptor limit"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the file descriptor limit"),
+    }
+    let addr = config.grpc_addr();
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} (GATEWAY_BIND, GATEWAY_GRPC_PORT)"))?;

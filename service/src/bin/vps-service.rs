@@ -1,7 +1,8 @@
 //! `vps-service`: reads `VPS_*` settings, loads the inventory, and serves
 //! `FindVPSByLease` to every configured gateway until SIGTERM or SIGINT.
+//! A start-up error is one line on stderr and a non-zero exit.
 
-use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -13,10 +14,24 @@ use gatemesh_service::inventory::{Inventory, MemoryInventory, PostgresInventory}
 use gatemesh_service::{Instance, InstanceOptions, ServiceConfig, ServiceMetrics};
 use tokio::net::TcpListener;
 
+fn main() -> ExitCode {
+    gatemesh_runtime::exit_code("vps-service", run())
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let config = ServiceConfig::from_vars(std::env::vars()).context("invalid configuration")?;
-    gatemesh_runtime::logging::init(config.log_format.as_deref());
+async fn run() -> anyhow::Result<()> {
+    let config = ServiceConfig::from_vars(std::env::vars())?;
+    let rust_log = std::env::var("RUST_LOG").ok();
+    gatemesh_runtime::logging::init(config.log_format.as_deref(), rust_log.as_deref())?;
+    match gatemesh_runtime::limits::raise_fd_limit() {
+        Ok(limit) => tracing::info!(
+            soft = limit.soft,
+            hard = limit.hard,
+            was = limit.was,
+            "file descriptor limit"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the file descriptor limit"),
+    }
     let inventory: Arc<dyn Inventory> = match (&config.database_url, &config.inventory_file) {
         (Some(url), _) => Arc::new(
             PostgresInventory::connect(url.expose(), config.database_pool_size)
@@ -36,9 +51,8 @@ async fn main() -> anyhow::Result<()> {
     let mut options = InstanceOptions::from_config(&config);
     let metrics = Arc::new(ServiceMetrics::new(registry.methods()));
     options.dispatch.observer = Some(metrics.clone());
-    let http_listener = match config.http_port {
-        Some(port) => {
-            let addr = SocketAddr::new(config.http_bind, port);
+    let http_listener = match config.http_addr() {
+        Some(addr) => {
             let listener = TcpListener::bind(addr).await.with_context(|| {
                 format!("cannot listen on {addr} (VPS_HTTP_BIND, VPS_HTTP_PORT)")
             })?;
@@ -47,12 +61,13 @@ async fn main() -> anyhow::Result<()> {
         None => None,
     };
     tracing::info!(instance = %options.id, environment = %options.environment,
-        gateways = ?config.gateway_urls(), "starting instance");
+        gateways = %config.gateway_urls().join(","), "starting instance");
     let instance = Instance::new(options, registry).start(config.gateway_urls());
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let http = http_listener.map(|(addr, listener)| {
         tracing::info!(%addr, "operator endpoints listening");
-        let state = HttpState::new(instance.id(), instance.links(), metrics);
+        let state = HttpState::new(instance.id(), instance.links(), metrics)
+            .with_timeout(config.http_timeout());
         tokio::spawn(gatemesh_service::http::serve(state, listener, async {
             let _ = http_stopped.await;
         }))
