@@ -115,6 +115,16 @@ pub struct GatewayConfig {
     /// that off.
     #[serde(default = "defaults::dhcp_vps_hostname_prefix")]
     pub dhcp_vps_hostname_prefix: String,
+    /// `GATEWAY_CONN_HANDSHAKE_TIMEOUT_MS`: a new gRPC connection must
+    /// finish TLS and the HTTP/2 preface and send a request carrying the
+    /// secret within this, or it is closed (see [`crate::listener`]).
+    #[serde(default = "defaults::conn_handshake_timeout_ms")]
+    pub conn_handshake_timeout_ms: u64,
+    /// `GATEWAY_CONN_MAX_UNAUTHENTICATED`: gRPC connections open without an
+    /// authenticated request yet; one more closes the oldest. Unset: 1024,
+    /// or half the open-file limit when that is lower.
+    #[serde(default)]
+    pub conn_max_unauthenticated: Option<usize>,
 }
 
 mod defaults {
@@ -171,6 +181,9 @@ mod defaults {
     pub fn dhcp_vps_hostname_prefix() -> String {
         "vps-".into()
     }
+    pub fn conn_handshake_timeout_ms() -> u64 {
+        5_000
+    }
 }
 
 impl GatewayConfig {
@@ -180,6 +193,7 @@ impl GatewayConfig {
     ) -> Result<Self, ConfigError> {
         let mut config: Self = from_vars("GATEWAY_", vars)?;
         config.validate()?;
+        config.validate_conn()?;
         config.tls = GatewayTls::from_config(&config)?;
         Ok(config)
     }
@@ -287,6 +301,20 @@ impl GatewayConfig {
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')),
             "GATEWAY_DHCP_VPS_HOSTNAME_PREFIX",
             "letters, digits, `-`, `_` or `.`",
+        )
+    }
+
+    fn validate_conn(&self) -> Result<(), ConfigError> {
+        ensure(
+            (100..=600_000).contains(&self.conn_handshake_timeout_ms),
+            "GATEWAY_CONN_HANDSHAKE_TIMEOUT_MS",
+            "100 to 600000 milliseconds",
+        )?;
+        ensure(
+            self.conn_max_unauthenticated
+                .is_none_or(|n| (1..=1_000_000).contains(&n)),
+            "GATEWAY_CONN_MAX_UNAUTHENTICATED",
+            "1 to 1000000 connections",
         )
     }
 

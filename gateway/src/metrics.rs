@@ -31,6 +31,8 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// The gRPC port's connections (see [`crate::listener`]).
+    pub(crate) connections: Arc<crate::listener::Connections>,
 }
 
 impl Metrics {
@@ -67,7 +69,12 @@ impl Metrics {
             started,
         }));
         registry.register_collector(Box::new(DhcpMetrics(dhcp)));
-        Self { registry }
+        let connections = Arc::new(crate::listener::Connections::default());
+        registry.register_collector(Box::new(crate::listener::ConnMetrics(connections.clone())));
+        Self {
+            registry,
+            connections,
+        }
     }
 
     /// The OpenMetrics text exposition (Prometheus reads it as is).
