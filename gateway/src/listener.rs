@@ -240,6 +240,7 @@ impl Burst {
 #[derive(Debug)]
 struct Conn {
     id: u64,
+    local: Option<SocketAddr>,
     remote: Option<SocketAddr>,
     /// Tonic took the connection over: after the TLS handshake, or at once
     /// without TLS.
@@ -253,7 +254,8 @@ struct Conn {
 #[derive(Debug, Default)]
 struct Table {
     next_id: u64,
-    by_addr: HashMap<SocketAddr, Arc<Conn>>,
+    /// By (local, remote) address: what a request's connect info names.
+    by_addr: HashMap<(Option<SocketAddr>, SocketAddr), Arc<Conn>>,
     /// Unauthenticated connections, oldest first (ids only grow).
     unauthenticated: BTreeMap<u64, Arc<Conn>>,
 }
@@ -303,22 +305,21 @@ impl Connections {
 
     /// Registers a new connection; beyond `cap`, the oldest
     /// unauthenticated ones are told to close.
-    fn admit(&self, remote: Option<SocketAddr>, cap: usize) -> Arc<Conn> {
+    fn admit(&self, local: Option<SocketAddr>, remote: SocketAddr, cap: usize) -> Arc<Conn> {
         let mut evicted = Vec::new();
         let conn = {
             let mut table = self.table.lock();
             table.next_id += 1;
             let conn = Arc::new(Conn {
                 id: table.next_id,
-                remote,
+                local,
+                remote: Some(remote),
                 handshaken: AtomicBool::new(false),
                 requested: AtomicBool::new(false),
                 authenticated: AtomicBool::new(false),
                 evict: CancellationToken::new(),
             });
-            if let Some(addr) = remote {
-                table.by_addr.insert(addr, conn.clone());
-            }
+            table.by_addr.insert((local, remote), conn.clone());
             table.unauthenticated.insert(conn.id, conn.clone());
             while table.unauthenticated.len() > cap {
                 let Some((_, oldest)) = table.unauthenticated.pop_first() else {
@@ -344,8 +345,8 @@ impl Connections {
         conn
     }
 
-    fn lookup(&self, addr: SocketAddr) -> Option<Arc<Conn>> {
-        self.table.lock().by_addr.get(&addr).cloned()
+    fn lookup(&self, local: Option<SocketAddr>, remote: SocketAddr) -> Option<Arc<Conn>> {
+        self.table.lock().by_addr.get(&(local, remote)).cloned()
     }
 
     fn authenticated(&self, conn: &Conn) {
@@ -357,10 +358,11 @@ impl Connections {
     /// The connection is gone; its entries go if they are still its own.
     fn forget(&self, conn: &Conn) {
         let mut table = self.table.lock();
-        if let Some(addr) = conn.remote
-            && table.by_addr.get(&addr).is_some_and(|c| c.id == conn.id)
-        {
-            table.by_addr.remove(&addr);
+        if let Some(remote) = conn.remote {
+            let key = (conn.local, remote);
+            if table.by_addr.get(&key).is_some_and(|c| c.id == conn.id) {
+                table.by_addr.remove(&key);
+            }
         }
         table.unauthenticated.remove(&conn.id);
     }
@@ -541,8 +543,7 @@ impl tonic::service::Interceptor for Track {
         let conn = request
             .extensions()
             .get::<TcpConnectInfo>()
-            .and_then(TcpConnectInfo::remote_addr)
-            .and_then(|addr| self.connections.lookup(addr));
+            .and_then(|info| self.connections.lookup(info.local_addr, info.remote_addr?));
         if let Some(conn) = conn
             && !conn.authenticated.load(Ordering::Relaxed)
         {
@@ -579,9 +580,10 @@ impl Stream for Incoming {
                 Ok((stream, remote)) => {
                     this.backoff = BACKOFF_MIN;
                     let _ = stream.set_nodelay(true);
-                    let conn = this
-                        .connections
-                        .admit(Some(remote), this.limits.max_unauthenticated);
+                    let local = stream.local_addr().ok();
+                    let conn =
+                        this.connections
+                            .admit(local, remote, this.limits.max_unauthenticated);
                     return Poll::Ready(Some(Ok(ConnIo::new(
                         stream,
                         conn,
@@ -774,5 +776,108 @@ impl AsyncWrite for ConnIo {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Result<GatewayConfig, String> {
+        let mut all = vec![("GATEWAY_API_SECRET".to_string(), "s".to_string())];
+        all.extend(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        GatewayConfig::from_vars(all).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn settings_default_and_range_checks_name_the_variable() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.conn_handshake_timeout_ms, 5_000);
+        assert_eq!(c.conn_max_unauthenticated, None);
+        for (var, bad) in [
+            ("GATEWAY_CONN_HANDSHAKE_TIMEOUT_MS", "0"),
+            ("GATEWAY_CONN_HANDSHAKE_TIMEOUT_MS", "600001"),
+            ("GATEWAY_CONN_HANDSHAKE_TIMEOUT_MS", "-1"),
+            ("GATEWAY_CONN_MAX_UNAUTHENTICATED", "0"),
+            ("GATEWAY_CONN_MAX_UNAUTHENTICATED", "1000001"),
+            ("GATEWAY_CONN_MAX_UNAUTHENTICATED", "18446744073709551616"),
+        ] {
+            let e = config(&[(var, bad)]).unwrap_err();
+            assert!(e.starts_with(var), "{var}={bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_default_cap_stays_under_half_the_descriptor_limit() {
+        let c = config(&[("GATEWAY_CONN_HANDSHAKE_TIMEOUT_MS", "1000")]).unwrap();
+        let limits = Limits::new(&c, Some(1024));
+        assert_eq!(limits.max_unauthenticated, 512);
+        assert_eq!(limits.deadline, Duration::from_secs(1));
+        assert!(!limits.tls);
+        assert_eq!(Limits::new(&c, Some(65_536)).max_unauthenticated, 1024);
+        assert_eq!(Limits::new(&c, None).max_unauthenticated, 1024);
+        assert_eq!(Limits::new(&c, Some(1)).max_unauthenticated, 1);
+        let c = config(&[("GATEWAY_CONN_MAX_UNAUTHENTICATED", "4096")]).unwrap();
+        assert_eq!(Limits::new(&c, Some(1024)).max_unauthenticated, 4096);
+        assert!(fd_soft_limit().is_some_and(|n| n > 0));
+    }
+
+    #[test]
+    fn accept_errors_that_pause_and_those_that_do_not() {
+        let os = |e: Errno| io::Error::from_raw_os_error(e as i32);
+        assert_eq!(
+            AcceptFailure::classify(&os(Errno::EMFILE)),
+            Some(AcceptFailure::Descriptors)
+        );
+        assert_eq!(
+            AcceptFailure::classify(&os(Errno::ENFILE)),
+            Some(AcceptFailure::Descriptors)
+        );
+        assert_eq!(
+            AcceptFailure::classify(&os(Errno::ENOBUFS)),
+            Some(AcceptFailure::Memory)
+        );
+        assert_eq!(
+            AcceptFailure::classify(&os(Errno::EINVAL)),
+            Some(AcceptFailure::Other)
+        );
+        assert_eq!(AcceptFailure::classify(&os(Errno::ECONNABORTED)), None);
+        assert_eq!(AcceptFailure::classify(&os(Errno::EINTR)), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_is_logged_once_and_shown_until_it_has_been_quiet() {
+        let burst = Burst::default();
+        assert_eq!(burst.current(), None);
+        assert!(burst.hit());
+        tokio::time::advance(QUIET / 2).await;
+        assert!(!burst.hit());
+        assert_eq!(burst.current(), Some(2));
+        tokio::time::advance(QUIET).await;
+        assert_eq!(burst.current(), None);
+        assert!(burst.hit(), "a new burst after a quiet period");
+    }
+
+    #[test]
+    fn past_the_cap_the_oldest_unauthenticated_connection_is_told_to_close() {
+        let c = Connections::default();
+        let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let local = Some(addr(1537));
+        let first = c.admit(local, addr(1), 2);
+        let second = c.admit(local, addr(2), 2);
+        c.authenticated(&first);
+        let third = c.admit(local, addr(3), 2);
+        assert!(!first.evict.is_cancelled(), "authenticated: exempt");
+        assert_eq!(c.unauthenticated(), 2);
+        let fourth = c.admit(local, addr(4), 2);
+        assert!(second.evict.is_cancelled(), "the oldest unauthenticated");
+        assert!(!third.evict.is_cancelled() && !fourth.evict.is_cancelled());
+        assert_eq!((c.evicted(), c.unauthenticated(), c.open()), (1, 2, 4));
+        assert!(c.cap_problem().is_some());
+        assert!(c.lookup(local, addr(3)).is_some_and(|x| x.id == third.id));
+        assert!(c.lookup(Some(addr(80)), addr(3)).is_none());
+        c.forget(&second);
+        c.forget(&third);
+        assert_eq!((c.unauthenticated(), c.open()), (1, 2));
     }
 }
