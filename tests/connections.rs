@@ -273,27 +273,66 @@ fn reasons(health: &serde_json::Value) -> String {
     health["reasons"].to_string()
 }
 
-/// Opens `n` TCP connections to `addr` that never send a byte.
+/// Opens `n` TCP connections to `addr` at once that never send a byte;
+/// those the gateway never lets through in 30 s are left out.
 fn idle_sockets(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
-    (0..n)
-        .map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(30)).unwrap())
-        .collect()
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let attempts: Vec<_> = (0..n)
+            .map(|_| {
+                tokio::spawn(tokio::time::timeout(
+                    Duration::from_secs(30),
+                    tokio::net::TcpStream::connect(addr),
+                ))
+            })
+            .collect();
+        let mut open = Vec::new();
+        for attempt in attempts {
+            if let Ok(Ok(Ok(stream))) = attempt.await {
+                open.push(stream.into_std().unwrap());
+            }
+        }
+        open
+    })
 }
 
-/// Asserts the gateway used well under one core while idle sockets
-/// pressed on it: a spinning accept loop burns all of one.
-fn assert_not_spinning(pid: u32, window: Duration) {
-    let ticks = clock_ticks_per_second();
-    let before = cpu_ticks(pid);
-    let started = std::time::Instant::now();
-    std::thread::sleep(window);
-    let used = (cpu_ticks(pid) - before) as f64 / ticks as f64;
-    let share = used / started.elapsed().as_secs_f64();
-    assert!(
-        share < 0.5,
-        "the gateway used {:.0} % of a core",
-        share * 100.0
-    );
+/// The gateway's CPU time from its creation to [`Cpu::assert_not_spinning`].
+struct Cpu {
+    pid: u32,
+    ticks: u64,
+    started: std::time::Instant,
+}
+
+impl Cpu {
+    fn start(pid: u32) -> Self {
+        Self {
+            pid,
+            ticks: cpu_ticks(pid),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Asserts the gateway used a small share of one core since `start`:
+    /// an accept loop retrying EMFILE at once burns most of one (40 to
+    /// 85 % measured, depending on how busy the machine is), a backing-off
+    /// one about 1 %.
+    fn assert_not_spinning(self) {
+        let used = (cpu_ticks(self.pid) - self.ticks) as f64 / clock_ticks_per_second() as f64;
+        let elapsed = self.started.elapsed();
+        let share = used / elapsed.as_secs_f64();
+        eprintln!(
+            "gateway CPU over {elapsed:?}: {:.1} % of a core",
+            share * 100.0
+        );
+        assert!(
+            share < 0.25,
+            "the gateway used {:.0} % of a core",
+            share * 100.0
+        );
+    }
 }
 
 fn inventory(dir_name: &str) -> std::path::PathBuf {
@@ -338,6 +377,7 @@ fn at_the_fd_limit_the_cap_keeps_room_for_a_real_instance_and_health() {
         |_| true,
     );
 
+    let cpu = Cpu::start(gateway.pid());
     let sockets = idle_sockets(loopback(port), 1_100);
     let inventory = inventory("gatemesh-conn-cap");
     let _service = start_service("inst-cap", &format!("http://127.0.0.1:{port}"), &inventory);
@@ -351,7 +391,9 @@ fn at_the_fd_limit_the_cap_keeps_room_for_a_real_instance_and_health() {
         reasons(&health).contains("unauthenticated connections at the cap"),
         "{health}"
     );
-    assert_not_spinning(gateway.pid(), Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(2));
+    cpu.assert_not_spinning();
+    assert_eq!(sockets.len(), 1_100, "connections the gateway let in");
     let metrics = try_get(http, "/metrics").expect("/metrics answers");
     let evicted = http::sample(&metrics, "gatemesh_gateway_connections_evicted_total", "");
     assert!(evicted >= 1_100.0 - 512.0, "evicted {evicted}");
@@ -378,8 +420,11 @@ fn out_of_descriptors_the_accept_loop_backs_off_and_health_says_so() {
         |_| true,
     );
 
+    let cpu = Cpu::start(gateway.pid());
     let sockets = idle_sockets(loopback(port), 1_100);
-    assert_not_spinning(gateway.pid(), Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(2));
+    cpu.assert_not_spinning();
+    assert_eq!(sockets.len(), 1_100, "connections the gateway let in");
     wait_health(
         http,
         Duration::from_secs(30),
