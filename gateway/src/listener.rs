@@ -402,10 +402,10 @@ impl Connections {
         let what = match AcceptFailure::ALL.get(self.last_failure.load(Ordering::Relaxed)) {
             Some(AcceptFailure::Descriptors) => "out of file descriptors",
             Some(AcceptFailure::Memory) => "out of memory",
-            _ => "failing",
+            _ => "unexpected errors",
         };
         Some(format!(
-            "gRPC accept {what} ({failures} failed accepts in a row); backing off"
+            "accept failing, {what} ({failures} failures in this burst); backing off"
         ))
     }
 
@@ -505,9 +505,9 @@ pub(crate) fn incoming(gateway: &Gateway, listener: TcpListener) -> Incoming {
         "gRPC connections must authenticate in time"
     );
     let c = connections.clone();
-    gateway.add_health_check("grpc_accept", move || c.accept_problem());
+    gateway.add_health_check("grpc_port", move || c.accept_problem());
     let c = connections.clone();
-    gateway.add_health_check("grpc_connections", move || c.cap_problem());
+    gateway.add_health_check("grpc_port", move || c.cap_problem());
     Incoming {
         listener,
         connections,
