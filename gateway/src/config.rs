@@ -136,6 +136,16 @@ pub struct GatewayConfig {
     /// that off.
     #[serde(default = "defaults::dhcp_vps_hostname_prefix")]
     pub dhcp_vps_hostname_prefix: String,
+    /// `GATEWAY_CONN_HANDSHAKE_TIMEOUT_MS`: a new gRPC connection must
+    /// finish TLS and the HTTP/2 preface and send a request carrying the
+    /// secret within this, or it is closed (see [`crate::listener`]).
+    #[serde(default = "defaults::conn_handshake_timeout_ms")]
+    pub conn_handshake_timeout_ms: u64,
+    /// `GATEWAY_CONN_MAX_UNAUTHENTICATED`: gRPC connections open without an
+    /// authenticated request yet; one more closes the oldest. Unset: 1024,
+    /// or half the open-file limit when that is lower.
+    #[serde(default)]
+    pub conn_max_unauthenticated: Option<usize>,
 }
 
 mod defaults {
@@ -207,6 +217,9 @@ mod defaults {
     pub fn dhcp_vps_hostname_prefix() -> String {
         "vps-".into()
     }
+    pub fn conn_handshake_timeout_ms() -> u64 {
+        5_000
+    }
 }
 
 /// Settings where an empty value is a value (README says what it does);
@@ -220,6 +233,7 @@ impl GatewayConfig {
     ) -> Result<Self, ConfigError> {
         let mut config: Self = from_vars_with("GATEWAY_", vars, EMPTY_ALLOWED)?;
         config.validate()?;
+        config.validate_conn()?;
         config.bind_ip = bind_addr("GATEWAY_BIND", &config.bind)?;
         config.http_bind_ip = bind_addr("GATEWAY_HTTP_BIND", &config.http_bind)?;
         config.tls = GatewayTls::from_files(
@@ -351,6 +365,20 @@ impl GatewayConfig {
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')),
             "GATEWAY_DHCP_VPS_HOSTNAME_PREFIX",
             "letters, digits, `-`, `_` or `.`",
+        )
+    }
+
+    fn validate_conn(&self) -> Result<(), ConfigError> {
+        ensure(
+            (100..=600_000).contains(&self.conn_handshake_timeout_ms),
+            "GATEWAY_CONN_HANDSHAKE_TIMEOUT_MS",
+            "100 to 600000 milliseconds",
+        )?;
+        ensure(
+            self.conn_max_unauthenticated
+                .is_none_or(|n| (1..=1_000_000).contains(&n)),
+            "GATEWAY_CONN_MAX_UNAUTHENTICATED",
+            "1 to 1000000 connections",
         )
     }
 

@@ -13,6 +13,8 @@
 //! - [`peer`]: [`Peer`], one connected instance: its outbound queue, its
 //!   pending calls, its incoming requests.
 //! - [`instances`]: [`Instances`], the registry of connected peers.
+//! - [`listener`]: the gRPC port's accept loop, and the deadline and cap
+//!   on connections that have not authenticated yet.
 //! - [`stream`]: the `RegisterGateway` handshake and per-stream loop.
 //! - [`call`]: [`Mesh`], the typed call API and its routing strategies.
 //! - [`error`]: [`CallError`] and its one mapping to gRPC status codes.
@@ -37,6 +39,7 @@ pub mod error;
 pub mod http;
 pub mod info;
 pub mod instances;
+pub mod listener;
 pub mod metrics;
 pub mod peer;
 pub mod server;

@@ -37,6 +37,8 @@ pub struct Metrics {
     registry: Registry,
     per_instance: Arc<AtomicBool>,
     http: Arc<HttpStats>,
+    /// The gRPC port's connections (see [`crate::listener`]).
+    pub(crate) connections: Arc<crate::listener::Connections>,
 }
 
 /// Every outcome label a call can have: each gRPC code's name, `OK` first.
@@ -120,8 +122,11 @@ impl Metrics {
             http: http.clone(),
         }));
         registry.register_collector(Box::new(DhcpMetrics(dhcp)));
+        let connections = Arc::new(crate::listener::Connections::default());
+        registry.register_collector(Box::new(crate::listener::ConnMetrics(connections.clone())));
         Self {
             registry: root,
+            connections,
             per_instance,
             http,
         }

@@ -13,7 +13,6 @@ use gatemesh_proto::pb::gateway_server::GatewayServer;
 use rand::Rng;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::admin::AdminService;
@@ -197,17 +196,15 @@ impl Gateway {
         let server = crate::tls::apply(tonic::transport::Server::builder(), config.tls.as_ref())?
             .http2_keepalive_interval(Some(config.heartbeat_interval()))
             .http2_keepalive_timeout(Some(config.liveness_timeout()))
+            .layer(crate::listener::layer(&self))
             .add_service(gateway)
             .add_service(admin)
             .add_service(health)
             .add_service(reflection)
             .add_service(reflection_alpha)
-            .serve_with_incoming_shutdown(
-                TcpIncoming::from(listener).with_nodelay(Some(true)),
-                async {
-                    let _ = stop_rx.await;
-                },
-            );
+            .serve_with_incoming_shutdown(crate::listener::incoming(&self, listener), async {
+                let _ = stop_rx.await;
+            });
         tokio::pin!(server);
         shared.serving.store(true, Ordering::Relaxed);
         tokio::select! {
