@@ -92,6 +92,7 @@ async fn dhcp_flow(gateway: &Gateway) -> anyhow::Result<()> {
         hosts.display()
     );
     print!("{}", std::fs::read_to_string(&hosts)?);
+    println!("(10.0.3.7 calls itself vps-prod-2: a tenant's hostname names nothing)");
 
     // dnsmasq rewrites its lease file: the beta VM's lease is gone, a new
     // prod VM got one.

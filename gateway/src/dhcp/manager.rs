@@ -527,6 +527,8 @@ struct Owner<'s> {
     reread_at: Option<Instant>,
     first_event: Option<Instant>,
     measured_at: Option<Instant>,
+    /// The malformed lines of the last read, so each is logged once.
+    last_warnings: Vec<leases::ParseWarning>,
 }
 
 impl<'s> Owner<'s> {
@@ -566,6 +568,7 @@ impl<'s> Owner<'s> {
             reread_at: None,
             first_event: None,
             measured_at: None,
+            last_warnings: Vec::new(),
         }
     }
 
@@ -779,19 +782,24 @@ impl<'s> Owner<'s> {
         self.status.lease_reads += 1;
         self.status.malformed_lines = parsed.malformed;
         self.status.malformed_total += parsed.malformed as u64;
-        for warning in &parsed.warnings {
-            tracing::warn!(
-                file = %self.config.leases_file.display(),
-                line = warning.line,
-                reason = %warning.message,
-                "malformed lease line skipped"
-            );
-        }
-        if parsed.malformed > parsed.warnings.len() {
-            tracing::warn!(
-                more = parsed.malformed - parsed.warnings.len(),
-                "more malformed lease lines skipped"
-            );
+        // The same bad lines read again (every reconcile, every rewrite)
+        // are not logged again.
+        if parsed.warnings != self.last_warnings {
+            for warning in &parsed.warnings {
+                tracing::warn!(
+                    file = %self.config.leases_file.display(),
+                    line = warning.line,
+                    reason = %warning.message,
+                    "malformed lease line skipped"
+                );
+            }
+            if parsed.malformed > parsed.warnings.len() {
+                tracing::warn!(
+                    more = parsed.malformed - parsed.warnings.len(),
+                    "more malformed lease lines skipped"
+                );
+            }
+            self.last_warnings = std::mem::take(&mut parsed.warnings);
         }
         let dropped = parsed.leases.len().saturating_sub(self.config.max_leases);
         if dropped > 0 && self.status.leases_dropped == 0 {
