@@ -101,14 +101,25 @@ async fn the_real_gateway_names_only_what_an_allowed_instance_holds() {
     })
     .await;
     let http = loopback(http_port);
-    let (_, metrics) = get(http, "/metrics").await;
+    // The reload is tried right after the write the test just saw.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let metrics = loop {
+        let (_, metrics) = get(http, "/metrics").await;
+        if sample(&metrics, "gatemesh_gateway_dhcp_reload_failures_total", "") >= 1.0 {
+            break metrics;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no reload refused: {metrics}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
     assert_eq!(
         sample(&metrics, "gatemesh_gateway_dhcp_malformed_lines", ""),
         2.0,
         "{metrics}"
     );
     assert_eq!(sample(&metrics, "gatemesh_gateway_dhcp_leases", ""), 3.0);
-    assert!(sample(&metrics, "gatemesh_gateway_dhcp_reload_failures_total", "") >= 1.0);
     let (_, health) = get_json(http, "/health").await;
     let reasons = health["reasons"].to_string();
     assert!(
