@@ -50,6 +50,12 @@ async fn dnsmasq_answers_for_each_lease_and_forgets_it_once_gone() {
     config.retry_base = Duration::from_millis(20);
     config.retry_max = Duration::from_millis(200);
     config.reconcile = Duration::from_secs(3600);
+    // The opt-in for trusted networks: a hostname inside the VPS namespace
+    // names its lease.
+    config.trust_hostnames = true;
+    // A vanished lease's name goes at once, rather than after the grace
+    // that protects against half-written lease files.
+    config.vanish_grace = Duration::from_millis(100);
     let (manager, handle) = DhcpManager::new(config);
     let stop = CancellationToken::new();
     let task = tokio::spawn(manager.run(gw.gateway.mesh(), stop.clone().cancelled_owned()));
@@ -85,7 +91,7 @@ async fn dnsmasq_answers_for_each_lease_and_forgets_it_once_gone() {
     );
     wait_dns(port, "vps-e2e-1", &[Ipv4Addr::new(10, 77, 0, 5)]).await;
 
-    // Two more: one named by its hostname (no call needed), one that no
+    // Two more: one named by its (trusted) hostname, no call needed; one that no
     // instance knows (retried, never written).
     let three = [
         lease(later, MAC_KNOWN, "10.77.0.5", "*"),
@@ -234,7 +240,7 @@ async fn leases_wait_for_an_instance_and_get_leases_reports_them() {
     // The instance asks the gateway for its leases over its stream.
     instance.wait_connected().await;
     let answer = instance
-        .call::<GetLeases>(pb::GetLeasesRequest {}, Duration::from_secs(5))
+        .call::<GetLeases>(pb::GetLeasesRequest::default(), Duration::from_secs(5))
         .await
         .unwrap();
     assert_eq!(
@@ -278,6 +284,7 @@ async fn vps_gateway_config_turns_the_manager_on() {
             &*dir.join("hosts").to_string_lossy(),
         ),
         ("GATEWAY_DHCP_VPS_HOSTNAME_PREFIX", "vm-"),
+        ("GATEWAY_DHCP_TRUST_HOSTNAMES", "true"),
     ]
     .map(|(k, v)| (k.to_string(), v.to_string()));
     let config = GatewayConfig::from_vars(vars).unwrap();

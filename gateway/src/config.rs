@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use gatemesh_runtime::env::{bind_addr, check_label, check_secret, ensure, from_vars_with, range};
+use gatemesh_runtime::env::{bind_addr, check_label, check_secret, ensure, from_vars, range};
 use gatemesh_runtime::{ConfigError, Secret};
 use serde::Deserialize;
 
@@ -131,9 +131,9 @@ pub struct GatewayConfig {
     /// at a lease nobody knows yet.
     #[serde(default = "defaults::dhcp_retry_max_ms")]
     pub dhcp_retry_max_ms: u64,
-    /// `GATEWAY_DHCP_VPS_HOSTNAME_PREFIX`: a lease whose hostname starts
-    /// with this is named by its hostname, without a call; empty turns
-    /// that off.
+    /// `GATEWAY_DHCP_VPS_HOSTNAME_PREFIX`: every name written to the
+    /// hosts file starts with this (the VPS namespace); with
+    /// `GATEWAY_DHCP_TRUST_HOSTNAMES`, also the hostnames taken as names.
     #[serde(default = "defaults::dhcp_vps_hostname_prefix")]
     pub dhcp_vps_hostname_prefix: String,
     /// `GATEWAY_CONN_HANDSHAKE_TIMEOUT_MS`: a new gRPC connection must
@@ -146,6 +146,22 @@ pub struct GatewayConfig {
     /// or half the open-file limit when that is lower.
     #[serde(default)]
     pub conn_max_unauthenticated: Option<usize>,
+    /// `GATEWAY_DHCP_VPS_DOMAIN`: when set, every name written also ends
+    /// with `.<domain>`.
+    #[serde(default)]
+    pub dhcp_vps_domain: Option<String>,
+    /// `GATEWAY_DHCP_TRUST_HOSTNAMES`: a lease whose DHCP hostname is in
+    /// the VPS namespace is named by it, without a call. The tenant's VM
+    /// chooses its hostname: trusted networks only. Off by default.
+    #[serde(default)]
+    pub dhcp_trust_hostnames: bool,
+    /// `GATEWAY_DHCP_ENVIRONMENTS`: comma-separated environments whose
+    /// instances may name leases here (e.g. `prod`); unset: any.
+    #[serde(default)]
+    pub dhcp_environments: Option<String>,
+    /// `GATEWAY_DHCP_MAX_LEASES`: leases tracked at most.
+    #[serde(default = "defaults::dhcp_max_leases")]
+    pub dhcp_max_leases: usize,
 }
 
 mod defaults {
@@ -220,18 +236,17 @@ mod defaults {
     pub fn conn_handshake_timeout_ms() -> u64 {
         5_000
     }
+    pub fn dhcp_max_leases() -> usize {
+        262_144
+    }
 }
-
-/// Settings where an empty value is a value (README says what it does);
-/// for every other one empty means unset.
-const EMPTY_ALLOWED: &[&str] = &["GATEWAY_DHCP_VPS_HOSTNAME_PREFIX"];
 
 impl GatewayConfig {
     /// Reads the settings from `vars` (the process environment in `main`).
     pub fn from_vars(
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let mut config: Self = from_vars_with("GATEWAY_", vars, EMPTY_ALLOWED)?;
+        let mut config: Self = from_vars("GATEWAY_", vars)?;
         config.validate()?;
         config.validate_conn()?;
         config.bind_ip = bind_addr("GATEWAY_BIND", &config.bind)?;
@@ -339,32 +354,58 @@ impl GatewayConfig {
             "GATEWAY_DHCP_HOSTS_FILE",
             "a path other than GATEWAY_DHCP_LEASES_FILE",
         )?;
-        ensure(
-            self.dhcp_reconcile_ms >= 10,
+        range(
             "GATEWAY_DHCP_RECONCILE_MS",
-            "at least 10 milliseconds",
+            self.dhcp_reconcile_ms,
+            10..=86_400_000,
         )?;
         ensure(
             (1..=100_000).contains(&self.dhcp_concurrency),
             "GATEWAY_DHCP_CONCURRENCY",
             "1 to 100000",
         )?;
-        ensure(
-            self.dhcp_call_timeout_ms >= 1,
+        range(
             "GATEWAY_DHCP_CALL_TIMEOUT_MS",
-            "a positive number of milliseconds",
+            self.dhcp_call_timeout_ms,
+            1..=3_600_000,
         )?;
-        ensure(
-            self.dhcp_retry_max_ms >= 1,
+        range(
             "GATEWAY_DHCP_RETRY_MAX_MS",
-            "a positive number of milliseconds",
+            self.dhcp_retry_max_ms,
+            1..=86_400_000,
         )?;
         ensure(
-            self.dhcp_vps_hostname_prefix
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')),
+            self.dhcp_vps_hostname_prefix.len() <= 63
+                && self
+                    .dhcp_vps_hostname_prefix
+                    .starts_with(|c: char| c.is_ascii_alphanumeric())
+                && self
+                    .dhcp_vps_hostname_prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.')),
             "GATEWAY_DHCP_VPS_HOSTNAME_PREFIX",
-            "letters, digits, `-`, `_` or `.`",
+            "up to 63 letters, digits, `-` or `.`, starting with a letter or digit",
+        )?;
+        if let Some(domain) = &self.dhcp_vps_domain {
+            ensure(
+                crate::dhcp::names::is_dns_name(domain.trim_matches('.')),
+                "GATEWAY_DHCP_VPS_DOMAIN",
+                "a DNS name such as `vms.example.net`",
+            )?;
+        }
+        if self.dhcp_environments.is_some() {
+            ensure(
+                self.dhcp_environment_list()
+                    .iter()
+                    .all(|e| !e.is_empty() && e.len() <= 64),
+                "GATEWAY_DHCP_ENVIRONMENTS",
+                "comma-separated environment labels such as `prod` or `prod,beta`",
+            )?;
+        }
+        ensure(
+            (1..=4_194_304).contains(&self.dhcp_max_leases),
+            "GATEWAY_DHCP_MAX_LEASES",
+            "1 to 4194304",
         )
     }
 
@@ -380,6 +421,15 @@ impl GatewayConfig {
             "GATEWAY_CONN_MAX_UNAUTHENTICATED",
             "1 to 1000000 connections",
         )
+    }
+
+    /// `GATEWAY_DHCP_ENVIRONMENTS` as a list; empty: any environment.
+    pub fn dhcp_environment_list(&self) -> Vec<String> {
+        self.dhcp_environments
+            .iter()
+            .flat_map(|list| list.split(','))
+            .map(|e| e.trim().to_string())
+            .collect()
     }
 
     pub fn gateway_id(&self) -> String {
@@ -546,7 +596,7 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_value_is_unset_except_where_empty_switches_something_off() {
+    fn an_empty_value_is_unset() {
         let c = GatewayConfig::from_vars(vars(&[
             ("GATEWAY_API_SECRET", "s"),
             ("GATEWAY_GRPC_PORT", ""),
@@ -554,7 +604,10 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(c.grpc_port, 1537);
-        assert_eq!(c.dhcp_vps_hostname_prefix, "", "empty turns the prefix off");
+        assert_eq!(
+            c.dhcp_vps_hostname_prefix, "vps-",
+            "empty is unset: the default"
+        );
     }
 
     #[test]
@@ -620,5 +673,40 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.starts_with("GATEWAY_DHCP_CONCURRENCY"), "{e}");
+        assert!(!c.dhcp_trust_hostnames, "hostnames are the tenant's words");
+        assert!(c.dhcp_environment_list().is_empty());
+        assert_eq!(c.dhcp_max_leases, 262_144);
+        let dhcp = |extra: &[(&str, &str)]| {
+            let mut all = vec![
+                ("GATEWAY_API_SECRET", "s"),
+                ("GATEWAY_DHCP_LEASES_FILE", "/l"),
+                ("GATEWAY_DHCP_HOSTS_FILE", "/h"),
+            ];
+            all.extend_from_slice(extra);
+            GatewayConfig::from_vars(vars(&all)).map_err(|e| e.to_string())
+        };
+        let c = dhcp(&[
+            ("GATEWAY_DHCP_TRUST_HOSTNAMES", "true"),
+            ("GATEWAY_DHCP_ENVIRONMENTS", "prod, beta"),
+            ("GATEWAY_DHCP_VPS_DOMAIN", "vms.example.net"),
+        ])
+        .unwrap();
+        assert!(c.dhcp_trust_hostnames);
+        assert_eq!(c.dhcp_environment_list(), ["prod", "beta"]);
+        assert!(
+            !dhcp(&[("GATEWAY_DHCP_TRUST_HOSTNAMES", "false")])
+                .unwrap()
+                .dhcp_trust_hostnames
+        );
+        for (var, value) in [
+            ("GATEWAY_DHCP_VPS_DOMAIN", "bad..domain"),
+            ("GATEWAY_DHCP_ENVIRONMENTS", "prod,,beta"),
+            ("GATEWAY_DHCP_MAX_LEASES", "0"),
+            ("GATEWAY_DHCP_VPS_HOSTNAME_PREFIX", "vps_"),
+            ("GATEWAY_DHCP_TRUST_HOSTNAMES", "maybe"),
+        ] {
+            let e = dhcp(&[(var, value)]).unwrap_err();
+            assert!(e.starts_with(var), "{var}={value}: {e}");
+        }
     }
 }

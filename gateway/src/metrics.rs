@@ -121,7 +121,7 @@ impl Metrics {
             per_instance: per_instance.clone(),
             http: http.clone(),
         }));
-        registry.register_collector(Box::new(DhcpMetrics(dhcp)));
+        crate::dhcp::metrics::register(registry, dhcp);
         let connections = Arc::new(crate::listener::Connections::default());
         registry.register_collector(Box::new(crate::listener::ConnMetrics(connections.clone())));
         Self {
@@ -151,68 +151,6 @@ impl Metrics {
     /// The operator HTTP server's counters.
     pub fn http_stats(&self) -> Arc<HttpStats> {
         self.http.clone()
-    }
-}
-
-/// The DHCP manager's state, when one is attached.
-struct DhcpMetrics(Arc<OnceLock<DhcpHandle>>);
-
-impl std::fmt::Debug for DhcpMetrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("DhcpMetrics")
-    }
-}
-
-impl Collector for DhcpMetrics {
-    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
-        let Some(handle) = self.0.get() else {
-            return Ok(());
-        };
-        let s = handle.status();
-        let e = &mut encoder;
-        for (name, help, value) in [
-            (
-                "dhcp_leases",
-                "Active leases in the lease file",
-                s.leases_seen,
-            ),
-            ("dhcp_resolved", "Leases with a VPS id", s.resolved),
-            ("dhcp_pending", "Leases still without a VPS id", s.pending),
-            (
-                "dhcp_hosts_entries",
-                "Lines in the hosts file as last written",
-                s.hosts_entries,
-            ),
-        ] {
-            gauge(e, name, help, value as i64)?;
-        }
-        for (name, help, value) in [
-            (
-                "dhcp_lookups",
-                "Resolution calls sent through the mesh",
-                s.calls,
-            ),
-            (
-                "dhcp_hosts_writes",
-                "Times the hosts file was written",
-                s.hosts_writes,
-            ),
-            ("dhcp_reloads", "SIGHUPs delivered to dnsmasq", s.reloads),
-            (
-                "dhcp_reload_failures",
-                "dnsmasq reloads that failed",
-                s.reload_failures,
-            ),
-        ] {
-            let metric = ConstCounter::new(value);
-            metric.encode(e.encode_descriptor(name, help, None, metric.metric_type())?)?;
-        }
-        gauge(
-            e,
-            "dhcp_running",
-            "1 while the DHCP manager runs",
-            i64::from(s.running),
-        )
     }
 }
 

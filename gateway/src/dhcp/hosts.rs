@@ -25,8 +25,46 @@ pub enum HostsError {
     },
     #[error("dnsmasq pid file {path} holds {content:?}, not a process id")]
     BadPid { path: PathBuf, content: String },
+    /// The pid file is stale: the process it names is gone, or is not
+    /// dnsmasq. SIGHUP's default action terminates a process, so it is
+    /// never sent on a guess.
+    #[error("dnsmasq pid file {path} names pid {pid}, which is {}; not signalled", describe(.comm))]
+    NotDnsmasq {
+        path: PathBuf,
+        pid: i32,
+        /// The process's name, `None` when no such process runs.
+        comm: Option<String>,
+    },
     #[error("cannot signal dnsmasq (pid {pid}): {source}")]
     Signal { pid: i32, source: nix::Error },
+}
+
+fn describe(comm: &Option<String>) -> String {
+    match comm {
+        Some(comm) => format!("{comm:?}, not dnsmasq"),
+        None => "not running".into(),
+    }
+}
+
+impl HostsError {
+    /// The metric label of a failed write or reload.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Write { .. } => "write",
+            Self::PidFile { .. } => "pid_file",
+            Self::BadPid { .. } => "bad_pid",
+            Self::NotDnsmasq { .. } => "not_dnsmasq",
+            Self::Signal { .. } => "signal",
+        }
+    }
+}
+
+/// The name the kernel gives the process, as `/proc/<pid>/comm` holds it;
+/// `None` when there is no such process.
+fn process_name(pid: i32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|comm| comm.trim_end_matches('\n').to_string())
 }
 
 /// The file's content: one `<ip> <name>` line per entry, sorted and
@@ -84,8 +122,9 @@ pub fn write_atomically(path: &Path, content: &str) -> Result<(), HostsError> {
     Ok(())
 }
 
-/// Sends SIGHUP to the process named in `pid_file`; dnsmasq rereads its
-/// `addn-hosts` files on it. Returns the pid signalled.
+/// Sends SIGHUP to the process named in `pid_file`, once its
+/// `/proc/<pid>/comm` says it is dnsmasq; dnsmasq rereads its `addn-hosts`
+/// files on it. Returns the pid signalled.
 pub fn reload(pid_file: &Path) -> Result<i32, HostsError> {
     let content = std::fs::read_to_string(pid_file).map_err(|source| HostsError::PidFile {
         path: pid_file.to_path_buf(),
@@ -100,6 +139,18 @@ pub fn reload(pid_file: &Path) -> Result<i32, HostsError> {
             path: pid_file.to_path_buf(),
             content: content.chars().take(32).collect(),
         })?;
+    // A window remains between this check and the signal in which the pid
+    // could be reused; a pidfd would close it, but dnsmasq's pid file only
+    // names a pid, and the window is microseconds against a stale file's
+    // hours.
+    let comm = process_name(pid);
+    if comm.as_deref() != Some("dnsmasq") {
+        return Err(HostsError::NotDnsmasq {
+            path: pid_file.to_path_buf(),
+            pid,
+            comm: comm.map(|c| c.chars().take(32).collect()),
+        });
+    }
     kill(Pid::from_raw(pid), Signal::SIGHUP)
         .map_err(|source| HostsError::Signal { pid, source })?;
     Ok(pid)
@@ -163,6 +214,32 @@ mod tests {
         assert!(
             matches!(reload(&bad).unwrap_err(), HostsError::BadPid { .. }),
             "never signal init"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_pid_file_naming_another_process_is_never_signalled() {
+        let dir = dir("foreign");
+        let mut sleeper = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid_file = dir.join("dnsmasq.pid");
+        std::fs::write(&pid_file, format!("{}\n", sleeper.id())).unwrap();
+        let e = reload(&pid_file).unwrap_err();
+        assert!(
+            matches!(&e, HostsError::NotDnsmasq { comm: Some(c), .. } if c == "sleep"),
+            "{e}"
+        );
+        assert_eq!(e.kind(), "not_dnsmasq");
+        assert!(sleeper.try_wait().unwrap().is_none(), "sleep survives");
+        sleeper.kill().unwrap();
+        sleeper.wait().unwrap();
+        let e = reload(&pid_file).unwrap_err();
+        assert!(
+            matches!(&e, HostsError::NotDnsmasq { comm: None, .. }),
+            "a pid that is gone: {e}"
         );
         std::fs::remove_dir_all(&dir).ok();
     }

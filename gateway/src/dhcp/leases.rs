@@ -9,8 +9,11 @@
 //! 1732240000 T1234567 fd00::6 * 00:01:...                          IPv6 temporary address
 //! ```
 //!
-//! Parsing never fails: a line that fits none of these forms becomes a
-//! [`ParseWarning`] with its line number, and the rest is still used.
+//! Parsing never fails and takes any bytes: a line that fits none of these
+//! forms (bad UTF-8, an expiry past year 9999, an odd field) becomes a
+//! [`ParseWarning`] with its line number, and the rest is still used. The
+//! file is written by root but its hostnames and client ids come from the
+//! tenants' DHCP clients, so nothing in it is trusted beyond its shape.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -69,6 +72,21 @@ impl fmt::Display for ParseWarning {
     }
 }
 
+/// The latest expiry taken as a time: the end of year 9999. A larger value
+/// is a corrupt line, not a lease (and would overflow `SystemTime`).
+pub const MAX_EXPIRY: u64 = 253_402_300_799;
+
+/// Warnings kept per read; the rest are only counted in
+/// [`LeaseFile::malformed`], so a file of garbage costs no memory.
+pub const MAX_WARNINGS: usize = 100;
+
+/// The longest client id or DUID taken, in bytes (dnsmasq's own limit on
+/// a DHCP option is 255 bytes, three characters each as hex with colons).
+const MAX_CLIENT_ID: usize = 255 * 3;
+
+/// How much of an offending field a warning quotes.
+const QUOTE: usize = 40;
+
 /// What one read of the lease file yielded.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LeaseFile {
@@ -78,14 +96,42 @@ pub struct LeaseFile {
     pub server_duid: Option<String>,
     /// Well-formed leases skipped because they had expired.
     pub expired: usize,
+    /// The first [`MAX_WARNINGS`] malformed lines.
     pub warnings: Vec<ParseWarning>,
+    /// Every malformed line, counted.
+    pub malformed: usize,
+    /// The last line has no newline: dnsmasq ends every line with one, so
+    /// the file is probably being written right now.
+    pub unterminated: bool,
+}
+
+impl LeaseFile {
+    fn warn(&mut self, line: usize, message: String) {
+        self.malformed += 1;
+        if self.warnings.len() < MAX_WARNINGS {
+            self.warnings.push(ParseWarning { line, message });
+        }
+    }
 }
 
 /// Parses the whole file; `now` is Unix seconds, a parameter so that
 /// expiry is deterministic under test.
 pub fn parse(text: &str, now: u64) -> LeaseFile {
-    let mut file = LeaseFile::default();
-    for (index, line) in text.lines().enumerate() {
+    parse_bytes(text.as_bytes(), now)
+}
+
+/// Parses the file as read from disk: any bytes. A line that is not UTF-8
+/// is skipped like any other malformed line.
+pub fn parse_bytes(bytes: &[u8], now: u64) -> LeaseFile {
+    let mut file = LeaseFile {
+        unterminated: bytes.last().is_some_and(|b| *b != b'\n'),
+        ..LeaseFile::default()
+    };
+    for (index, line) in bytes.split(|b| *b == b'\n').enumerate() {
+        let Ok(line) = std::str::from_utf8(line) else {
+            file.warn(index + 1, "the line is not valid UTF-8".into());
+            continue;
+        };
         let line = line.trim();
         if line.is_empty() {
             continue;
@@ -96,36 +142,52 @@ pub fn parse(text: &str, now: u64) -> LeaseFile {
                 (Some(duid), None) if is_hex_colon(duid) => {
                     file.server_duid = Some(duid.to_ascii_lowercase())
                 }
-                _ => file.warnings.push(ParseWarning {
-                    line: index + 1,
-                    message: "a duid line needs one hex DUID".into(),
-                }),
+                _ => file.warn(index + 1, "a duid line needs one hex DUID".into()),
             }
             continue;
         }
         match parse_lease(line) {
             Ok(lease) if lease.is_active(now) => file.leases.push(lease),
             Ok(_) => file.expired += 1,
-            Err(message) => file.warnings.push(ParseWarning {
-                line: index + 1,
-                message,
-            }),
+            Err(message) => file.warn(index + 1, message),
         }
     }
     file
 }
 
+/// A field as a warning quotes it: debug-escaped and cut short.
+struct Quoted<'a>(&'a str);
+
+impl fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let cut: String = self.0.chars().take(QUOTE).collect();
+        if cut.len() < self.0.len() {
+            write!(f, "{cut:?}...")
+        } else {
+            write!(f, "{cut:?}")
+        }
+    }
+}
+
 fn parse_lease(line: &str) -> Result<Lease, String> {
-    let fields: Vec<&str> = line.split_ascii_whitespace().collect();
+    let mut split = line.split_ascii_whitespace();
+    let fields: Vec<&str> = split.by_ref().take(5).collect();
+    let extra = split.count();
     let [expiry, hw, ip, hostname, client_id] = fields[..] else {
         return Err(format!("expected 5 fields, found {}", fields.len()));
     };
+    if extra > 0 {
+        return Err(format!("expected 5 fields, found {}", 5 + extra));
+    }
     let expires: u64 = expiry
         .parse()
-        .map_err(|_| format!("expiry {expiry:?} is not a number of seconds"))?;
+        .map_err(|_| format!("expiry {} is not a number of seconds", Quoted(expiry)))?;
+    if expires > MAX_EXPIRY {
+        return Err(format!("expiry {expires} is past year 9999"));
+    }
     let ip: IpAddr = ip
         .parse()
-        .map_err(|_| format!("{ip:?} is not an IP address"))?;
+        .map_err(|_| format!("{} is not an IP address", Quoted(ip)))?;
     let hardware = match ip {
         IpAddr::V4(_) => parse_hardware(hw)?,
         IpAddr::V6(_) => {
@@ -135,19 +197,24 @@ fn parse_lease(line: &str) -> Result<Lease, String> {
             };
             let iaid = digits
                 .parse()
-                .map_err(|_| format!("IAID {hw:?} is not a 32-bit number"))?;
+                .map_err(|_| format!("IAID {} is not a 32-bit number", Quoted(hw)))?;
             Hardware::Iaid { iaid, temporary }
         }
     };
     let hostname = match hostname {
         "*" => None,
         name if is_hostname(name) => Some(name.to_string()),
-        name => return Err(format!("hostname {name:?} has characters a name cannot")),
+        name => {
+            return Err(format!(
+                "hostname {} is not a name (too long, or characters a name cannot hold)",
+                Quoted(name)
+            ));
+        }
     };
     let client_id = match client_id {
         "*" => None,
-        id if is_hex_colon(id) => Some(id.to_ascii_lowercase()),
-        id => return Err(format!("client id {id:?} is not hex")),
+        id if id.len() <= MAX_CLIENT_ID && is_hex_colon(id) => Some(id.to_ascii_lowercase()),
+        id => return Err(format!("client id {} is not hex, or too long", Quoted(id))),
     };
     Ok(Lease {
         expires: (expires != 0).then_some(expires),
@@ -160,16 +227,17 @@ fn parse_lease(line: &str) -> Result<Lease, String> {
 
 fn parse_hardware(field: &str) -> Result<Hardware, String> {
     if let Some((kind, address)) = field.split_once('-')
+        && field.len() <= MAX_CLIENT_ID
         && kind.len() == 2
         && kind.bytes().all(|b| b.is_ascii_hexdigit())
         && (address.is_empty() || is_hex_colon(address))
     {
         return Ok(Hardware::Other(field.to_ascii_lowercase()));
     }
-    if is_hex_colon(field) {
+    if field.len() <= MAX_CLIENT_ID && is_hex_colon(field) {
         Ok(Hardware::Mac(field.to_ascii_lowercase()))
     } else {
-        Err(format!("hardware address {field:?} is not hex"))
+        Err(format!("hardware address {} is not hex", Quoted(field)))
     }
 }
 
@@ -334,5 +402,46 @@ duid
         assert_eq!(file.leases[0].mac().as_deref(), Some("52:54:00:ab:cd:ef"));
         assert_eq!(file.leases[0].client_id.as_deref(), Some("01:aa"));
         assert_eq!(file.leases[0].hostname.as_deref(), Some("Host"));
+    }
+
+    #[test]
+    fn a_poisoned_expiry_and_a_non_utf8_byte_cost_only_their_line() {
+        let mut bytes = b"1732243600 52:54:00:00:00:01 10.0.0.1 good *\n".to_vec();
+        bytes.extend(b"18446744073709551615 52:54:00:00:00:02 10.0.0.2 * *\n");
+        bytes.extend(b"253402300800 52:54:00:00:00:03 10.0.0.3 * *\n");
+        bytes.extend(b"1732243600 52:54:00:00:00:04 10.0.0.4 caf\xe9 *\n");
+        bytes.extend(b"253402300799 52:54:00:00:00:05 10.0.0.5 late *\n");
+        let file = parse_bytes(&bytes, NOW);
+        let names: Vec<_> = file.leases.iter().map(|l| l.hostname.clone()).collect();
+        assert_eq!(names, [Some("good".into()), Some("late".into())]);
+        let lines: Vec<usize> = file.warnings.iter().map(|w| w.line).collect();
+        assert_eq!(lines, [2, 3, 4]);
+        assert_eq!(file.malformed, 3);
+        assert!(
+            file.warnings[2].message.contains("UTF-8"),
+            "{}",
+            file.warnings[2]
+        );
+        assert!(!file.unterminated);
+    }
+
+    #[test]
+    fn a_half_written_last_line_is_flagged() {
+        let file = parse(
+            "0 52:54:00:00:00:01 10.0.0.1 * *\n0 52:54:00:00:00:02 10.0.",
+            NOW,
+        );
+        assert!(file.unterminated);
+        assert!(!parse("", NOW).unterminated);
+    }
+
+    #[test]
+    fn warnings_are_capped_and_quote_little() {
+        let long = "x".repeat(100_000);
+        let text = format!("{long} 52:54:00:00:00:01 10.0.0.1 * *\n").repeat(MAX_WARNINGS + 50);
+        let file = parse(&text, NOW);
+        assert_eq!(file.malformed, MAX_WARNINGS + 50);
+        assert_eq!(file.warnings.len(), MAX_WARNINGS);
+        assert!(file.warnings[0].message.len() < 200, "{}", file.warnings[0]);
     }
 }

@@ -1,10 +1,20 @@
 //! The DHCP manager: watches dnsmasq's leases, resolves each to a VPS id
 //! through the mesh, and keeps dnsmasq's `addn-hosts` file in step.
 //!
-//! - [`leases`]: the lease file parser.
-//! - [`hosts`]: rendering, atomic writing, and the SIGHUP to dnsmasq.
-//! - [`manager`]: [`DhcpManager`], the one task that owns the state, and
-//!   [`DhcpHandle`], how others read it.
+//! - [`leases`]: the lease file parser; takes any bytes, never fails.
+//! - [`names`]: which names may reach dnsmasq (RFC 1123, the VPS namespace,
+//!   the environments allowed to name leases).
+//! - [`hosts`]: rendering, atomic writing, and the SIGHUP to dnsmasq (only
+//!   to a process that is dnsmasq).
+//! - [`manager`]: [`DhcpManager`], the one supervised task that owns the
+//!   state, and [`DhcpHandle`], how others read it.
+//! - [`metrics`]: the manager's `/metrics` families.
+//!
+//! Trust: root writes the lease file, but the tenant's VM writes the
+//! hostname and client id in it; an instance writes the VPS id. None of
+//! them is trusted: a lease is named only by an instance's answer that
+//! passes [`names::Namespace::check`] (or, opted in with
+//! `trust_hostnames`, by a hostname that does).
 //!
 //! Wiring, as `vps-gateway` does it:
 //!
@@ -22,6 +32,8 @@
 pub mod hosts;
 pub mod leases;
 pub mod manager;
+pub mod metrics;
+pub mod names;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -30,7 +42,8 @@ use gatemesh_handlers::{HandlerError, Registry, RegistryError};
 use gatemesh_proto::methods::GetLeases;
 use gatemesh_proto::pb;
 
-pub use manager::{DhcpHandle, DhcpManager, DhcpStatus};
+pub use manager::{DhcpHandle, DhcpManager, DhcpStatus, PageError, Problem};
+pub use names::{Namespace, Refusal};
 
 use crate::{Gateway, GatewayConfig};
 
@@ -49,14 +62,33 @@ pub struct DhcpConfig {
     /// First retry delay ceiling for a lease nobody knows yet.
     pub retry_base: Duration,
     pub retry_max: Duration,
-    /// Empty: every lease is resolved through the mesh.
-    pub hostname_prefix: String,
+    /// The names that may be written, and who may name leases.
+    pub namespace: Namespace,
+    /// A lease whose DHCP hostname is inside the namespace is named by it,
+    /// without a call. The hostname is the tenant's choice: only for
+    /// networks whose VMs are trusted. Off by default.
+    pub trust_hostnames: bool,
+    /// Leases tracked at most; the rest of a larger file is not served.
+    pub max_leases: usize,
     /// After a change, the longest the file waits for resolutions still in
     /// flight, so a burst of leases gives a few writes rather than one each.
     pub flush_delay: Duration,
-    /// Quiet time after a file event before the lease file is read, so a
-    /// rewrite in progress is not read half-done.
+    /// Quiet time after a file event before the lease file is read, and
+    /// between the reads that must agree before a read is used.
     pub settle: Duration,
+    /// Reads, after the first, that may be spent waiting for the lease
+    /// file to settle.
+    pub read_attempts: usize,
+    /// How long a lease must be missing from the lease file before its
+    /// name goes: a rewrite paused mid-file must not flap DNS.
+    pub vanish_grace: Duration,
+    /// Retry cap after the holder failed (or a write failed): short.
+    pub holder_retry_max: Duration,
+    /// Restart delays after the manager task panicked.
+    pub restart_base: Duration,
+    pub restart_max: Duration,
+    /// How long a crash stays in `/health` after the restart.
+    pub crash_report: Duration,
     /// How long the answer for a lease that vanished is kept, in case it
     /// comes back.
     pub cache_ttl: Duration,
@@ -74,9 +106,17 @@ impl DhcpConfig {
             call_timeout: Duration::from_secs(2),
             retry_base: Duration::from_millis(500),
             retry_max: Duration::from_secs(60),
-            hostname_prefix: "vps-".into(),
+            namespace: Namespace::default(),
+            trust_hostnames: false,
+            max_leases: 262_144,
             flush_delay: Duration::from_millis(200),
             settle: Duration::from_millis(20),
+            read_attempts: 50,
+            vanish_grace: Duration::from_secs(2),
+            holder_retry_max: Duration::from_secs(5),
+            restart_base: Duration::from_millis(500),
+            restart_max: Duration::from_secs(30),
+            crash_report: Duration::from_secs(300),
             cache_ttl: Duration::from_secs(600),
         }
     }
@@ -91,7 +131,13 @@ impl DhcpConfig {
             concurrency: config.dhcp_concurrency,
             call_timeout: Duration::from_millis(config.dhcp_call_timeout_ms),
             retry_max: Duration::from_millis(config.dhcp_retry_max_ms),
-            hostname_prefix: config.dhcp_vps_hostname_prefix.clone(),
+            namespace: Namespace {
+                prefix: config.dhcp_vps_hostname_prefix.clone(),
+                domain: config.dhcp_vps_domain.clone(),
+                environments: config.dhcp_environment_list(),
+            },
+            trust_hostnames: config.dhcp_trust_hostnames,
+            max_leases: config.dhcp_max_leases,
             ..Self::new(leases, hosts)
         })
     }
@@ -132,33 +178,32 @@ pub fn gateway_with_dhcp(
     Ok((gateway, Some(DhcpService { handle, stop, task })))
 }
 
-/// Why the manager makes the gateway degraded, if it does: it is not
-/// running, or leases stay unresolved and the last attempt failed.
+/// Why the manager makes the gateway degraded, if it does (see
+/// [`DhcpStatus::problems`]): the reasons, joined.
 pub fn problem(status: &DhcpStatus) -> Option<String> {
-    if !status.running {
-        return Some("the manager is not running".into());
-    }
-    match &status.last_error {
-        Some(error) if status.pending > 0 => Some(format!(
-            "{} lease(s) unresolved; last error: {error}",
-            status.pending
-        )),
-        _ => None,
-    }
+    let problems = status.problems();
+    (!problems.is_empty()).then(|| {
+        problems
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
 }
 
-/// Registers `GetLeases`, served from `handle`.
+/// Registers `GetLeases`, served from `handle`, one bounded page per call.
 pub fn register(registry: &mut Registry, handle: DhcpHandle) -> Result<(), RegistryError> {
     registry.method::<GetLeases>(
-        move |ctx: gatemesh_handlers::Context, _req: pb::GetLeasesRequest| {
+        move |ctx: gatemesh_handlers::Context, req: pb::GetLeasesRequest| {
             let handle = handle.clone();
             async move {
-                tokio::time::timeout(ctx.remaining(), handle.leases())
+                tokio::time::timeout(ctx.remaining(), handle.leases_page(req))
                     .await
                     .map_err(|_| {
                         HandlerError::deadline_exceeded("the DHCP manager did not answer")
                     })?
-                    .ok_or_else(|| HandlerError::unavailable("the DHCP manager is not running"))
+                    .ok_or_else(|| HandlerError::unavailable("the DHCP manager is not running"))?
+                    .map_err(|e| HandlerError::invalid_argument(e.to_string()))
             }
         },
     )?;
