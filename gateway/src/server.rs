@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use gatemesh_handlers::{DispatchConfig, Registry, RegistryError};
+use gatemesh_handlers::{DispatchConfig, GatewayRegistry, Handlers, RegistryError};
 use gatemesh_proto::pb;
 use gatemesh_proto::pb::gateway_admin_server::GatewayAdminServer;
 use gatemesh_proto::pb::gateway_server::GatewayServer;
@@ -40,7 +40,7 @@ pub(crate) struct Shared {
     pub(crate) instances: Arc<Instances>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) mesh: Mesh,
-    pub(crate) registry: Arc<Registry>,
+    pub(crate) registry: Arc<Handlers>,
     /// The DHCP manager's read side, once one is attached.
     pub(crate) dhcp: Arc<std::sync::OnceLock<crate::dhcp::DhcpHandle>>,
     pub(crate) dispatch: DispatchConfig,
@@ -75,13 +75,14 @@ pub struct Gateway {
 impl Gateway {
     /// A gateway serving only its built-in methods to instances.
     pub fn new(config: GatewayConfig) -> Self {
-        Self::with_handlers(config, Registry::new()).expect("an empty registry has no clashes")
+        Self::with_handlers(config, GatewayRegistry::new())
+            .expect("an empty registry has no clashes")
     }
 
     /// A gateway that also serves `registry`'s methods to instances.
     pub fn with_handlers(
         config: GatewayConfig,
-        mut registry: Registry,
+        mut registry: GatewayRegistry,
     ) -> Result<Self, RegistryError> {
         let gateway_id = config.gateway_id();
         let instances = Arc::new(Instances::new());
@@ -119,7 +120,7 @@ impl Gateway {
                 instances,
                 stats,
                 mesh,
-                registry: Arc::new(registry),
+                registry: Arc::new(registry.into_handlers()),
                 dhcp,
                 dispatch,
                 permits,

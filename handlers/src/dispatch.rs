@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
-use crate::{Caller, Context, MAX_METHOD_NAME_LEN, Registry, RequestHandler};
+use crate::{Caller, Context, Handlers, MAX_METHOD_NAME_LEN, RequestHandler};
 
 #[derive(Debug, Clone)]
 pub struct DispatchConfig {
@@ -103,7 +103,7 @@ type Admitted = (
 
 /// Incoming requests of one stream.
 pub struct Dispatcher {
-    registry: Arc<Registry>,
+    registry: Arc<Handlers>,
     config: DispatchConfig,
     permits: Arc<Semaphore>,
     state: Mutex<State>,
@@ -119,7 +119,7 @@ struct State {
 impl Dispatcher {
     /// `permits` is shared by every stream of the process: it bounds the
     /// handlers running at once.
-    pub fn new(registry: Arc<Registry>, config: DispatchConfig, permits: Arc<Semaphore>) -> Self {
+    pub fn new(registry: Arc<Handlers>, config: DispatchConfig, permits: Arc<Semaphore>) -> Self {
         Self {
             registry,
             config,
@@ -319,7 +319,7 @@ fn error_response(id: u64, code: Code, message: String) -> pb::Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::HandlerError;
+    use crate::{HandlerError, InstanceRegistry, Registry};
     use bytes::Bytes;
     use gatemesh_proto::methods::FindVpsByLease;
     use gatemesh_proto::pb::{FindVpsByLeaseRequest, FindVpsByLeaseResponse};
@@ -331,7 +331,7 @@ mod tests {
     }
 
     fn setup(
-        registry: Registry,
+        registry: InstanceRegistry,
         limit: usize,
     ) -> (
         Arc<Dispatcher>,
@@ -339,7 +339,7 @@ mod tests {
         mpsc::UnboundedReceiver<pb::Response>,
     ) {
         let d = Arc::new(Dispatcher::new(
-            Arc::new(registry),
+            Arc::new(registry.into_handlers()),
             DispatchConfig::default(),
             Arc::new(Semaphore::new(limit)),
         ));
@@ -432,7 +432,7 @@ mod tests {
     }
 
     /// A handler that waits for its cancellation and reports how it ended.
-    fn observing(seen: mpsc::UnboundedSender<(bool, bool)>) -> Registry {
+    fn observing(seen: mpsc::UnboundedSender<(bool, bool)>) -> InstanceRegistry {
         let mut reg = Registry::new();
         reg.method::<FindVpsByLease>(move |ctx: Context, _req| {
             let seen = seen.clone();
@@ -526,7 +526,7 @@ mod tests {
         let (seen_tx, _seen) = mpsc::unbounded_channel();
         let observer = Arc::new(Counting::default());
         let d = Arc::new(Dispatcher::new(
-            Arc::new(observing(seen_tx)),
+            Arc::new(observing(seen_tx).into_handlers()),
             DispatchConfig {
                 observer: Some(observer.clone()),
                 ..DispatchConfig::default()

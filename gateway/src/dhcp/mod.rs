@@ -26,7 +26,7 @@ pub mod manager;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use gatemesh_handlers::{HandlerError, Registry, RegistryError};
+use gatemesh_handlers::{GatewayRegistry, HandlerError, Registry, RegistryError};
 use gatemesh_proto::methods::GetLeases;
 use gatemesh_proto::pb;
 
@@ -148,7 +148,7 @@ pub fn problem(status: &DhcpStatus) -> Option<String> {
 }
 
 /// Registers `GetLeases`, served from `handle`.
-pub fn register(registry: &mut Registry, handle: DhcpHandle) -> Result<(), RegistryError> {
+pub fn register(registry: &mut GatewayRegistry, handle: DhcpHandle) -> Result<(), RegistryError> {
     registry.method::<GetLeases>(
         move |ctx: gatemesh_handlers::Context, _req: pb::GetLeasesRequest| {
             let handle = handle.clone();
