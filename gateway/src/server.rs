@@ -201,6 +201,12 @@ impl Gateway {
             GatewayAdminServer::new(AdminService {
                 mesh: shared.mesh.clone(),
                 instances: shared.instances.clone(),
+                local: crate::admin::LocalMethods {
+                    handlers: shared.registry.clone(),
+                    gateway_id: shared.gateway_id.clone(),
+                    stats: shared.stats.clone(),
+                    default_timeout: shared.config.call_timeout(),
+                },
             })
             .max_decoding_message_size(max_frame)
             .max_encoding_message_size(max_frame),
