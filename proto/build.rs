@@ -135,7 +135,8 @@ fn method_bindings(pool: &DescriptorPool) -> Result<String, String> {
                 "///\n/// `{name}`, {served}. {validity} {retry}\n\
                  #[derive(Debug, Clone, Copy, Default)]\n\
                  pub struct {rust};\n\
-                 impl sealed::Sealed for {rust} {{}}\n\
+                 #[diagnostic::do_not_recommend]\n\
+                 impl sealed::FromMethodsProto for {rust} {{}}\n\
                  impl Method for {rust} {{\n    \
                      const NAME: &'static str = {name:?};\n    \
                      const IDEMPOTENT: bool = {idempotent};\n    \
@@ -154,7 +155,10 @@ fn method_bindings(pool: &DescriptorPool) -> Result<String, String> {
             }
             writeln!(
                 code,
-                "}}\nimpl ServedBy<{side_type}> for {rust} {{}}\nimpl {direction} for {rust} {{}}\n"
+                // Left out of "other types implement" hints, so that a
+                // compiler message does not change with every new method.
+                "}}\n#[diagnostic::do_not_recommend]\nimpl ServedBy<{side_type}> for {rust} {{}}\n\
+                 #[diagnostic::do_not_recommend]\nimpl {direction} for {rust} {{}}\n"
             )
             .unwrap();
             known.push(format!("    known::<{rust}>(),"));

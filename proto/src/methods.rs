@@ -21,6 +21,13 @@ mod sealed {
                 type in `gatemesh_proto::methods`"
     )]
     pub trait Sealed {}
+
+    /// What the generated code implements; through the blanket impl, so
+    /// that compiler messages list no types (and do not change with each
+    /// new method).
+    pub trait FromMethodsProto {}
+
+    impl<T: FromMethodsProto> Sealed for T {}
 }
 
 /// Which side of the stream serves a method: the `methods.proto` service
@@ -64,11 +71,13 @@ pub trait ServingSide: sealed::Sealed + Send + Sync + 'static {
     const SIDE: Side;
 }
 
-impl sealed::Sealed for InstanceSide {}
+#[diagnostic::do_not_recommend]
+impl sealed::FromMethodsProto for InstanceSide {}
 impl ServingSide for InstanceSide {
     const SIDE: Side = Side::Instance;
 }
-impl sealed::Sealed for GatewaySide {}
+#[diagnostic::do_not_recommend]
+impl sealed::FromMethodsProto for GatewaySide {}
 impl ServingSide for GatewaySide {
     const SIDE: Side = Side::Gateway;
 }
