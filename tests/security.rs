@@ -43,7 +43,7 @@ fn small_config() -> GatewayConfig {
 
 async fn gateway_with_slow(config: GatewayConfig) -> TestGateway {
     let mut registry = Registry::new();
-    registry.register(SLOW, Slow).unwrap();
+    registry.register_raw(SLOW, Slow).unwrap();
     let gateway = Gateway::with_handlers(config, registry).unwrap();
     TestGateway::serve(gateway, TcpListener::bind("127.0.0.1:0").await.unwrap())
 }

@@ -1,17 +1,187 @@
 //! `GatewayAdmin`: the unary API for callers outside the gateway process.
 //! Authenticated by the shared secret (see [`crate::auth::SecretInterceptor`]).
+//!
+//! A call of an instance-served method goes through the [`Mesh`]; a call of
+//! a gateway-served method (`GatewayMethods` in `methods.proto`) is answered
+//! by the gateway's own registry, as one result under the gateway's id.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
+use gatemesh_handlers::{Caller, Context, HandlerError, Handlers};
+use gatemesh_proto::methods::{self, KnownMethod, Side};
 use gatemesh_proto::pb;
-use tonic::{Request, Response, Status};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, Request, Response, Status};
 
+use crate::stats::Stats;
 use crate::{Instances, Mesh, Peer, Reply, Route, Strategy};
 
 pub struct AdminService {
     pub(crate) mesh: Mesh,
     pub(crate) instances: Arc<Instances>,
+    /// What the gateway itself serves, for calls of gateway-served methods.
+    pub(crate) local: LocalMethods,
+}
+
+/// The gateway's own methods, as the admin API calls them.
+pub(crate) struct LocalMethods {
+    pub(crate) handlers: Arc<Handlers>,
+    pub(crate) gateway_id: String,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) default_timeout: Duration,
+}
+
+/// Why a call of a gateway-served method from the admin API failed.
+#[derive(Debug, thiserror::Error)]
+enum LocalCallError {
+    /// The route picks or filters instances; one gateway has none to pick.
+    #[error(
+        "{method} is served by the gateway itself, so {what} makes no sense for it: call it \
+         with the first_valid strategy (the default) and no instance or environment filter"
+    )]
+    Route { method: &'static str, what: String },
+    /// In the catalogue, but not served by this gateway (e.g. `GetLeases`
+    /// without the DHCP manager).
+    #[error("this gateway does not serve {0}")]
+    NotServed(&'static str),
+    #[error("{method}: deadline of {} ms passed", .timeout.as_millis())]
+    DeadlineExceeded {
+        method: &'static str,
+        timeout: Duration,
+    },
+    #[error("{method}: {}", .error.message)]
+    Handler {
+        method: &'static str,
+        error: HandlerError,
+    },
+    #[error("{0}: the handler panicked")]
+    Panicked(&'static str),
+    /// The answer is not valid for the method (its "not mine").
+    #[error("{0}: the gateway has no valid answer")]
+    NotFound(&'static str),
+}
+
+impl LocalCallError {
+    fn code(&self) -> Code {
+        match self {
+            Self::Route { .. } => Code::InvalidArgument,
+            Self::NotServed(_) => Code::Unimplemented,
+            Self::DeadlineExceeded { .. } => Code::DeadlineExceeded,
+            Self::Handler { error, .. } => error.code,
+            Self::Panicked(_) => Code::Internal,
+            Self::NotFound(_) => Code::NotFound,
+        }
+    }
+}
+
+impl From<&LocalCallError> for Status {
+    fn from(e: &LocalCallError) -> Self {
+        Status::new(e.code(), e.to_string())
+    }
+}
+
+impl LocalMethods {
+    /// Calls `method` on this gateway's registry, counts the call like one
+    /// through the mesh (`gatemesh_gateway_calls_total`) and logs a failure
+    /// once.
+    async fn call(
+        &self,
+        method: &'static KnownMethod,
+        payload: Bytes,
+        route: &Route,
+    ) -> Result<pb::CallResponse, Status> {
+        let started = Instant::now();
+        let result = self.run(method, payload, route).await;
+        let code = result.as_ref().err().map_or(Code::Ok, LocalCallError::code);
+        self.stats
+            .record_call(method.name, route.strategy.label(), code, started.elapsed());
+        match result {
+            Ok(payload) => Ok(pb::CallResponse {
+                results: vec![pb::InstanceResult {
+                    instance_id: self.gateway_id.clone(),
+                    environment: String::new(),
+                    outcome: Some(pb::instance_result::Outcome::Payload(payload)),
+                    latency_us: started.elapsed().as_micros() as u64,
+                }],
+            }),
+            Err(e) => {
+                match e.code() {
+                    Code::InvalidArgument | Code::Unimplemented | Code::NotFound => {
+                        tracing::debug!(method = method.name, error = %e, "admin call refused")
+                    }
+                    _ => tracing::warn!(method = method.name, error = %e, "admin call failed"),
+                }
+                Err((&e).into())
+            }
+        }
+    }
+
+    async fn run(
+        &self,
+        method: &'static KnownMethod,
+        payload: Bytes,
+        route: &Route,
+    ) -> Result<Bytes, LocalCallError> {
+        let refuse = |what: String| LocalCallError::Route {
+            method: method.name,
+            what,
+        };
+        match route.strategy {
+            Strategy::FirstValid => {}
+            Strategy::All => return Err(refuse("the strategy all".into())),
+            Strategy::One => return Err(refuse("the strategy one".into())),
+        }
+        if let Some(instance) = &route.instance {
+            return Err(refuse(format!("an instance ({instance:?})")));
+        }
+        if let Some(environment) = &route.environment {
+            return Err(refuse(format!("an environment filter ({environment:?})")));
+        }
+        let handler = self
+            .handlers
+            .get(method.name)
+            .cloned()
+            .ok_or(LocalCallError::NotServed(method.name))?;
+        let timeout = route.timeout.unwrap_or(self.default_timeout);
+        let cancel = CancellationToken::new();
+        // The admin caller dropping its request drops this future: the
+        // handler is told through its context, as on the stream.
+        let _cancel_on_drop = cancel.clone().drop_guard();
+        let ctx = Context::new(
+            Caller::new("admin", ""),
+            Instant::now() + timeout,
+            cancel.clone(),
+        );
+        // A task of its own, so that a panicking handler fails this call
+        // only, not the admin connection.
+        let task = tokio::spawn(async move { handler.handle(ctx, method.name, payload).await });
+        let abort = task.abort_handle();
+        let answer = match tokio::time::timeout(timeout, task).await {
+            Err(_) => {
+                cancel.cancel();
+                abort.abort();
+                return Err(LocalCallError::DeadlineExceeded {
+                    method: method.name,
+                    timeout,
+                });
+            }
+            Ok(Err(_)) => return Err(LocalCallError::Panicked(method.name)),
+            Ok(Ok(Err(error))) => {
+                return Err(LocalCallError::Handler {
+                    method: method.name,
+                    error,
+                });
+            }
+            Ok(Ok(Ok(answer))) => answer,
+        };
+        if !(method.is_valid)(&answer) {
+            return Err(LocalCallError::NotFound(method.name));
+        }
+        Ok(answer)
+    }
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
@@ -76,6 +246,15 @@ impl pb::gateway_admin_server::GatewayAdmin for AdminService {
             timeout: (request.timeout_ms > 0)
                 .then(|| Duration::from_millis(request.timeout_ms.into())),
         };
+        if let Some(method) = methods::known_method(&request.method)
+            && method.served_by == Side::Gateway
+        {
+            return self
+                .local
+                .call(method, request.payload, &route)
+                .await
+                .map(Response::new);
+        }
         let replies = self
             .mesh
             .call_raw(&request.method, request.payload, &route)

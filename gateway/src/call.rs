@@ -120,7 +120,7 @@ impl Mesh {
     }
 
     /// Starts building a typed call of `M`.
-    pub fn call<M: Method>(&self, request: M::Request) -> Call<'_, M> {
+    pub fn call<M: gatemesh_proto::InstanceMethod>(&self, request: M::Request) -> Call<'_, M> {
         Call {
             mesh: self,
             request,

@@ -2,7 +2,7 @@
 
 use std::sync::Weak;
 
-use gatemesh_handlers::{Registry, RegistryError};
+use gatemesh_handlers::{GatewayRegistry, RegistryError};
 use gatemesh_proto::methods::GetGatewayInfo;
 use gatemesh_proto::pb;
 use tokio::time::Instant;
@@ -11,7 +11,7 @@ use crate::Instances;
 
 /// Registers `GetGatewayInfo`.
 pub(crate) fn register(
-    registry: &mut Registry,
+    registry: &mut GatewayRegistry,
     gateway_id: String,
     started: Instant,
     instances: Weak<Instances>,

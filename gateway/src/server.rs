@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use gatemesh_handlers::{DispatchConfig, Registry, RegistryError};
+use gatemesh_handlers::{DispatchConfig, GatewayRegistry, RegistryError};
 use gatemesh_proto::pb::gateway_admin_server::GatewayAdminServer;
 use gatemesh_proto::pb::gateway_server::GatewayServer;
 use rand::Rng;
@@ -39,13 +39,14 @@ pub struct Gateway {
 impl Gateway {
     /// A gateway serving only its built-in methods to instances.
     pub fn new(config: GatewayConfig) -> Self {
-        Self::with_handlers(config, Registry::new()).expect("an empty registry has no clashes")
+        Self::with_handlers(config, GatewayRegistry::new())
+            .expect("an empty registry has no clashes")
     }
 
     /// A gateway that also serves `registry`'s methods to instances.
     pub fn with_handlers(
         config: GatewayConfig,
-        mut registry: Registry,
+        mut registry: GatewayRegistry,
     ) -> Result<Self, RegistryError> {
         let gateway_id = config.gateway_id();
         let instances = Arc::new(Instances::new());
@@ -87,7 +88,7 @@ impl Gateway {
                 instances,
                 stats,
                 mesh,
-                registry: Arc::new(registry),
+                registry: Arc::new(registry.into_handlers()),
                 dhcp,
                 dispatch,
                 started,
@@ -161,6 +162,12 @@ impl Gateway {
             GatewayAdminServer::new(AdminService {
                 mesh: shared.mesh.clone(),
                 instances: shared.instances.clone(),
+                local: crate::admin::LocalMethods {
+                    handlers: shared.registry.clone(),
+                    gateway_id: shared.gateway_id.clone(),
+                    stats: shared.stats.clone(),
+                    default_timeout: shared.config.call_timeout(),
+                },
             })
             .max_decoding_message_size(max_frame)
             .max_encoding_message_size(max_frame),

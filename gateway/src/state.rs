@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use gatemesh_handlers::{DispatchConfig, Registry};
+use gatemesh_handlers::{DispatchConfig, Handlers};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
@@ -28,7 +28,7 @@ pub(crate) struct Shared {
     /// The call API, routing over `instances`.
     pub(crate) mesh: Mesh,
     /// Handlers of the methods the gateway serves to instances.
-    pub(crate) registry: Arc<Registry>,
+    pub(crate) registry: Arc<Handlers>,
     /// The DHCP manager's read side, once one is attached.
     pub(crate) dhcp: Arc<OnceLock<DhcpHandle>>,
     /// How each stream's dispatcher runs instances' calls to the gateway.
@@ -60,7 +60,7 @@ pub(crate) struct Parts {
     pub(crate) instances: Arc<Instances>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) mesh: Mesh,
-    pub(crate) registry: Arc<Registry>,
+    pub(crate) registry: Arc<Handlers>,
     pub(crate) dhcp: Arc<OnceLock<DhcpHandle>>,
     pub(crate) dispatch: DispatchConfig,
     pub(crate) started: Instant,

@@ -436,7 +436,7 @@ mod tests {
     use std::time::{Duration, SystemTime};
 
     use futures_util::StreamExt;
-    use gatemesh_handlers::{DispatchConfig, Registry};
+    use gatemesh_handlers::DispatchConfig;
     use tokio::sync::Semaphore;
 
     use super::*;
@@ -451,7 +451,7 @@ mod tests {
             connected_since: SystemTime::now(),
         };
         let dispatcher = Arc::new(Dispatcher::new(
-            Arc::new(Registry::new()),
+            Arc::new(gatemesh_handlers::GatewayRegistry::new().into_handlers()),
             DispatchConfig::default(),
             Arc::new(Semaphore::new(1)),
             Outbox::new(tx.clone(), |response| pb::GatewayMessage {

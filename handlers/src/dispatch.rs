@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
-use crate::{Caller, Context, MAX_METHOD_NAME_LEN, Registry};
+use crate::{Caller, Context, Handlers, MAX_METHOD_NAME_LEN};
 
 #[derive(Debug, Clone)]
 pub struct DispatchConfig {
@@ -170,7 +170,7 @@ impl<F> Outbox<F> {
 
 /// Incoming requests of one stream.
 pub struct Dispatcher<F> {
-    registry: Arc<Registry>,
+    registry: Arc<Handlers>,
     config: DispatchConfig,
     permits: Arc<Semaphore>,
     outbox: Outbox<F>,
@@ -203,7 +203,7 @@ impl<F: Send + 'static> Dispatcher<F> {
     /// `permits` is shared by every stream of the process: it bounds the
     /// handlers running at once.
     pub fn new(
-        registry: Arc<Registry>,
+        registry: Arc<Handlers>,
         config: DispatchConfig,
         permits: Arc<Semaphore>,
         outbox: Outbox<F>,
@@ -515,7 +515,7 @@ struct Admitted {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::HandlerError;
+    use crate::{HandlerError, InstanceRegistry, Registry};
     use bytes::Bytes;
     use gatemesh_proto::methods::FindVpsByLease;
     use gatemesh_proto::pb::{FindVpsByLeaseRequest, FindVpsByLeaseResponse};
@@ -529,14 +529,14 @@ mod tests {
     type D = Arc<Dispatcher<pb::Response>>;
 
     fn with_config(
-        registry: Registry,
+        registry: InstanceRegistry,
         limit: usize,
         config: DispatchConfig,
         queue: usize,
     ) -> (D, mpsc::Receiver<pb::Response>) {
         let (tx, rx) = mpsc::channel(queue);
         let d = Arc::new(Dispatcher::new(
-            Arc::new(registry),
+            Arc::new(registry.into_handlers()),
             config,
             Arc::new(Semaphore::new(limit)),
             Outbox::new(tx, |r| r),
@@ -544,7 +544,7 @@ mod tests {
         (d, rx)
     }
 
-    fn setup(registry: Registry, limit: usize) -> (D, (), mpsc::Receiver<pb::Response>) {
+    fn setup(registry: InstanceRegistry, limit: usize) -> (D, (), mpsc::Receiver<pb::Response>) {
         let (d, rx) = with_config(registry, limit, DispatchConfig::default(), 64);
         (d, (), rx)
     }
@@ -627,7 +627,7 @@ mod tests {
     }
 
     /// A handler that waits for its cancellation and reports how it ended.
-    fn observing(seen: mpsc::UnboundedSender<(bool, bool)>) -> Registry {
+    fn observing(seen: mpsc::UnboundedSender<(bool, bool)>) -> InstanceRegistry {
         let mut reg = Registry::new();
         reg.method::<FindVpsByLease>(move |ctx: Context, _req| {
             let seen = seen.clone();
@@ -751,7 +751,7 @@ mod tests {
         );
     }
 
-    fn panicking() -> Registry {
+    fn panicking() -> InstanceRegistry {
         let mut reg = Registry::new();
         reg.method::<FindVpsByLease>(|_ctx, req: FindVpsByLeaseRequest| async move {
             if req.mac == "boom" {
@@ -812,7 +812,7 @@ mod tests {
             ..DispatchConfig::default()
         };
         let (seen_tx, _seen) = mpsc::unbounded_channel();
-        let registry = Arc::new(observing(seen_tx));
+        let registry = Arc::new(observing(seen_tx).into_handlers());
         let make = |queue| {
             let (tx, rx) = mpsc::channel(queue);
             let d = Arc::new(Dispatcher::new(
@@ -855,7 +855,7 @@ mod tests {
         let permits = Arc::new(Semaphore::new(4));
         let (tx, _rx_never_read) = mpsc::channel(1);
         let d = Arc::new(Dispatcher::new(
-            Arc::new(panicking()),
+            Arc::new(panicking().into_handlers()),
             DispatchConfig {
                 observer: Some(observer.clone()),
                 ..DispatchConfig::default()

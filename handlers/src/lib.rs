@@ -3,7 +3,9 @@
 //!
 //! - [`handler`]: the [`RequestHandler`] trait and the [`Context`] it gets.
 //! - [`typed`]: [`MethodHandler`], the typed layer over a [`Method`](gatemesh_proto::Method).
-//! - [`registry`]: [`Registry`], method name to handler.
+//! - [`registry`]: [`Registry`], method name to handler for one side of the
+//!   stream (only that side's methods compile), and [`Handlers`], the
+//!   side-free table it turns into for the dispatcher.
 //! - [`error`]: [`HandlerError`], a gRPC code and a message.
 //! - [`dispatch`]: [`Dispatcher`], runs incoming requests with deadline,
 //!   cancellation and a concurrency limit.
@@ -23,7 +25,7 @@ pub use dispatch::{DispatchConfig, DispatchObserver, Dispatcher};
 pub use error::HandlerError;
 pub use handler::{Caller, Context, RequestHandler};
 pub use pending::{Completion, Outcome, Pending};
-pub use registry::{Registry, RegistryError};
+pub use registry::{GatewayRegistry, Handlers, InstanceRegistry, Registry, RegistryError};
 pub use typed::MethodHandler;
 
 /// Longest method name accepted on the wire or in a registry.

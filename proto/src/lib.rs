@@ -4,7 +4,8 @@
 //!   `GatewayAdmin` services, the method messages). Generated code stays in
 //!   this one module.
 //! - [`Method`] and [`methods`]: each mesh method's name bound to its request
-//!   and response types once, so callers and handlers cannot mix them up.
+//!   and response types and to the side that serves it, generated from
+//!   `methods.proto`, so callers and handlers cannot mix them up.
 //! - [`codec`]: the services' codec: prost with small initial stream
 //!   buffers, so an idle stream holds little memory.
 //! - [`DESCRIPTOR_SET`]: the encoded descriptors, for gRPC reflection and for
@@ -21,7 +22,10 @@ pub mod pb {
     tonic::include_proto!("gatemesh.v1");
 }
 
-pub use methods::{KnownMethod, Method};
+pub use methods::{
+    GatewayMethod, GatewaySide, InstanceMethod, InstanceSide, KnownMethod, Method, ServedBy,
+    ServingSide, Side,
+};
 
 /// The protocol version this build speaks; sent in hello and welcome.
 pub const PROTOCOL_VERSION: u32 = 1;

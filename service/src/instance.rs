@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use gatemesh_handlers::{DispatchConfig, Registry};
-use gatemesh_proto::{Method, PROTOCOL_VERSION, pb};
+use gatemesh_handlers::{DispatchConfig, InstanceRegistry};
+use gatemesh_proto::{GatewayMethod, PROTOCOL_VERSION, pb};
 use gatemesh_runtime::Secret;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -71,11 +71,11 @@ impl InstanceOptions {
 
 pub struct Instance {
     options: InstanceOptions,
-    registry: Registry,
+    registry: InstanceRegistry,
 }
 
 impl Instance {
-    pub fn new(options: InstanceOptions, registry: Registry) -> Self {
+    pub fn new(options: InstanceOptions, registry: InstanceRegistry) -> Self {
         Self { options, registry }
     }
 
@@ -92,7 +92,7 @@ impl Instance {
                 protocol_version: PROTOCOL_VERSION,
             },
             secret: options.secret.clone(),
-            registry: Arc::new(self.registry),
+            registry: Arc::new(self.registry.into_handlers()),
             dispatch: options.dispatch.clone(),
             permits: Arc::new(Semaphore::new(options.max_concurrency)),
             reconnect_base: options.reconnect_base,
@@ -158,7 +158,7 @@ impl InstanceHandle {
     }
 
     /// Calls method `M` on the first connected gateway.
-    pub async fn call<M: Method>(
+    pub async fn call<M: GatewayMethod>(
         &self,
         request: M::Request,
         timeout: Duration,

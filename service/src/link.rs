@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gatemesh_handlers::dispatch::Outbox;
-use gatemesh_handlers::{Caller, Completion, DispatchConfig, Dispatcher, Pending, Registry};
+use gatemesh_handlers::{Caller, Completion, DispatchConfig, Dispatcher, Handlers, Pending};
 use gatemesh_proto::pb::gateway_message::Kind as InKind;
 use gatemesh_proto::pb::instance_message::Kind;
-use gatemesh_proto::{Method, PROTOCOL_VERSION, SECRET_METADATA_KEY, pb};
+use gatemesh_proto::{GatewayMethod, PROTOCOL_VERSION, SECRET_METADATA_KEY, pb};
 use gatemesh_runtime::{Backoff, Secret};
 use parking_lot::Mutex;
 use prost::Message;
@@ -80,7 +80,7 @@ impl GatewayCallError {
 pub(crate) struct LinkConfig {
     pub(crate) hello: pb::Hello,
     pub(crate) secret: Secret,
-    pub(crate) registry: Arc<Registry>,
+    pub(crate) registry: Arc<Handlers>,
     pub(crate) dispatch: DispatchConfig,
     pub(crate) permits: Arc<Semaphore>,
     pub(crate) reconnect_base: Duration,
@@ -404,7 +404,7 @@ impl Link {
     }
 
     /// Calls method `M` on the gateway over this link.
-    pub async fn call<M: Method>(
+    pub async fn call<M: GatewayMethod>(
         &self,
         request: M::Request,
         timeout: Duration,

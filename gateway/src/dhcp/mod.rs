@@ -38,7 +38,7 @@ pub mod names;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use gatemesh_handlers::{HandlerError, Registry, RegistryError};
+use gatemesh_handlers::{GatewayRegistry, HandlerError, Registry, RegistryError};
 use gatemesh_proto::methods::GetLeases;
 use gatemesh_proto::pb;
 
@@ -192,7 +192,7 @@ pub fn problem(status: &DhcpStatus) -> Option<String> {
 }
 
 /// Registers `GetLeases`, served from `handle`, one bounded page per call.
-pub fn register(registry: &mut Registry, handle: DhcpHandle) -> Result<(), RegistryError> {
+pub fn register(registry: &mut GatewayRegistry, handle: DhcpHandle) -> Result<(), RegistryError> {
     registry.method::<GetLeases>(
         move |ctx: gatemesh_handlers::Context, req: pb::GetLeasesRequest| {
             let handle = handle.clone();
