@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use gatemesh_handlers::Registry;
-use gatemesh_proto::methods::FindVpsByLease;
+use gatemesh_proto::methods::{FindVpsByLease, Ping};
 use gatemesh_service::handlers::FindVpsByLeaseHandler;
 use gatemesh_service::http::HttpState;
 use gatemesh_service::inventory::{Inventory, MemoryInventory, PostgresInventory};
@@ -48,6 +48,7 @@ async fn run() -> anyhow::Result<()> {
     };
     let mut registry = Registry::new();
     registry.method::<FindVpsByLease>(FindVpsByLeaseHandler::new(inventory))?;
+    registry.method::<Ping>(gatemesh_service::handlers::ping)?;
     let mut options = InstanceOptions::from_config(&config);
     let metrics = Arc::new(ServiceMetrics::new(registry.methods()));
     options.dispatch.observer = Some(metrics.clone());
