@@ -288,7 +288,7 @@ async fn vps_gateway_config_turns_the_manager_on() {
     ]
     .map(|(k, v)| (k.to_string(), v.to_string()));
     let config = GatewayConfig::from_vars(vars).unwrap();
-    let (gateway, service) = dhcp::gateway_with_dhcp(config).unwrap();
+    let (gateway, service) = gatemesh_gateway::Gateway::from_config(config).unwrap();
     let service = service.expect("enabled by GATEWAY_DHCP_LEASES_FILE");
     write_file(
         &dir.join("leases"),
@@ -308,7 +308,7 @@ async fn vps_gateway_config_turns_the_manager_on() {
     .await;
     service.stop().await;
 
-    let (gateway, service) = dhcp::gateway_with_dhcp(common::config()).unwrap();
+    let (gateway, service) = gatemesh_gateway::Gateway::from_config(common::config()).unwrap();
     assert!(service.is_none() && gateway.dhcp().is_none());
 }
 

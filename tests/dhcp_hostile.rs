@@ -263,7 +263,7 @@ async fn a_tenant_cannot_name_itself() {
             ),
         ];
         vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        DhcpConfig::from_gateway(&GatewayConfig::from_vars(vars).unwrap()).unwrap()
+        GatewayConfig::from_vars(vars).unwrap().dhcp().unwrap()
     };
     assert!(!base(&[]).trust_hostnames);
     assert!(!base(&[("GATEWAY_DHCP_VPS_HOSTNAME_PREFIX", "")]).trust_hostnames);

@@ -8,6 +8,7 @@ use gatemesh_runtime::env::{bind_addr, check_label, check_secret, ensure, from_v
 use gatemesh_runtime::{ConfigError, Secret};
 use serde::Deserialize;
 
+use crate::dhcp::{DhcpConfig, Namespace};
 use crate::tls::GatewayTls;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -421,6 +422,29 @@ impl GatewayConfig {
             "GATEWAY_CONN_MAX_UNAUTHENTICATED",
             "1 to 1000000 connections",
         )
+    }
+
+    /// The DHCP manager's settings, when `GATEWAY_DHCP_LEASES_FILE` turns
+    /// it on.
+    pub fn dhcp(&self) -> Option<DhcpConfig> {
+        let config = self;
+        let leases = config.dhcp_leases_file.clone()?;
+        let hosts = config.dhcp_hosts_file.clone()?;
+        Some(DhcpConfig {
+            pid_file: config.dnsmasq_pid_file.clone(),
+            reconcile: Duration::from_millis(config.dhcp_reconcile_ms),
+            concurrency: config.dhcp_concurrency,
+            call_timeout: Duration::from_millis(config.dhcp_call_timeout_ms),
+            retry_max: Duration::from_millis(config.dhcp_retry_max_ms),
+            namespace: Namespace {
+                prefix: config.dhcp_vps_hostname_prefix.clone(),
+                domain: config.dhcp_vps_domain.clone(),
+                environments: config.dhcp_environment_list(),
+            },
+            trust_hostnames: config.dhcp_trust_hostnames,
+            max_leases: config.dhcp_max_leases,
+            ..DhcpConfig::new(leases, hosts)
+        })
     }
 
     /// `GATEWAY_DHCP_ENVIRONMENTS` as a list; empty: any environment.

@@ -22,6 +22,8 @@
 //! - [`info`]: methods the gateway itself serves to instances.
 //! - [`stats`]: counters operators read, and the fixed label sets they use.
 //! - [`metrics`]: [`Metrics`], the Prometheus exposition of those counters.
+//! - [`health`]: what `/health` and `/ready` report, and the checks
+//!   components register.
 //! - [`http`]: the operator HTTP endpoints (`/health`, `/ready`,
 //!   `/instances`, `/metrics`) and the health-check hook components use.
 //! - `state`: the one home of the state every stream and call shares.
@@ -36,6 +38,7 @@ pub mod config;
 pub mod dhcp;
 pub mod disconnect;
 pub mod error;
+pub mod health;
 pub mod http;
 pub mod info;
 pub mod instances;

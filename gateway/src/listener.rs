@@ -59,7 +59,8 @@ use tonic::Status;
 use tonic::service::interceptor::InterceptorLayer;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-use crate::{Gateway, GatewayConfig};
+use crate::GatewayConfig;
+use crate::state::Shared;
 
 /// The cap on unauthenticated connections when none is set, unless half
 /// the open-file limit is lower.
@@ -480,11 +481,11 @@ impl Collector for ConnMetrics {
 }
 
 /// Wraps `listener` for `serve_with_incoming_shutdown`, and hooks the
-/// health checks of the module into `gateway`.
-pub(crate) fn incoming(gateway: &Gateway, listener: TcpListener) -> Incoming {
-    let connections = gateway.shared.metrics.connections.clone();
+/// health checks of the module into `shared`.
+pub(crate) fn incoming(shared: &Shared, listener: TcpListener) -> Incoming {
+    let connections = shared.metrics.connections.clone();
     let fd_limit = fd_soft_limit();
-    let limits = Limits::new(&gateway.shared.config, fd_limit);
+    let limits = Limits::new(&shared.config, fd_limit);
     connections
         .cap
         .store(limits.max_unauthenticated, Ordering::Relaxed);
@@ -505,9 +506,13 @@ pub(crate) fn incoming(gateway: &Gateway, listener: TcpListener) -> Incoming {
         "gRPC connections must authenticate in time"
     );
     let c = connections.clone();
-    gateway.add_health_check("grpc_port", move || c.accept_problem());
+    shared
+        .checks
+        .add_health("grpc_port", move || c.accept_problem());
     let c = connections.clone();
-    gateway.add_health_check("grpc_port", move || c.cap_problem());
+    shared
+        .checks
+        .add_health("grpc_port", move || c.cap_problem());
     Incoming {
         listener,
         connections,
@@ -519,8 +524,7 @@ pub(crate) fn incoming(gateway: &Gateway, listener: TcpListener) -> Incoming {
 
 /// The layer that marks connections whose requests authenticate; goes on
 /// the server builder.
-pub(crate) fn layer(gateway: &Gateway) -> InterceptorLayer<Track> {
-    let shared = &gateway.shared;
+pub(crate) fn layer(shared: &Shared) -> InterceptorLayer<Track> {
     InterceptorLayer::new(Track {
         connections: shared.metrics.connections.clone(),
         secret: shared.config.api_secret.clone(),

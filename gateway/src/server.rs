@@ -17,6 +17,8 @@ use tonic_health::ServingStatus;
 
 use crate::admin::AdminService;
 use crate::auth::SecretInterceptor;
+use crate::health::{Health, Readiness};
+use crate::http::InstanceView;
 use crate::metrics::{Metrics, ServedObserver};
 use crate::state::{Parts, Shared};
 use crate::stats::Stats;
@@ -124,6 +126,76 @@ impl Gateway {
         self.shared.dhcp.get()
     }
 
+    /// The one composition root: a gateway with every component its config
+    /// turns on. With `GATEWAY_DHCP_LEASES_FILE`, the DHCP manager runs on
+    /// the current runtime: `GetLeases` is registered, its state attached
+    /// for [`Self::dhcp`] and `/health`, and the returned service stops it.
+    pub fn from_config(
+        config: GatewayConfig,
+    ) -> Result<(Self, Option<crate::dhcp::DhcpService>), RegistryError> {
+        let Some(dhcp) = config.dhcp() else {
+            return Ok((Self::with_handlers(config, GatewayRegistry::new())?, None));
+        };
+        let (manager, handle) = crate::dhcp::DhcpManager::new(dhcp);
+        let mut registry = GatewayRegistry::new();
+        crate::dhcp::register(&mut registry, handle.clone())?;
+        let gateway = Self::with_handlers(config, registry)?;
+        gateway.attach_dhcp(handle.clone());
+        let service = crate::dhcp::DhcpService::spawn(manager, handle, gateway.mesh());
+        Ok((gateway, Some(service)))
+    }
+
+    /// A component's health check; a failing one makes `/health` degraded.
+    pub fn add_health_check(
+        &self,
+        name: impl Into<String>,
+        check: impl Fn() -> Option<String> + Send + Sync + 'static,
+    ) {
+        self.shared.checks.add_health(name, check);
+    }
+
+    /// A component's start-up check; `/ready` answers 503 while it fails.
+    pub fn add_readiness_check(
+        &self,
+        name: impl Into<String>,
+        check: impl Fn() -> Option<String> + Send + Sync + 'static,
+    ) {
+        self.shared.checks.add_readiness(name, check);
+    }
+
+    /// What `/health` reports.
+    pub fn health(&self) -> Health {
+        self.shared.health()
+    }
+
+    /// What `/ready` reports.
+    pub fn readiness(&self) -> Readiness {
+        self.shared.readiness()
+    }
+
+    /// Every connected instance, sorted by id, as `/instances` lists them.
+    pub fn instance_views(&self) -> Vec<InstanceView> {
+        crate::http::instance_views(&self.shared)
+    }
+
+    /// The operator endpoints, for embedding in another router;
+    /// `/instances` asks for the secret.
+    pub fn http_router(&self) -> axum::Router {
+        crate::http::router(self.shared.clone(), crate::http::Exposure::SecretRequired)
+    }
+
+    /// Serves the operator endpoints on `listener` until `shutdown`
+    /// resolves. Run it beside [`Gateway::serve`] and stop it after, so
+    /// `/health` reports the drain. On a loopback address `/instances` is
+    /// open; on any other it asks for the secret.
+    pub async fn serve_http(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        crate::http::serve(self.shared.clone(), listener, shutdown).await
+    }
+
     /// Makes a manager's state visible through [`Self::dhcp`]; the first
     /// one attached stays.
     pub fn attach_dhcp(&self, handle: crate::dhcp::DhcpHandle) {
@@ -203,15 +275,18 @@ impl Gateway {
         let server = crate::tls::apply(tonic::transport::Server::builder(), config.tls.as_ref())?
             .http2_keepalive_interval(Some(config.heartbeat_interval()))
             .http2_keepalive_timeout(Some(config.liveness_timeout()))
-            .layer(crate::listener::layer(&self))
+            .layer(crate::listener::layer(&self.shared))
             .add_service(gateway)
             .add_service(admin)
             .add_service(health)
             .add_service(reflection)
             .add_service(reflection_alpha)
-            .serve_with_incoming_shutdown(crate::listener::incoming(&self, listener), async {
-                let _ = stop_rx.await;
-            });
+            .serve_with_incoming_shutdown(
+                crate::listener::incoming(&self.shared, listener),
+                async {
+                    let _ = stop_rx.await;
+                },
+            );
         tokio::pin!(server);
         shared.serving.store(true, Ordering::Relaxed);
         tokio::select! {

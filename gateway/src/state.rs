@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use crate::dhcp::DhcpHandle;
-use crate::http::Checks;
+use crate::health::{Checks, Health, HealthStatus, Readiness};
 use crate::metrics::Metrics;
 use crate::stats::Stats;
 use crate::{GatewayConfig, Instances, Mesh};
@@ -102,5 +102,52 @@ impl Shared {
     /// Marks the start of shutdown; true the first time.
     pub(crate) fn start_draining(&self) -> bool {
         !self.draining.swap(true, Ordering::Relaxed)
+    }
+
+    /// What `/health` reports.
+    pub(crate) fn health(&self) -> Health {
+        let instances = self.instances.len();
+        let (status, reasons) = if self.is_draining() {
+            (HealthStatus::Unhealthy, vec!["draining".to_string()])
+        } else {
+            let mut reasons = Vec::new();
+            if !self.serving.load(Ordering::Relaxed) {
+                reasons.push("gRPC server not serving yet".to_string());
+            }
+            if instances == 0 {
+                reasons.push("no instance connected".to_string());
+            }
+            if let Some(pressure) = gatemesh_runtime::limits::fd_pressure() {
+                reasons.push(pressure);
+            }
+            reasons.extend(crate::health::failures(&self.checks.health));
+            let status = if reasons.is_empty() {
+                HealthStatus::Healthy
+            } else {
+                HealthStatus::Degraded
+            };
+            (status, reasons)
+        };
+        Health {
+            status,
+            instances,
+            gateway_id: self.gateway_id.clone(),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            reasons,
+        }
+    }
+
+    pub(crate) fn readiness(&self) -> Readiness {
+        let mut reasons = Vec::new();
+        if self.is_draining() {
+            reasons.push("draining".to_string());
+        } else if !self.serving.load(Ordering::Relaxed) {
+            reasons.push("gRPC server not serving yet".to_string());
+        }
+        reasons.extend(crate::health::failures(&self.checks.readiness));
+        Readiness {
+            ready: reasons.is_empty(),
+            reasons,
+        }
     }
 }

@@ -34,7 +34,7 @@ async fn run() -> anyhow::Result<()> {
     let http_listener = TcpListener::bind(http_addr).await.with_context(|| {
         format!("cannot listen on {http_addr} (GATEWAY_HTTP_BIND, GATEWAY_HTTP_PORT)")
     })?;
-    let (gateway, dhcp) = gatemesh_gateway::dhcp::gateway_with_dhcp(config)?;
+    let (gateway, dhcp) = gatemesh_gateway::Gateway::from_config(config)?;
     tracing::info!(gateway = gateway.id(), %addr, %http_addr, "gateway listening");
     // The HTTP endpoints outlive the gRPC server's drain, so `/health`
     // reports it; they stop once the gateway has.

@@ -16,18 +16,17 @@
 //! passes [`names::Namespace::check`] (or, opted in with
 //! `trust_hostnames`, by a hostname that does).
 //!
-//! Wiring, as `vps-gateway` does it:
+//! Wiring, as [`crate::Gateway::from_config`] (the one composition root)
+//! does it from the `GATEWAY_*` settings:
 //!
 //! ```ignore
-//! let (manager, handle) = DhcpManager::new(DhcpConfig::from_gateway(&config).unwrap());
-//! let mut registry = Registry::new();
+//! let (manager, handle) = DhcpManager::new(dhcp_config);
+//! let mut registry = GatewayRegistry::new();
 //! gatemesh_gateway::dhcp::register(&mut registry, handle.clone())?;
 //! let gateway = Gateway::with_handlers(config, registry)?;
-//! gateway.attach_dhcp(handle);
-//! tokio::spawn(manager.run(gateway.mesh(), shutdown));
+//! gateway.attach_dhcp(handle.clone());
+//! let service = DhcpService::spawn(manager, handle, gateway.mesh());
 //! ```
-//!
-//! [`gateway_with_dhcp`] does all of that from the `GATEWAY_*` settings.
 
 pub mod hosts;
 pub mod leases;
@@ -38,17 +37,15 @@ pub mod names;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use gatemesh_handlers::{GatewayRegistry, HandlerError, Registry, RegistryError};
+use gatemesh_handlers::{GatewayRegistry, HandlerError, RegistryError};
 use gatemesh_proto::methods::GetLeases;
 use gatemesh_proto::pb;
 
 pub use manager::{DhcpHandle, DhcpManager, DhcpStatus, PageError, Problem};
 pub use names::{Namespace, Refusal};
 
-use crate::{Gateway, GatewayConfig};
-
 /// The manager's settings; see the `GATEWAY_DHCP_*` fields of
-/// [`GatewayConfig`].
+/// [`crate::GatewayConfig`].
 #[derive(Debug, Clone)]
 pub struct DhcpConfig {
     pub leases_file: PathBuf,
@@ -120,27 +117,6 @@ impl DhcpConfig {
             cache_ttl: Duration::from_secs(600),
         }
     }
-
-    /// The manager's settings when `GATEWAY_DHCP_LEASES_FILE` is set.
-    pub fn from_gateway(config: &GatewayConfig) -> Option<Self> {
-        let leases = config.dhcp_leases_file.clone()?;
-        let hosts = config.dhcp_hosts_file.clone()?;
-        Some(Self {
-            pid_file: config.dnsmasq_pid_file.clone(),
-            reconcile: Duration::from_millis(config.dhcp_reconcile_ms),
-            concurrency: config.dhcp_concurrency,
-            call_timeout: Duration::from_millis(config.dhcp_call_timeout_ms),
-            retry_max: Duration::from_millis(config.dhcp_retry_max_ms),
-            namespace: Namespace {
-                prefix: config.dhcp_vps_hostname_prefix.clone(),
-                domain: config.dhcp_vps_domain.clone(),
-                environments: config.dhcp_environment_list(),
-            },
-            trust_hostnames: config.dhcp_trust_hostnames,
-            max_leases: config.dhcp_max_leases,
-            ..Self::new(leases, hosts)
-        })
-    }
 }
 
 /// A running manager, as `vps-gateway` holds it.
@@ -151,31 +127,18 @@ pub struct DhcpService {
 }
 
 impl DhcpService {
+    /// Runs `manager` on the current runtime, resolving through `mesh`.
+    pub fn spawn(manager: DhcpManager, handle: DhcpHandle, mesh: crate::Mesh) -> Self {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(manager.run(mesh, stop.clone().cancelled_owned()));
+        Self { handle, stop, task }
+    }
+
     /// Stops the manager and waits for it.
     pub async fn stop(self) {
         self.stop.cancel();
         let _ = self.task.await;
     }
-}
-
-/// A gateway that runs the DHCP manager when `config` turns it on
-/// (`GATEWAY_DHCP_LEASES_FILE`): `GetLeases` is registered, the state is
-/// attached for [`Gateway::dhcp`], and the manager is spawned on the
-/// current runtime.
-pub fn gateway_with_dhcp(
-    config: GatewayConfig,
-) -> Result<(Gateway, Option<DhcpService>), RegistryError> {
-    let Some(dhcp) = DhcpConfig::from_gateway(&config) else {
-        return Ok((Gateway::with_handlers(config, Registry::new())?, None));
-    };
-    let (manager, handle) = DhcpManager::new(dhcp);
-    let mut registry = Registry::new();
-    register(&mut registry, handle.clone())?;
-    let gateway = Gateway::with_handlers(config, registry)?;
-    gateway.attach_dhcp(handle.clone());
-    let stop = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn(manager.run(gateway.mesh(), stop.clone().cancelled_owned()));
-    Ok((gateway, Some(DhcpService { handle, stop, task })))
 }
 
 /// Why the manager makes the gateway degraded, if it does (see
