@@ -324,7 +324,7 @@ async fn answers_queued_when_a_drain_closes_the_stream_arrive_before_the_goaway(
     // Every request reached its handler before the drain begins; their
     // answers are queued or on their way when the stream closes.
     eventually("the gateway took every request", || {
-        gw.gateway.stats().served("GetGatewayInfo", "OK") == N
+        gw.gateway.served().calls("GetGatewayInfo", "OK") == N
     })
     .await;
     let gateway = gw.gateway.clone();

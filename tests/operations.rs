@@ -300,7 +300,7 @@ async fn instance_health_and_metrics_follow_its_links_and_handlers() {
     registry
         .method::<FindVpsByLease>(knows("aa:aa", "vps-a"))
         .unwrap();
-    let metrics = Arc::new(ServiceMetrics::new(registry.methods()));
+    let metrics = Arc::new(ServiceMetrics::for_instance());
     let mut options = options("inst-a", "prod");
     options.dispatch.observer = Some(metrics.clone());
     let instance = Instance::new(options, registry).start([gw.url()]);

@@ -87,7 +87,7 @@ async fn promtool_accepts_the_metrics_of_a_live_gateway_and_a_live_instance() {
     registry
         .method::<FindVpsByLease>(knows("aa:aa", "vps-a"))
         .unwrap();
-    let metrics = Arc::new(ServiceMetrics::new(registry.methods()));
+    let metrics = Arc::new(ServiceMetrics::for_instance());
     let mut options = options("inst-a", "prod");
     options.dispatch.observer = Some(metrics.clone());
     let instance = Instance::new(options, registry).start([gw.url()]);
@@ -297,7 +297,7 @@ async fn silent_half_sent_and_idle_http_connections_are_closed() {
     );
 
     let registry = Registry::new();
-    let metrics = Arc::new(ServiceMetrics::new(registry.methods()));
+    let metrics = Arc::new(ServiceMetrics::for_instance());
     let instance = Instance::new(options("inst-a", "prod"), registry).start([gw.url()]);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -60,16 +60,7 @@ pub(crate) fn failures(list: &RwLock<Vec<(String, Check)>>) -> Vec<String> {
         .collect()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum HealthStatus {
-    /// Serving with at least one instance and no failing check.
-    Healthy,
-    /// Serving, but no instance is connected or a check fails.
-    Degraded,
-    /// Draining or shut down: take this gateway out of rotation.
-    Unhealthy,
-}
+pub use gatemesh_runtime::http::HealthStatus;
 
 /// The body of `GET /health`.
 #[derive(Debug, Clone, Serialize)]

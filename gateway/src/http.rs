@@ -47,7 +47,6 @@ use axum::routing::get;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
-use crate::health::HealthStatus;
 use crate::state::Shared;
 
 /// One entry of `GET /instances`: the fields of the admin API's
@@ -155,10 +154,7 @@ pub(crate) enum Exposure {
 
 async fn health(State(shared): State<Arc<Shared>>) -> Response {
     let health = shared.health();
-    let code = match health.status {
-        HealthStatus::Unhealthy => StatusCode::SERVICE_UNAVAILABLE,
-        HealthStatus::Healthy | HealthStatus::Degraded => StatusCode::OK,
-    };
+    let code = health.status.http_code();
     (code, Json(health)).into_response()
 }
 

@@ -11,12 +11,11 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
 
-use gatemesh_handlers::DispatchObserver;
 use gatemesh_handlers::dispatch::code_name;
 use gatemesh_runtime::http::HttpStats;
 use gatemesh_runtime::metrics::{BuildInfo, Format, ProcessCollector};
+use gatemesh_runtime::{Served, ServedNames};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -27,7 +26,7 @@ use tonic::Code;
 
 use crate::Instances;
 use crate::dhcp::DhcpHandle;
-use crate::stats::{CallLabels, ReasonLabels, RouteLabels, ServedLabels, Stats, method_label};
+use crate::stats::{CallLabels, ReasonLabels, RouteLabels, Stats};
 use crate::{Disconnect, Strategy, peer::Peer};
 use std::sync::OnceLock;
 
@@ -64,11 +63,6 @@ fn precreate(stats: &Stats) {
                 });
             }
         }
-        for outcome in outcomes() {
-            let _ = stats
-                .served
-                .get_or_create(&ServedLabels { method, outcome });
-        }
     }
     for reason in Disconnect::LABELS {
         let _ = stats
@@ -83,6 +77,7 @@ impl Metrics {
         instances: Weak<Instances>,
         started: Instant,
         dhcp: Arc<OnceLock<DhcpHandle>>,
+        served: &Served,
     ) -> Self {
         precreate(&stats);
         let per_instance = Arc::new(AtomicBool::new(true));
@@ -109,10 +104,13 @@ impl Metrics {
             "Instance streams that ended, by reason",
             stats.disconnect_reasons.clone(),
         );
-        registry.register(
-            "served_calls",
-            "Calls instances made to the gateway's own methods, by method and outcome",
-            stats.served.clone(),
+        served.register(
+            registry,
+            ServedNames {
+                calls: "served_calls",
+                seconds: "served_duration_seconds",
+                in_flight: "served_in_flight",
+            },
         );
         registry.register_collector(Box::new(ScrapeTime {
             stats,
@@ -303,30 +301,5 @@ impl Collector for ScrapeTime {
             }
         }
         Ok(())
-    }
-}
-
-/// Counts the calls instances make to the gateway's own methods.
-pub(crate) struct ServedObserver(pub(crate) Arc<Stats>);
-
-impl ServedObserver {
-    fn count(&self, method: &str, outcome: &'static str) {
-        self.0
-            .served
-            .get_or_create(&ServedLabels {
-                method: method_label(method),
-                outcome,
-            })
-            .inc();
-    }
-}
-
-impl DispatchObserver for ServedObserver {
-    fn finished(&self, method: &str, outcome: Result<(), Code>, _elapsed: Duration) {
-        self.count(method, code_name(outcome.err().unwrap_or(Code::Ok)));
-    }
-
-    fn rejected(&self, method: &str, code: Code) {
-        self.count(method, code_name(code));
     }
 }

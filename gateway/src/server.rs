@@ -19,11 +19,12 @@ use crate::admin::AdminService;
 use crate::auth::SecretInterceptor;
 use crate::health::{Health, Readiness};
 use crate::http::InstanceView;
-use crate::metrics::{Metrics, ServedObserver};
+use crate::metrics::Metrics;
 use crate::state::{Parts, Shared};
 use crate::stats::Stats;
 use crate::stream::GatewayService;
 use crate::{Disconnect, GatewayConfig, Instances, Mesh};
+use gatemesh_runtime::Served;
 
 const GATEWAY_SERVICE: &str = "gatemesh.v1.Gateway";
 const ADMIN_SERVICE: &str = "gatemesh.v1.GatewayAdmin";
@@ -67,16 +68,18 @@ impl Gateway {
         );
         let started = Instant::now();
         let dhcp = Arc::new(std::sync::OnceLock::new());
+        let served = Arc::new(Served::for_gateway());
         let metrics = Metrics::new(
             stats.clone(),
             Arc::downgrade(&instances),
             started,
             dhcp.clone(),
+            &served,
         );
         metrics.set_per_instance(config.metrics_per_instance);
         let dispatch = DispatchConfig {
             default_timeout: config.call_timeout(),
-            observer: Some(Arc::new(ServedObserver(stats.clone()))),
+            observer: Some(served.clone()),
             max_in_flight_per_stream: config.max_concurrency_per_instance,
             // The gateway holds its own answers to the rule it holds
             // instances to: over the limit, that call fails, not the stream.
@@ -95,6 +98,7 @@ impl Gateway {
                 dispatch,
                 started,
                 metrics,
+                served,
             })),
         })
     }
@@ -206,6 +210,11 @@ impl Gateway {
 
     pub fn config(&self) -> &GatewayConfig {
         &self.shared.config
+    }
+
+    /// What the gateway counts of the requests instances make to it.
+    pub fn served(&self) -> &Served {
+        &self.shared.served
     }
 
     /// The Prometheus registry behind `/metrics`.

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use gatemesh_handlers::{DispatchConfig, Handlers};
+use gatemesh_runtime::Served;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
@@ -47,6 +48,9 @@ pub(crate) struct Shared {
     pub(crate) started: Instant,
     /// The Prometheus registry behind `/metrics`.
     pub(crate) metrics: Metrics,
+    /// The counters of instances' calls to the gateway (the dispatchers'
+    /// observer).
+    pub(crate) served: Arc<Served>,
     /// Named health checks `/health` runs.
     pub(crate) checks: Checks,
     /// The grpc.health.v1 status, flipped to not serving on drain.
@@ -65,6 +69,7 @@ pub(crate) struct Parts {
     pub(crate) dispatch: DispatchConfig,
     pub(crate) started: Instant,
     pub(crate) metrics: Metrics,
+    pub(crate) served: Arc<Served>,
 }
 
 impl Shared {
@@ -86,6 +91,7 @@ impl Shared {
             serving: AtomicBool::new(false),
             started: parts.started,
             metrics: parts.metrics,
+            served: parts.served,
             checks: Checks::default(),
             health: tonic_health::server::HealthReporter::new(),
         }

@@ -37,8 +37,6 @@ pub struct Stats {
     pub(crate) calls: Family<CallLabels, Counter>,
     pub(crate) call_seconds: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub(crate) disconnect_reasons: Family<ReasonLabels, Counter>,
-    /// Calls instances made to the gateway's own methods.
-    pub(crate) served: Family<ServedLabels, Counter>,
 }
 
 impl Default for Stats {
@@ -57,7 +55,6 @@ impl Default for Stats {
             calls: Family::default(),
             call_seconds: Family::new_with_constructor(latency_histogram),
             disconnect_reasons: Family::default(),
-            served: Family::default(),
         }
     }
 }
@@ -83,12 +80,6 @@ pub(crate) struct RouteLabels {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub(crate) struct ReasonLabels {
     pub(crate) reason: &'static str,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub(crate) struct ServedLabels {
-    pub(crate) method: &'static str,
-    pub(crate) outcome: &'static str,
 }
 
 /// A method's metric label: catalogue methods by name, anything else as
@@ -147,17 +138,6 @@ impl Stats {
             .get(&CallLabels {
                 method: method_label(method),
                 strategy,
-                outcome,
-            })
-            .map_or(0, |c| c.get())
-    }
-
-    /// Calls instances made to the gateway's `method` that ended with
-    /// `outcome` (a [`code_name`]).
-    pub fn served(&self, method: &str, outcome: &'static str) -> u64 {
-        self.served
-            .get(&ServedLabels {
-                method: method_label(method),
                 outcome,
             })
             .map_or(0, |c| c.get())

@@ -14,6 +14,29 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
+/// The status both ends' `/health` report: the one spelling operators
+/// and their probes see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthStatus {
+    /// Serving, nothing wrong.
+    Healthy,
+    /// Serving, but something is wrong (the reasons say what).
+    Degraded,
+    /// Not serving (draining, or no link up): take it out of rotation.
+    Unhealthy,
+}
+
+impl HealthStatus {
+    /// The HTTP status `/health` answers with: 503 only when unhealthy.
+    pub fn http_code(self) -> axum::http::StatusCode {
+        match self {
+            Self::Unhealthy => axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            Self::Healthy | Self::Degraded => axum::http::StatusCode::OK,
+        }
+    }
+}
+
 /// What the server counts, for `/metrics`.
 #[derive(Debug, Default)]
 pub struct HttpStats {

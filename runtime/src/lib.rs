@@ -1,5 +1,5 @@
-//! Runtime support shared by `vps-gateway` and `vps-service`; nothing here
-//! knows about the mesh itself.
+//! Runtime support shared by `vps-gateway` and `vps-service`: what both
+//! ends need around the mesh, written once.
 //!
 //! - [`env`]: typed config from environment variables, with errors that name
 //!   the variable.
@@ -14,6 +14,8 @@
 //!   metrics, `build_info`.
 //! - [`http`]: the operator endpoints' HTTP server, with header and idle
 //!   deadlines.
+//! - [`served`]: [`Served`], the counters of the requests an end serves
+//!   (the dispatcher's observer), the same on both ends.
 //! - [`error_chain`]: an error and all its causes on one line;
 //!   [`exit_code`]: how both binaries end on a start-up error.
 
@@ -27,7 +29,10 @@ pub mod logging;
 pub mod metrics;
 pub mod pem;
 pub mod secret;
+pub mod served;
 pub mod shutdown;
+
+pub use served::{Served, ServedNames};
 
 pub use backoff::Backoff;
 pub use env::ConfigError;

@@ -11,10 +11,9 @@
 //! (also the idle limit between requests).
 //!
 //! [`ServiceMetrics`] counts handler calls as the dispatcher's
-//! [`DispatchObserver`]: set it in [`InstanceOptions::dispatch`](crate::InstanceOptions)
+//! [`DispatchObserver`](gatemesh_handlers::DispatchObserver): set it in [`InstanceOptions::dispatch`](crate::InstanceOptions)
 //! before the instance starts.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -23,139 +22,26 @@ use std::time::Duration;
 use anyhow::Context as _;
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use gatemesh_handlers::DispatchObserver;
-use gatemesh_handlers::dispatch::code_name;
 use gatemesh_runtime::http::HttpStats;
 use gatemesh_runtime::metrics::{BuildInfo, Format, ProcessCollector};
+use gatemesh_runtime::{Served, ServedNames};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio::net::TcpListener;
-use tonic::Code;
 
 use crate::link::Link;
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct CallLabels {
-    method: Arc<str>,
-    outcome: &'static str,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct MethodLabels {
-    method: Arc<str>,
-}
-
-/// Handler metrics of one instance. Method labels are the registered
-/// methods (interned once) plus `other`, so a peer cannot grow them.
-#[derive(Debug)]
-pub struct ServiceMetrics {
-    methods: HashMap<String, Arc<str>>,
-    other: Arc<str>,
-    calls: Family<CallLabels, Counter>,
-    seconds: Family<MethodLabels, Histogram, fn() -> Histogram>,
-    in_flight: Gauge,
-}
-
-fn latency_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
-}
-
-impl ServiceMetrics {
-    /// Metrics for an instance serving `methods` (its registry's methods).
-    /// Every method and outcome starts at zero.
-    pub fn new(methods: impl IntoIterator<Item = impl Into<String>>) -> Self {
-        let metrics = Self {
-            methods: methods
-                .into_iter()
-                .map(|m| {
-                    let m = m.into();
-                    let label = Arc::from(m.as_str());
-                    (m, label)
-                })
-                .collect(),
-            other: Arc::from("other"),
-            calls: Family::default(),
-            seconds: Family::new_with_constructor(latency_histogram),
-            in_flight: Gauge::default(),
-        };
-        let labels: Vec<Arc<str>> = metrics
-            .methods
-            .values()
-            .cloned()
-            .chain([metrics.other.clone()])
-            .collect();
-        let outcomes = std::iter::once("ok").chain((1..=16).map(|c| code_name(Code::from_i32(c))));
-        for outcome in outcomes {
-            for method in &labels {
-                let _ = metrics.calls.get_or_create(&CallLabels {
-                    method: method.clone(),
-                    outcome,
-                });
-            }
-        }
-        for method in labels {
-            let _ = metrics.seconds.get_or_create(&MethodLabels { method });
-        }
-        metrics
-    }
-
-    fn label(&self, method: &str) -> Arc<str> {
-        self.methods.get(method).unwrap_or(&self.other).clone()
-    }
-
-    fn count(&self, method: &str, outcome: &'static str) {
-        self.calls
-            .get_or_create(&CallLabels {
-                method: self.label(method),
-                outcome,
-            })
-            .inc();
-    }
-
-    /// Handler calls with these labels so far; `outcome` is `ok` or a code name.
-    pub fn calls(&self, method: &str, outcome: &'static str) -> u64 {
-        self.calls
-            .get(&CallLabels {
-                method: self.label(method),
-                outcome,
-            })
-            .map_or(0, |c| c.get())
-    }
-
-    pub fn in_flight(&self) -> i64 {
-        self.in_flight.get()
-    }
-}
-
-impl DispatchObserver for ServiceMetrics {
-    fn started(&self, _method: &str) {
-        self.in_flight.inc();
-    }
-
-    fn finished(&self, method: &str, outcome: Result<(), Code>, elapsed: Duration) {
-        self.in_flight.dec();
-        self.count(method, code_name(outcome.err().unwrap_or(Code::Ok)));
-        self.seconds
-            .get_or_create(&MethodLabels {
-                method: self.label(method),
-            })
-            .observe(elapsed.as_secs_f64());
-    }
-
-    fn rejected(&self, method: &str, code: Code) {
-        self.count(method, code_name(code));
-    }
-}
+/// Handler metrics of one instance: [`Served`] for the instance side,
+/// the same counters the gateway keeps for the requests it serves.
+pub type ServiceMetrics = Served;
 
 /// Link gauges and counters, read from the links when scraped.
 struct LinkCollector(Vec<Arc<Link>>);
@@ -204,13 +90,7 @@ impl Collector for LinkCollector {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum HealthStatus {
-    Healthy,
-    Degraded,
-    Unhealthy,
-}
+pub use gatemesh_runtime::http::HealthStatus;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LinkView {
@@ -291,20 +171,13 @@ impl HttpState {
             version: env!("CARGO_PKG_VERSION"),
         }));
         registry.register_collector(Box::new(HttpCollector(http.clone())));
-        registry.register(
-            "handler_calls",
-            "Requests run by this instance's handlers, by method and outcome (ok or gRPC code)",
-            metrics.calls.clone(),
-        );
-        registry.register(
-            "handler_duration_seconds",
-            "Time handlers took, by method",
-            metrics.seconds.clone(),
-        );
-        registry.register(
-            "handlers_in_flight",
-            "Handlers running now",
-            metrics.in_flight.clone(),
+        metrics.register(
+            registry,
+            ServedNames {
+                calls: "handler_calls",
+                seconds: "handler_duration_seconds",
+                in_flight: "handlers_in_flight",
+            },
         );
         registry.register_collector(Box::new(LinkCollector(links.to_vec())));
         Self {
@@ -392,10 +265,7 @@ pub async fn serve(
 
 async fn health(State(state): State<HttpState>) -> Response {
     let health = state.health();
-    let code = match health.status {
-        HealthStatus::Unhealthy => StatusCode::SERVICE_UNAVAILABLE,
-        HealthStatus::Healthy | HealthStatus::Degraded => StatusCode::OK,
-    };
+    let code = health.status.http_code();
     (code, Json(health)).into_response()
 }
 

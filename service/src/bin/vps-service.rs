@@ -50,7 +50,7 @@ async fn run() -> anyhow::Result<()> {
     registry.method::<FindVpsByLease>(FindVpsByLeaseHandler::new(inventory))?;
     registry.method::<Ping>(gatemesh_service::handlers::ping)?;
     let mut options = InstanceOptions::from_config(&config);
-    let metrics = Arc::new(ServiceMetrics::new(registry.methods()));
+    let metrics = Arc::new(ServiceMetrics::for_instance());
     options.dispatch.observer = Some(metrics.clone());
     let http_listener = match config.http_addr() {
         Some(addr) => {
