@@ -305,7 +305,10 @@ fn instances_lists_every_connected_instance_as_a_table_and_as_json() {
     );
     for info in listed {
         assert_eq!(info["version"], env!("CARGO_PKG_VERSION"));
-        assert_eq!(info["methods"], serde_json::json!(["FindVPSByLease", "Ping"]));
+        assert_eq!(
+            info["methods"],
+            serde_json::json!(["FindVPSByLease", "Ping"])
+        );
         assert!(
             info["remote_addr"]
                 .as_str()

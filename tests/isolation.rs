@@ -210,3 +210,54 @@ async fn a_deaf_instance_flooding_gateway_calls_does_not_starve_another() {
     let _deaf = flood.await.unwrap();
     assert_eq!(served.load(Ordering::Relaxed), 20);
 }
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// The long flood, run by hand (figures in BENCHMARKS.md):
+/// `cargo test --release --test isolation -- --ignored --nocapture`.
+/// 100,000 requests from a gateway that never reads: the instance drops
+/// that link, its other gateway is served, and memory stays flat (the
+/// dispatcher holds at most its per-gateway share; refusals are never
+/// queued behind a full queue).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long flood; run by hand"]
+async fn a_100k_flood_without_reading_leaves_the_instance_flat() {
+    let gw = TestGateway::start().await;
+    let flood = fake_gateway(Script::FloodWithoutReading(100_000)).await;
+    let before = rss_kib();
+    let inst = instance(vec![flood, gw.url()]);
+    gw.wait_instances(1).await;
+    let mut status = inst.links()[0].watch();
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        status.wait_for(|s| {
+            s.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("does not read its answers"))
+        }),
+    )
+    .await
+    .expect("the flooding gateway's link is dropped")
+    .unwrap();
+    let answer = gw
+        .gateway
+        .mesh()
+        .call::<FindVpsByLease>(lease("10.0.0.1", "aa"))
+        .timeout(Duration::from_secs(30))
+        .first_valid()
+        .await
+        .unwrap();
+    assert_eq!(answer.value.vps_id, "vps-1");
+    let after = rss_kib();
+    let grown = after.saturating_sub(before);
+    eprintln!("RSS before {before} KiB, after {after} KiB: +{grown} KiB");
+    assert!(grown < 64 * 1024, "the instance grew by {grown} KiB");
+    inst.kill();
+}

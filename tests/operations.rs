@@ -285,6 +285,35 @@ async fn grpc_health_serves_and_reflection_lists_the_gateway() {
     ] {
         assert!(names.contains(&expected), "{names:?}");
     }
+
+    // Clients that speak only v1alpha (older grpcurl, some IDEs) too.
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest as AlphaRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient as AlphaClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest as AlphaMessage;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse as AlphaAnswer;
+    let mut alpha = AlphaClient::new(channel(&gw).await);
+    let request = AlphaRequest {
+        host: String::new(),
+        message_request: Some(AlphaMessage::ListServices(String::new())),
+    };
+    let answer = alpha
+        .server_reflection_info(tokio_stream::once(request))
+        .await
+        .expect("v1alpha reflection is served")
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
+    let Some(AlphaAnswer::ListServicesResponse(list)) = answer.message_response else {
+        panic!("{answer:?}");
+    };
+    assert!(
+        list.service
+            .iter()
+            .any(|s| s.name == "gatemesh.v1.GatewayAdmin"),
+        "{list:?}"
+    );
     gw.stop().await;
 }
 
