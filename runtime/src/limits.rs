@@ -74,6 +74,19 @@ pub fn fd_pressure() -> Option<String> {
     short.then(|| format!("{open} of {limit} file descriptors open"))
 }
 
+/// [`raise_fd_limit`], logged: what both binaries do at start.
+pub fn raise_fd_limit_logged() {
+    match raise_fd_limit() {
+        Ok(limit) => tracing::info!(
+            soft = limit.soft,
+            hard = limit.hard,
+            was = limit.was,
+            "file descriptor limit"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the file descriptor limit"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

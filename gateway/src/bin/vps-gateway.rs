@@ -17,15 +17,7 @@ async fn run() -> anyhow::Result<()> {
     let config = GatewayConfig::from_vars(std::env::vars())?;
     let rust_log = std::env::var("RUST_LOG").ok();
     gatemesh_runtime::logging::init(config.log_format.as_deref(), rust_log.as_deref())?;
-    match gatemesh_runtime::limits::raise_fd_limit() {
-        Ok(limit) => tracing::info!(
-            soft = limit.soft,
-            hard = limit.hard,
-            was = limit.was,
-            "file descriptor limit"
-        ),
-        Err(e) => tracing::warn!(error = %e, "cannot raise the file descriptor limit"),
-    }
+    gatemesh_runtime::limits::raise_fd_limit_logged();
     let addr = config.grpc_addr();
     let listener = TcpListener::bind(addr)
         .await

@@ -23,15 +23,7 @@ async fn run() -> anyhow::Result<()> {
     let config = ServiceConfig::from_vars(std::env::vars())?;
     let rust_log = std::env::var("RUST_LOG").ok();
     gatemesh_runtime::logging::init(config.log_format.as_deref(), rust_log.as_deref())?;
-    match gatemesh_runtime::limits::raise_fd_limit() {
-        Ok(limit) => tracing::info!(
-            soft = limit.soft,
-            hard = limit.hard,
-            was = limit.was,
-            "file descriptor limit"
-        ),
-        Err(e) => tracing::warn!(error = %e, "cannot raise the file descriptor limit"),
-    }
+    gatemesh_runtime::limits::raise_fd_limit_logged();
     let inventory: Arc<dyn Inventory> = match (&config.database_url, &config.inventory_file) {
         (Some(url), _) => Arc::new(
             PostgresInventory::connect(url.expose(), config.database_pool_size)
