@@ -354,7 +354,7 @@ fn instances_lists_every_connected_instance_as_a_table_and_as_json() {
                 spec.id,
                 spec.env,
                 env!("CARGO_PKG_VERSION"),
-                "FindVPSByLease"
+                "FindVPSByLease,Ping"
             ]
         );
         assert!(line.contains(" ago"), "{line}");
