@@ -118,7 +118,7 @@ async fn routes_that_pick_instances_are_refused_for_gateway_methods() {
             sample(
                 &body,
                 "gatemesh_gateway_calls_total",
-                &format!("method=\"GetGatewayInfo\",strategy=\"{s}\",outcome=\"invalid_argument\""),
+                &format!("method=\"GetGatewayInfo\",strategy=\"{s}\",outcome=\"INVALID_ARGUMENT\""),
             )
         })
         .sum();

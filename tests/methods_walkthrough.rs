@@ -75,21 +75,18 @@ async fn a_method_added_as_the_readme_says_is_served_and_called_from_rust_and_th
     // The README's CLI line, on the real binary.
     let answer = gatemesh(&gw.url(), &CLI_ARGS).await;
     assert_eq!(answer["method"], "Ping", "{answer}");
-    assert_eq!(answer["results"][0]["instance"], "prod-1", "{answer}");
-    assert_eq!(
-        answer["results"][0]["response"]["text"], "hello",
-        "{answer}"
-    );
+    assert_eq!(answer["results"][0]["instance_id"], "prod-1", "{answer}");
+    assert_eq!(answer["results"][0]["payload"]["text"], "hello", "{answer}");
 
     // A gateway-served method from the CLI: answered by the gateway itself.
     let answer = gatemesh(&gw.url(), &["call", "GetGatewayInfo", "--json", "{}"]).await;
-    assert_eq!(answer["results"][0]["instance"], "gw-test", "{answer}");
+    assert_eq!(answer["results"][0]["instance_id"], "gw-test", "{answer}");
     assert_eq!(
-        answer["results"][0]["response"]["gateway_id"], "gw-test",
+        answer["results"][0]["payload"]["gateway_id"], "gw-test",
         "{answer}"
     );
     assert_eq!(
-        answer["results"][0]["response"]["connected_instances"], 1,
+        answer["results"][0]["payload"]["connected_instances"], 1,
         "{answer}"
     );
     instance.shutdown().await;
