@@ -225,6 +225,13 @@ mod tests {
             .arg("30")
             .spawn()
             .unwrap();
+        // Between fork and exec the child still bears the test thread's
+        // name: wait for the exec, so the name checked is `sleep`.
+        let started = std::time::Instant::now();
+        while process_name(sleeper.id() as i32).as_deref() != Some("sleep") {
+            assert!(started.elapsed() < std::time::Duration::from_secs(10));
+            std::thread::yield_now();
+        }
         let pid_file = dir.join("dnsmasq.pid");
         std::fs::write(&pid_file, format!("{}\n", sleeper.id())).unwrap();
         let e = reload(&pid_file).unwrap_err();
