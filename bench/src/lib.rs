@@ -17,12 +17,16 @@
 //! - [`procfs`]: CPU time and resident memory of a process.
 //! - [`child`]: starting a role and talking to it.
 //! - [`orchestrate`]: the scenarios, their repetitions and the report.
+//! - [`bare`], [`hotpath`]: the bare reverse call, and `bench-hotpath`,
+//!   which runs it beside gatemesh's call path in one process.
 //! - [`args`]: a tiny `--key value` parser (no CLI framework for a bench).
 
 #![forbid(unsafe_code)]
 
 pub mod args;
+pub mod bare;
 pub mod child;
+pub mod hotpath;
 pub mod load;
 pub mod orchestrate;
 pub mod payload;
