@@ -103,7 +103,8 @@ impl BareGateway {
     }
 }
 
-type Outbound = Pin<Box<dyn futures_util::Stream<Item = Result<pb::GatewayMessage, Status>> + Send>>;
+type Outbound =
+    Pin<Box<dyn futures_util::Stream<Item = Result<pb::GatewayMessage, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl pb::gateway_server::Gateway for BareGateway {
@@ -184,7 +185,11 @@ fn answer(payload: &[u8], owner: bool) -> Bytes {
         } else {
             String::new()
         },
-        organization_id: if found { "org-bench".into() } else { String::new() },
+        organization_id: if found {
+            "org-bench".into()
+        } else {
+            String::new()
+        },
     };
     response.encode_to_vec().into()
 }

@@ -36,6 +36,9 @@ pub struct Options {
     pub duration: Duration,
     pub warmup: Duration,
     pub concurrency: Vec<usize>,
+    /// Only the scenarios whose label contains every comma-separated term
+    /// (`bare`, `gatemesh`, `one`, `three`), e.g. to profile one of them.
+    pub only: Option<String>,
     pub command_line: String,
 }
 
@@ -94,6 +97,13 @@ pub fn run(options: Options) -> anyhow::Result<String> {
     for shape in [Shape::One, Shape::FirstValid3] {
         for &c in &options.concurrency {
             for side in [Side::Bare, Side::Mesh] {
+                let name = format!("{side:?} {}", shape.label()).to_lowercase();
+                let name = name.replace("mesh", "gatemesh");
+                if let Some(only) = &options.only
+                    && !only.split(',').all(|term| name.contains(term))
+                {
+                    continue;
+                }
                 samples.push(((shape, side, c), Vec::new()));
             }
         }
@@ -154,7 +164,11 @@ async fn start(instances: tokio::runtime::Handle) -> anyhow::Result<Parties> {
         let mut config = GatewayConfig::with_secret(SECRET);
         config.id = Some(format!("hotpath-{name}"));
         let gateway = Gateway::new(config);
-        tokio::spawn(gateway.clone().serve(listener, std::future::pending::<()>()));
+        tokio::spawn(
+            gateway
+                .clone()
+                .serve(listener, std::future::pending::<()>()),
+        );
         let _entered = instances.enter();
         for i in 0..count {
             // The owner is the middle one of three, as in the bare fan-out.
@@ -177,8 +191,7 @@ async fn start(instances: tokio::runtime::Handle) -> anyhow::Result<Parties> {
                     })
                 },
             )?;
-            let options =
-                InstanceOptions::new(format!("{name}-{i}"), "prod", Secret::new(SECRET));
+            let options = InstanceOptions::new(format!("{name}-{i}"), "prod", Secret::new(SECRET));
             handles.push(Instance::new(options, registry).start([url.clone()]));
         }
         drop(_entered);
@@ -284,7 +297,8 @@ fn valid(response: &FindVpsByLeaseResponse) -> Result<(), String> {
 }
 
 fn report(options: &Options, samples: &[((Shape, Side, usize), Vec<Sample>)]) -> String {
-    let med = |runs: &[Sample], f: fn(&Sample) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
+    let med =
+        |runs: &[Sample], f: fn(&Sample) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
     let find = |shape, side, c| {
         samples
             .iter()
@@ -341,13 +355,18 @@ pub fn options(args: &crate::args::Args, command_line: String) -> anyhow::Result
         .str("concurrency")
         .unwrap_or("1,64")
         .split(',')
-        .map(|c| c.trim().parse().context("--concurrency takes numbers like 1,64"))
+        .map(|c| {
+            c.trim()
+                .parse()
+                .context("--concurrency takes numbers like 1,64")
+        })
         .collect::<anyhow::Result<Vec<usize>>>()?;
     Ok(Options {
         runs: args.get("runs", if quick { 1 } else { 5 })?.max(1),
         duration: Duration::from_secs_f64(args.get("duration", if quick { 0.5 } else { 3.0 })?),
         warmup: Duration::from_secs_f64(args.get("warmup", if quick { 0.2 } else { 0.5 })?),
         concurrency,
+        only: args.str("only").map(str::to_lowercase),
         command_line,
     })
 }

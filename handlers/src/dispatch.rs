@@ -30,6 +30,17 @@ use tonic::Code;
 
 use crate::{Caller, Context, Handlers, MAX_METHOD_NAME_LEN};
 
+/// How long a handler's first poll may run on the stream's reader before
+/// that handler's requests start in their own task instead.
+pub const INLINE_BUDGET: Duration = Duration::from_micros(200);
+/// First polls over [`INLINE_BUDGET`] after which a handler always starts
+/// in its own task.
+pub const SLOW_STRIKES: u32 = 3;
+
+/// A handler's work: its result, or the panic it ended with.
+type HandlerResult = std::thread::Result<Result<bytes::Bytes, crate::HandlerError>>;
+type Work = std::pin::Pin<Box<dyn std::future::Future<Output = HandlerResult> + Send>>;
+
 #[derive(Debug, Clone)]
 pub struct DispatchConfig {
     /// Told about every request, for metrics; `None` costs nothing.
@@ -207,6 +218,13 @@ impl<F: Send + 'static> Dispatcher<F> {
     /// Starts `request` from `caller`. A request that cannot run is
     /// answered at once, without waiting, with a typed status; the reason
     /// is returned so the stream can count it.
+    ///
+    /// The handler's first poll runs right here, on the stream's reader: a
+    /// handler that answers without waiting (most do: a lookup, a cache)
+    /// costs no task, no timer and no wake-up. One that waits moves to its
+    /// own task with its deadline and cancel. A handler whose first poll
+    /// runs past [`INLINE_BUDGET`] [`SLOW_STRIKES`] times starts in its own task from then
+    /// on, so a slow handler stalls the reader at most a few times.
     pub fn dispatch(self: &Arc<Self>, caller: Caller, request: pb::Request) -> Result<(), Refused> {
         let id = request.id;
         let admitted = match self.admit(&request) {
@@ -216,7 +234,7 @@ impl<F: Send + 'static> Dispatcher<F> {
             }
         };
         let Admitted {
-            handler,
+            entry,
             token,
             permit,
         } = admitted;
@@ -233,29 +251,70 @@ impl<F: Send + 'static> Dispatcher<F> {
             dispatcher: Arc::clone(self),
             id,
         };
+        let ctx = Context::new(caller, deadline, token.clone());
+        let handler = Arc::clone(&entry.handler);
+        let name = Arc::clone(&entry.name);
+        let payload = request.payload;
+        let mut work: Work = Box::pin(async move {
+            AssertUnwindSafe(handler.handle(ctx, &name, payload))
+                .catch_unwind()
+                .await
+        });
+        let method = &*entry.name;
+        if entry.slow_first_polls.load(Ordering::Relaxed) < SLOW_STRIKES {
+            // A no-op waker: a handler that waits is polled again at once
+            // by its own task, which registers the real one.
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            let polled = work.as_mut().poll(&mut cx);
+            let now = Instant::now();
+            if now.duration_since(started) > INLINE_BUDGET
+                && entry.slow_first_polls.fetch_add(1, Ordering::Relaxed) + 1 == SLOW_STRIKES
+            {
+                tracing::info!(
+                    method,
+                    micros = now.duration_since(started).as_micros() as u64,
+                    "handler's first polls ran long; its requests start in their own task from now on"
+                );
+            }
+            if let std::task::Poll::Ready(result) = polled {
+                let result = if token.is_cancelled() {
+                    None
+                } else if now >= deadline {
+                    Some(self.deadline_passed(method, timeout))
+                } else {
+                    Some(self.outcome(method, result))
+                };
+                drop(permit);
+                self.finished(method, result.as_ref(), now.duration_since(started));
+                if let Some(result) = result {
+                    let response = pb::Response {
+                        id,
+                        result: Some(result),
+                    };
+                    // Queued now, or by a task that waits for room (at most
+                    // until the deadline), so the reader never waits.
+                    if let Err(frame) = self.try_answer(response) {
+                        tokio::spawn(async move {
+                            running.dispatcher.wait_answer(frame, deadline).await;
+                            drop(running);
+                        });
+                    }
+                }
+                return Ok(());
+            }
+        }
         tokio::spawn(async move {
             let this = &running.dispatcher;
-            let method = request.method;
-            let ctx = Context::new(caller, deadline, token.clone());
-            let work =
-                AssertUnwindSafe(handler.handle(ctx, &method, request.payload)).catch_unwind();
-            tokio::pin!(work);
+            let method = &*entry.name;
             let grace = this.config.cancel_grace;
             let result = tokio::select! {
                 // A handler that returns as soon as it sees a cancel races
                 // the cancel branch; the caller still wants no answer.
-                result = &mut work => (!token.is_cancelled()).then(|| match result {
-                    Ok(Ok(payload)) => this.within_limit(&method, payload),
-                    Ok(Err(e)) => pb::response::Result::Status(e.into()),
-                    Err(panic) => this.panicked(&method, &*panic),
-                }),
+                result = &mut work => (!token.is_cancelled()).then(|| this.outcome(method, result)),
                 _ = tokio::time::sleep_until(deadline) => {
                     token.cancel();
                     let _ = tokio::time::timeout(grace, &mut work).await;
-                    Some(pb::response::Result::Status(pb::Status::new(
-                        Code::DeadlineExceeded,
-                        format!("{method}: deadline of {} ms passed", timeout.as_millis()),
-                    )))
+                    Some(this.deadline_passed(method, timeout))
                 }
                 _ = token.cancelled() => {
                     // The caller gave up: it wants no answer.
@@ -266,23 +325,15 @@ impl<F: Send + 'static> Dispatcher<F> {
             // The handler is done: its permit goes back before the answer
             // waits for queue room, if it must.
             drop(permit);
-            if let Some(observer) = &this.config.observer {
-                let outcome = match &result {
-                    Some(pb::response::Result::Payload(_)) => Ok(()),
-                    Some(pb::response::Result::Status(status)) => Err(status.code()),
-                    None => Err(Code::Cancelled),
-                };
-                observer.finished(&method, outcome, started.elapsed());
-            }
+            this.finished(method, result.as_ref(), started.elapsed());
             if let Some(result) = result {
-                this.answer(
-                    pb::Response {
-                        id,
-                        result: Some(result),
-                    },
-                    deadline,
-                )
-                .await;
+                let response = pb::Response {
+                    id,
+                    result: Some(result),
+                };
+                if let Err(frame) = this.try_answer(response) {
+                    this.wait_answer(frame, deadline).await;
+                }
             }
             // `running` drops here: the request leaves the table only once
             // its answer is queued, so a drain that waits for idle never
@@ -290,6 +341,33 @@ impl<F: Send + 'static> Dispatcher<F> {
             drop(running);
         });
         Ok(())
+    }
+
+    /// What a handler's result becomes on the wire.
+    fn outcome(&self, method: &str, result: HandlerResult) -> pb::response::Result {
+        match result {
+            Ok(Ok(payload)) => self.within_limit(method, payload),
+            Ok(Err(e)) => pb::response::Result::Status(e.into()),
+            Err(panic) => self.panicked(method, &*panic),
+        }
+    }
+
+    fn deadline_passed(&self, method: &str, timeout: Duration) -> pb::response::Result {
+        pb::response::Result::Status(pb::Status::new(
+            Code::DeadlineExceeded,
+            format!("{method}: deadline of {} ms passed", timeout.as_millis()),
+        ))
+    }
+
+    fn finished(&self, method: &str, result: Option<&pb::response::Result>, elapsed: Duration) {
+        if let Some(observer) = &self.config.observer {
+            let outcome = match result {
+                Some(pb::response::Result::Payload(_)) => Ok(()),
+                Some(pb::response::Result::Status(status)) => Err(status.code()),
+                None => Err(Code::Cancelled),
+            };
+            observer.finished(method, outcome, elapsed);
+        }
     }
 
     /// Answers `id` with a refusal, without waiting: counted when the
@@ -357,17 +435,23 @@ impl<F: Send + 'static> Dispatcher<F> {
         ))
     }
 
-    /// Queues an answer; waits for room at most until `deadline`, when the
-    /// caller stops waiting anyway.
-    async fn answer(&self, response: pb::Response, deadline: Instant) {
+    /// Queues an answer without waiting; hands the frame back when the
+    /// queue is full. An answer for a stream that is gone is dropped.
+    fn try_answer(&self, response: pb::Response) -> Result<(), F> {
         match self.outbox.tx.try_send((self.outbox.frame)(response)) {
-            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
-            Err(mpsc::error::TrySendError::Full(frame)) => {
-                match tokio::time::timeout_at(deadline, self.outbox.tx.send(frame)).await {
-                    Ok(_) => {}
-                    Err(_) => self.note_dropped(),
-                }
-            }
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(frame)) => Err(frame),
+        }
+    }
+
+    /// Waits for queue room at most until `deadline`, when the caller stops
+    /// waiting anyway; then the answer is dropped and counted.
+    async fn wait_answer(&self, frame: F, deadline: Instant) {
+        if tokio::time::timeout_at(deadline, self.outbox.tx.send(frame))
+            .await
+            .is_err()
+        {
+            self.note_dropped();
         }
     }
 
@@ -398,7 +482,7 @@ impl<F: Send + 'static> Dispatcher<F> {
                 ),
             ));
         }
-        let Some(handler) = self.registry.get(&request.method).cloned() else {
+        let Some(entry) = self.registry.entry(&request.method).cloned() else {
             return Err((
                 Rejection::UnknownMethod,
                 format!("method {:?} is not served here", request.method),
@@ -429,7 +513,7 @@ impl<F: Send + 'static> Dispatcher<F> {
         let token = CancellationToken::new();
         state.running.insert(request.id, token.clone());
         Ok(Admitted {
-            handler,
+            entry,
             token,
             permit,
         })
@@ -485,7 +569,7 @@ impl<F: Send + 'static> Dispatcher<F> {
 }
 
 struct Admitted {
-    handler: Arc<dyn crate::RequestHandler>,
+    entry: Arc<crate::registry::Entry>,
     token: CancellationToken,
     permit: tokio::sync::OwnedSemaphorePermit,
 }
@@ -779,6 +863,68 @@ mod tests {
         assert_eq!(
             observer.0.lock()[..2],
             ["started FindVPSByLease", "finished FindVPSByLease INTERNAL"]
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_handler_that_does_not_wait_is_answered_before_dispatch_returns() {
+        // On a current-thread runtime nothing else runs until this test
+        // awaits: an answer already queued was made inline, by the reader.
+        let mut reg = Registry::new();
+        reg.method::<FindVpsByLease>(|_ctx, _req: FindVpsByLeaseRequest| async move {
+            Ok(FindVpsByLeaseResponse::default())
+        })
+        .unwrap();
+        let (d, _, mut rx) = setup(reg, 4);
+        send(&d, &(), request(7, "FindVPSByLease", 1000)).unwrap();
+        let answer = rx.try_recv().expect("answered inline");
+        assert_eq!(answer.id, 7);
+        assert_eq!(d.in_flight(), 0, "an inline call leaves nothing running");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_handler_whose_first_polls_run_long_leaves_the_reader_after_a_few() {
+        // Each call blocks its thread synchronously until released (or 10 s
+        // pass). Run inline, `dispatch` itself would block until then.
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let released = Arc::new(std::sync::Mutex::new(released));
+        let mut reg = Registry::new();
+        reg.method::<FindVpsByLease>(move |_ctx, req: FindVpsByLeaseRequest| {
+            let released = released.clone();
+            async move {
+                let waited = if req.mac == "block" {
+                    released
+                        .lock()
+                        .unwrap()
+                        .recv_timeout(Duration::from_secs(10))
+                        .is_ok()
+                } else {
+                    std::thread::sleep(INLINE_BUDGET * 2);
+                    true
+                };
+                Ok(FindVpsByLeaseResponse {
+                    vps_id: if waited { "released" } else { "timed out" }.into(),
+                    ..Default::default()
+                })
+            }
+        })
+        .unwrap();
+        let (d, _, mut rx) = setup(reg, 4);
+        for id in 1..=u64::from(SLOW_STRIKES) {
+            send(&d, &(), with_mac(id, "slow", 60_000)).unwrap();
+            rx.recv().await.unwrap();
+        }
+        // Now the handler starts in its own task: dispatch returns while
+        // it blocks, and the release below is what ends it.
+        send(&d, &(), with_mac(9, "block", 60_000)).unwrap();
+        release.send(()).unwrap();
+        let answer = rx.recv().await.unwrap();
+        let Some(pb::response::Result::Payload(bytes)) = answer.result else {
+            panic!("{answer:?}");
+        };
+        assert_eq!(
+            FindVpsByLeaseResponse::decode(bytes).unwrap().vps_id,
+            "released"
         );
     }
 

@@ -122,7 +122,19 @@ impl<S: ServingSide> std::fmt::Debug for Registry<S> {
 /// the registry checked). What the dispatcher looks requests up in.
 #[derive(Clone, Default)]
 pub struct Handlers {
-    handlers: HashMap<Arc<str>, Arc<dyn RequestHandler>>,
+    handlers: HashMap<Arc<str>, Arc<Entry>>,
+}
+
+/// One served method: its handler, and what the dispatcher learned of it.
+pub(crate) struct Entry {
+    /// The registered name, shared: the dispatcher's label for the call.
+    pub(crate) name: Arc<str>,
+    pub(crate) handler: Arc<dyn RequestHandler>,
+    /// First polls of this handler that ran past the inline budget. From
+    /// the [`SLOW_STRIKES`](crate::dispatch::SLOW_STRIKES)th on, its
+    /// requests start in their own task, so the stream's reader no longer
+    /// waits on it; a cold first call alone does not decide it.
+    pub(crate) slow_first_polls: std::sync::atomic::AtomicU32,
 }
 
 impl Handlers {
@@ -133,11 +145,21 @@ impl Handlers {
         if self.handlers.contains_key(name) {
             return Err(RegistryError::Duplicate(name.to_string()));
         }
-        self.handlers.insert(name.into(), Arc::new(handler));
+        let name: Arc<str> = name.into();
+        let entry = Entry {
+            name: name.clone(),
+            handler: Arc::new(handler),
+            slow_first_polls: std::sync::atomic::AtomicU32::new(0),
+        };
+        self.handlers.insert(name, Arc::new(entry));
         Ok(())
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<dyn RequestHandler>> {
+        self.handlers.get(name).map(|entry| &entry.handler)
+    }
+
+    pub(crate) fn entry(&self, name: &str) -> Option<&Arc<Entry>> {
         self.handlers.get(name)
     }
 

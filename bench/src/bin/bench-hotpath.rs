@@ -4,7 +4,7 @@
 use gatemesh_bench::args::Args;
 use gatemesh_bench::hotpath;
 
-const USAGE: &str = "usage: bench-hotpath [--quick] [--runs N] [--duration SECONDS] [--warmup SECONDS] [--concurrency 1,64]";
+const USAGE: &str = "usage: bench-hotpath [--quick] [--runs N] [--duration SECONDS] [--warmup SECONDS] [--concurrency 1,64] [--only bare|gatemesh|one|three]";
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
