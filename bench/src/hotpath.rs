@@ -93,7 +93,7 @@ pub fn run(options: Options) -> anyhow::Result<String> {
     let instances = runtime("instances")?;
     let parties = gateways.block_on(start(instances.handle().clone()))?;
     let ticks = procfs::ticks_per_second();
-    let mut samples: Vec<((Shape, Side, usize), Vec<Sample>)> = Vec::new();
+    let mut samples: Vec<Scenario> = Vec::new();
     for shape in [Shape::One, Shape::FirstValid3] {
         for &c in &options.concurrency {
             for side in [Side::Bare, Side::Mesh] {
@@ -296,7 +296,10 @@ fn valid(response: &FindVpsByLeaseResponse) -> Result<(), String> {
     }
 }
 
-fn report(options: &Options, samples: &[((Shape, Side, usize), Vec<Sample>)]) -> String {
+/// Every run of one scenario: its shape, side and concurrency.
+type Scenario = ((Shape, Side, usize), Vec<Sample>);
+
+fn report(options: &Options, samples: &[Scenario]) -> String {
     let med =
         |runs: &[Sample], f: fn(&Sample) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
     let find = |shape, side, c| {
