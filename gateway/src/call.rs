@@ -149,22 +149,28 @@ impl Mesh {
         let is_valid = methods::known_method(method).map(|m| m.is_valid);
         let started = Instant::now();
         let result = match route.strategy {
-            Strategy::All => self.all(method, payload, route, Ok).await,
+            Strategy::All => self.all(method, payload, route, started, Ok).await,
             // A call to one named instance returns that instance's answer,
             // "not mine" included: there is no one else to ask.
             Strategy::FirstValid | Strategy::One if route.instance.is_some() => self
-                .one(method, payload, route, Ok)
+                .one(method, payload, route, started, Ok)
                 .await
                 .map(|a| vec![a.into_reply()]),
             Strategy::One => self
-                .one(method, payload, route, Ok)
+                .one(method, payload, route, started, Ok)
                 .await
                 .map(|a| vec![a.into_reply()]),
             Strategy::FirstValid => self
-                .first_valid(method, payload, route, |bytes: Bytes| match is_valid {
-                    Some(valid) if !valid(&bytes) => Verdict::NotMine,
-                    _ => Verdict::Valid(bytes),
-                })
+                .first_valid(
+                    method,
+                    payload,
+                    route,
+                    started,
+                    |bytes: Bytes| match is_valid {
+                        Some(valid) if !valid(&bytes) => Verdict::NotMine,
+                        _ => Verdict::Valid(bytes),
+                    },
+                )
                 .await
                 .map(|a| vec![a.into_reply()]),
         };
@@ -202,13 +208,15 @@ impl Mesh {
         }
     }
 
-    fn deadline(&self, route: &Route) -> (Instant, Duration) {
+    /// The call's deadline, counted from `started` (the one clock read a
+    /// call makes before it sends), and its length.
+    fn deadline(&self, route: &Route, started: Instant) -> (Instant, Duration) {
         // Saturates at what the wire can carry (`timeout_ms` is a u32).
         let timeout = route
             .timeout
             .unwrap_or(self.inner.default_timeout)
             .min(MAX_TIMEOUT);
-        (Instant::now() + timeout, timeout)
+        (started + timeout, timeout)
     }
 
     /// The instances a call goes to, or why there are none.
@@ -275,25 +283,32 @@ impl Mesh {
         method: &str,
         payload: Bytes,
         route: &Route,
+        started: Instant,
         accept: impl Fn(Bytes) -> Verdict<T>,
     ) -> Result<Answer<T>, CallError> {
         let peers = self.targets(method, &payload, route)?;
-        let (deadline, timeout) = self.deadline(route);
+        let (deadline, timeout) = self.deadline(route, started);
         let asked = peers.len();
         let mut errors = Vec::new();
         let mut running = FuturesUnordered::new();
         for peer in peers {
-            match Outstanding::start(peer, method, payload.clone(), deadline) {
+            match Outstanding::start(peer, method, payload.clone(), started, deadline) {
                 Ok(call) => running.push(call.finish()),
                 Err(e) => errors.push(e),
             }
         }
         let mut not_mine = 0;
+        // One timer for the whole call, however many answers it waits for.
+        let expired = tokio::time::sleep_until(deadline);
+        tokio::pin!(expired);
         loop {
-            let next = match tokio::time::timeout_at(deadline, running.next()).await {
-                Err(_) => return Err(CallError::DeadlineExceeded(timeout)),
-                Ok(None) => break,
-                Ok(Some(next)) => next,
+            let next = tokio::select! {
+                biased;
+                next = running.next() => match next {
+                    None => break,
+                    Some(next) => next,
+                },
+                _ = &mut expired => return Err(CallError::DeadlineExceeded(timeout)),
             };
             let (peer, latency, outcome) = next;
             match outcome.map(&accept) {
@@ -334,16 +349,17 @@ impl Mesh {
         method: &str,
         payload: Bytes,
         route: &Route,
+        started: Instant,
         decode: impl Fn(Bytes) -> Result<T, String>,
     ) -> Result<Vec<Reply<T>>, CallError> {
         let mut peers = self.targets(method, &payload, route)?;
         // Replies come back in a stable order, whatever the map's order.
         peers.sort_by(|a, b| a.id().cmp(b.id()));
-        let (deadline, timeout) = self.deadline(route);
+        let (deadline, timeout) = self.deadline(route, started);
         let mut replies: Vec<Option<Reply<T>>> = Vec::with_capacity(peers.len());
         let mut running = FuturesUnordered::new();
         for (index, peer) in peers.iter().enumerate() {
-            match Outstanding::start(peer.clone(), method, payload.clone(), deadline) {
+            match Outstanding::start(peer.clone(), method, payload.clone(), started, deadline) {
                 Ok(call) => {
                     replies.push(None);
                     running.push(async move { (index, call.finish().await) });
@@ -351,9 +367,13 @@ impl Mesh {
                 Err(e) => replies.push(Some(Reply::of(peer, Err(e), Duration::ZERO))),
             }
         }
-        while let Ok(Some((index, (peer, latency, outcome)))) =
-            tokio::time::timeout_at(deadline, running.next()).await
-        {
+        let expired = tokio::time::sleep_until(deadline);
+        tokio::pin!(expired);
+        while let Some((index, (peer, latency, outcome))) = tokio::select! {
+            biased;
+            next = running.next() => next,
+            _ = &mut expired => None,
+        } {
             let outcome = outcome.and_then(|bytes| {
                 decode(bytes).map_err(|reason| CallError::BadAnswer {
                     instance: peer.info.id.clone(),
@@ -379,15 +399,22 @@ impl Mesh {
         method: &str,
         payload: Bytes,
         route: &Route,
+        started: Instant,
         decode: impl Fn(Bytes) -> Result<T, String>,
     ) -> Result<Answer<T>, CallError> {
         let mut candidates = self.targets(method, &payload, route)?;
-        let (deadline, timeout) = self.deadline(route);
+        let (deadline, timeout) = self.deadline(route, started);
         let idempotent = methods::known_method(method).is_some_and(|m| m.idempotent);
         let mut errors = Vec::new();
         while !candidates.is_empty() {
             let peer = candidates.swap_remove(self.pick(&candidates));
-            let call = match Outstanding::start(peer, method, payload.clone(), deadline) {
+            // A retry tells its handler only the time that is left.
+            let sent = if errors.is_empty() {
+                started
+            } else {
+                Instant::now()
+            };
+            let call = match Outstanding::start(peer, method, payload.clone(), sent, deadline) {
                 Ok(call) => call,
                 // Never written: safe to send elsewhere.
                 Err(e) if e.is_retryable(idempotent) => {
@@ -480,6 +507,7 @@ impl Outstanding {
         peer: Arc<Peer>,
         method: &str,
         payload: Bytes,
+        sent: Instant,
         deadline: Instant,
     ) -> Result<Self, CallError> {
         let (id, rx) = peer
@@ -488,9 +516,10 @@ impl Outstanding {
             .map_err(|_| CallError::Unreachable(peer.id().clone()))?;
         // Rounded up, as gRPC does: rounded down, the handler's deadline
         // fell up to 1 ms before the caller's, so it could give up on a
-        // caller still waiting for it.
+        // caller still waiting for it. Counted from the call's start: the
+        // time spent since is the caller's, not the handler's, to lose.
         let left = deadline
-            .saturating_duration_since(Instant::now())
+            .saturating_duration_since(sent)
             .as_nanos()
             .div_ceil(1_000_000);
         let request = pb::Request {
@@ -504,7 +533,7 @@ impl Outstanding {
                 peer,
                 id,
                 rx,
-                sent: Instant::now(),
+                sent,
                 answered: false,
             }),
             Err(e) => {
@@ -586,16 +615,13 @@ impl<M: Method> Call<'_, M> {
         let started = Instant::now();
         let result = self
             .mesh
-            .first_valid(
-                M::NAME,
-                self.payload(),
-                &self.route,
-                |bytes| match M::Response::decode(bytes) {
+            .first_valid(M::NAME, self.payload(), &self.route, started, |bytes| {
+                match M::Response::decode(bytes) {
                     Ok(r) if M::is_valid(&r) => Verdict::Valid(r),
                     Ok(_) => Verdict::NotMine,
                     Err(e) => Verdict::Bad(e.to_string()),
-                },
-            )
+                }
+            })
             .await;
         self.mesh
             .record(M::NAME, Strategy::FirstValid, started, &result);
@@ -608,7 +634,7 @@ impl<M: Method> Call<'_, M> {
         let started = Instant::now();
         let result = self
             .mesh
-            .all(M::NAME, self.payload(), &self.route, decode::<M>)
+            .all(M::NAME, self.payload(), &self.route, started, decode::<M>)
             .await;
         self.mesh.record(M::NAME, Strategy::All, started, &result);
         result
@@ -620,7 +646,7 @@ impl<M: Method> Call<'_, M> {
         let started = Instant::now();
         let result = self
             .mesh
-            .one(M::NAME, self.payload(), &self.route, decode::<M>)
+            .one(M::NAME, self.payload(), &self.route, started, decode::<M>)
             .await;
         self.mesh.record(M::NAME, Strategy::One, started, &result);
         result

@@ -12,7 +12,6 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
-use gatemesh_handlers::dispatch::code_name;
 use gatemesh_runtime::http::HttpStats;
 use gatemesh_runtime::metrics::{BuildInfo, Format, ProcessCollector};
 use gatemesh_runtime::{Served, ServedNames};
@@ -22,12 +21,11 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use tokio::time::Instant;
-use tonic::Code;
 
 use crate::Instances;
 use crate::dhcp::DhcpHandle;
-use crate::stats::{CallLabels, ReasonLabels, RouteLabels, Stats};
-use crate::{Disconnect, Strategy, peer::Peer};
+use crate::stats::{ReasonLabels, Stats};
+use crate::{Disconnect, peer::Peer};
 use std::sync::OnceLock;
 
 /// The gateway's metric registry.
@@ -40,30 +38,9 @@ pub struct Metrics {
     pub(crate) connections: Arc<crate::listener::Connections>,
 }
 
-/// Every outcome label a call can have: each gRPC code's name, `OK` first.
-fn outcomes() -> impl Iterator<Item = &'static str> {
-    (0..=16).map(|c| code_name(Code::from_i32(c)))
-}
-
-const STRATEGIES: [Strategy; 3] = [Strategy::FirstValid, Strategy::All, Strategy::One];
-
-/// Creates every known label combination at zero.
+/// Creates every disconnect reason at zero (the call series are made by
+/// [`Stats`] itself, which keeps handles on them).
 fn precreate(stats: &Stats) {
-    let methods = gatemesh_proto::methods::KNOWN.iter().map(|m| m.name);
-    for method in methods.chain(["other"]) {
-        for strategy in STRATEGIES.map(Strategy::label) {
-            let _ = stats
-                .call_seconds
-                .get_or_create(&RouteLabels { method, strategy });
-            for outcome in outcomes() {
-                let _ = stats.calls.get_or_create(&CallLabels {
-                    method,
-                    strategy,
-                    outcome,
-                });
-            }
-        }
-    }
     for reason in Disconnect::LABELS {
         let _ = stats
             .disconnect_reasons

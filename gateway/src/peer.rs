@@ -50,6 +50,9 @@ pub struct Peer {
     pub pending: Pending,
     pub dispatcher: Arc<Dispatcher<pb::GatewayMessage>>,
     closed: CancellationToken,
+    /// `closed`, readable with one atomic load: every send checks it, and
+    /// the token's own check takes a lock.
+    is_closed: AtomicBool,
     /// Why the stream ended and the `GoAway` still to send, set together
     /// by the first [`Peer::close`] and never again.
     closing: Mutex<Closing>,
@@ -80,6 +83,7 @@ impl Peer {
             pending: Pending::new(),
             dispatcher,
             closed: CancellationToken::new(),
+            is_closed: AtomicBool::new(false),
             closing: Mutex::new(Closing::default()),
             draining: AtomicBool::new(false),
             epoch: Instant::now(),
@@ -97,13 +101,13 @@ impl Peer {
 
     /// Whether new calls for `method` may go to this instance.
     pub fn routable(&self, method: &str) -> bool {
-        self.info.methods.contains(method) && !self.is_draining() && !self.closed.is_cancelled()
+        self.info.methods.contains(method) && !self.is_draining() && !self.is_closed()
     }
 
     /// Queues a frame without waiting. A queue that stays full longer than
     /// the stuck limit closes the stream.
     pub fn send(&self, kind: Kind) -> Result<(), SendError> {
-        if self.closed.is_cancelled() {
+        if self.is_closed() {
             return Err(SendError::Closed);
         }
         match self.tx.try_send(pb::GatewayMessage { kind: Some(kind) }) {
@@ -192,6 +196,7 @@ impl Peer {
             closing.goaway = reason.goaway();
             closing.reason = Some(reason);
         }
+        self.is_closed.store(true, Ordering::Release);
         self.closed.cancel();
         true
     }
@@ -202,7 +207,7 @@ impl Peer {
     }
 
     pub fn is_closed(&self) -> bool {
-        self.closed.is_cancelled()
+        self.is_closed.load(Ordering::Acquire)
     }
 
     pub(crate) fn closed_token(&self) -> &CancellationToken {

@@ -11,12 +11,13 @@ use std::time::Duration;
 
 use gatemesh_handlers::dispatch::code_name;
 use gatemesh_proto::methods;
+use gatemesh_runtime::histogram::LatencyHistogram;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
 use crate::Disconnect;
+use crate::call::Strategy;
 
 #[derive(Debug)]
 pub struct Stats {
@@ -35,12 +36,52 @@ pub struct Stats {
     /// Cancels for ids not running on their stream (ended, or never sent).
     pub stray_cancels: AtomicU64,
     pub(crate) calls: Family<CallLabels, Counter>,
-    pub(crate) call_seconds: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub(crate) call_seconds: Family<RouteLabels, LatencyHistogram>,
     pub(crate) disconnect_reasons: Family<ReasonLabels, Counter>,
+    /// Every (method, strategy)'s series, resolved once: a call costs a few
+    /// atomic adds, never a lookup in a family. Methods in catalogue order,
+    /// then `other`; within each, [`STRATEGIES`]' order.
+    routes: Vec<RouteSeries>,
+}
+
+const STRATEGIES: [Strategy; 3] = [Strategy::FirstValid, Strategy::All, Strategy::One];
+
+#[derive(Debug)]
+struct RouteSeries {
+    method: &'static str,
+    strategy: &'static str,
+    /// By gRPC code, 0 (`OK`) to 16.
+    outcomes: Vec<Counter>,
+    seconds: LatencyHistogram,
 }
 
 impl Default for Stats {
     fn default() -> Self {
+        let calls = Family::<CallLabels, Counter>::default();
+        let call_seconds = Family::<RouteLabels, LatencyHistogram>::default();
+        let methods = methods::KNOWN.iter().map(|m| m.name).chain(["other"]);
+        let routes = methods
+            .flat_map(|method| STRATEGIES.map(|s| (method, s.label())))
+            .map(|(method, strategy)| RouteSeries {
+                method,
+                strategy,
+                outcomes: (0..=16)
+                    .map(|code| {
+                        let outcome = code_name(tonic::Code::from_i32(code));
+                        calls
+                            .get_or_create(&CallLabels {
+                                method,
+                                strategy,
+                                outcome,
+                            })
+                            .clone()
+                    })
+                    .collect(),
+                seconds: call_seconds
+                    .get_or_create(&RouteLabels { method, strategy })
+                    .clone(),
+            })
+            .collect();
         Self {
             registrations: AtomicU64::new(0),
             replaced: AtomicU64::new(0),
@@ -52,16 +93,12 @@ impl Default for Stats {
             violations: AtomicU64::new(0),
             queue_full: AtomicU64::new(0),
             stray_cancels: AtomicU64::new(0),
-            calls: Family::default(),
-            call_seconds: Family::new_with_constructor(latency_histogram),
+            calls,
+            call_seconds,
             disconnect_reasons: Family::default(),
+            routes,
         }
     }
-}
-
-/// 0.5 ms to about 16 s, doubling.
-fn latency_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -111,16 +148,17 @@ impl Stats {
             _ => Self::bump(&self.calls_failed),
         }
         let method = method_label(method);
-        self.calls
-            .get_or_create(&CallLabels {
-                method,
-                strategy,
-                outcome: code_name(outcome),
-            })
-            .inc();
-        self.call_seconds
-            .get_or_create(&RouteLabels { method, strategy })
-            .observe(elapsed.as_secs_f64());
+        let Some(route) = self
+            .routes
+            .iter()
+            .find(|r| r.method == method && r.strategy == strategy)
+        else {
+            return;
+        };
+        if let Some(counter) = route.outcomes.get(outcome as usize) {
+            counter.inc();
+        }
+        route.seconds.observe(elapsed);
     }
 
     pub(crate) fn record_disconnect(&self, reason: &Disconnect) {

@@ -234,10 +234,14 @@ async fn read_loop(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut nonce = 0u64;
     let mut violations = 0u32;
+    // Made once: a wait made afresh each turn would register and unregister
+    // with the token, under its lock, for every frame.
+    let closed = peer.closed_token().cancelled();
+    tokio::pin!(closed);
     loop {
         tokio::select! {
             biased;
-            _ = peer.closed_token().cancelled() => {
+            _ = &mut closed => {
                 return peer.close_reason().unwrap_or(Disconnect::ConnectionLost);
             }
             frame = inbound.message() => match frame {
@@ -394,16 +398,26 @@ impl Stream for Outbound {
         if self.done {
             return Poll::Ready(None);
         }
-        if self.closing.is_none() && self.closed.as_mut().poll(cx).is_ready() {
+        if self.closing.is_none() {
+            // While open, the queue is read first and the close is polled
+            // (which registers with the token, under its lock) only when
+            // the queue is empty; the atomic check keeps a close for cause
+            // from sending the backlog.
+            if !self.peer.is_closed()
+                && let Poll::Ready(Some(frame)) = self.rx.poll_recv(cx)
+            {
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            if !self.peer.is_closed() && self.closed.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
             self.closing = Some(
                 self.peer
                     .close_reason()
                     .unwrap_or(Disconnect::ConnectionLost),
             );
         }
-        let Some(flushes) = self.closing.as_ref().map(Disconnect::flushes) else {
-            return self.rx.poll_recv(cx).map(|m| m.map(Ok));
-        };
+        let flushes = self.closing.as_ref().is_some_and(Disconnect::flushes);
         if flushes && let Ok(frame) = self.rx.try_recv() {
             return Poll::Ready(Some(Ok(frame)));
         }

@@ -23,6 +23,7 @@
 
 pub mod backoff;
 pub mod env;
+pub mod histogram;
 pub mod http;
 pub mod limits;
 pub mod logging;

@@ -317,29 +317,35 @@ impl Link {
             interval
         };
         let mut ticker = tokio::time::interval_at(Instant::now() + check_every, check_every);
-        let mut last_seen = Instant::now();
+        // Liveness is judged at each tick from a count of frames, so a frame
+        // costs no clock read: silent for `liveness` within one tick.
+        let (mut frames, mut frames_at_tick, mut silent) = (0u64, 0u64, Duration::ZERO);
         let mut reconnect_after = Duration::ZERO;
         let mut close_reason = None;
-        let mut drain_until: Option<Instant> = None;
         let mut closing = false;
+        // Made once, not per frame: a wait made afresh each turn registers
+        // with the token (under its lock) and builds a timer every time.
+        let shutdown_signal = shutdown.cancelled();
+        tokio::pin!(shutdown_signal);
+        let mut drain_timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
         loop {
             tokio::select! {
-                _ = shutdown.cancelled(), if drain_until.is_none() => {
+                _ = &mut shutdown_signal, if drain_timer.is_none() => {
                     // Stop taking requests: the gateway stops routing here,
                     // running handlers finish, then the stream closes.
                     let goodbye = pb::Goodbye { reason: "instance shutting down".into() };
                     let _ = session.tx.try_send(pb::InstanceMessage { kind: Some(Kind::Goodbye(goodbye)) });
                     dispatcher.drain();
-                    drain_until = Some(Instant::now() + self.config.drain_grace);
+                    drain_timer = Some(Box::pin(tokio::time::sleep(self.config.drain_grace)));
                 }
-                _ = dispatcher.idle(), if drain_until.is_some() && !closing => {
+                _ = dispatcher.idle(), if drain_timer.is_some() && !closing => {
                     // Every answer is queued: end our half and keep reading
                     // until the gateway ends its half. Dropping the response
                     // stream now would reset the whole stream, answers and all.
                     ended.cancel();
                     closing = true;
                 }
-                _ = tokio::time::sleep_until(drain_until.unwrap_or_else(Instant::now)), if drain_until.is_some() => {
+                _ = async { drain_timer.as_mut().expect("guarded").await }, if drain_timer.is_some() => {
                     tracing::warn!(gateway = %self.url, in_flight = dispatcher.in_flight(), "drain grace passed; closing");
                     return Ok(Ended::Shutdown);
                 }
@@ -355,7 +361,7 @@ impl Link {
                         }
                         Err(s) => return Err(format!("stream error: {:?}: {}", s.code(), s.message())),
                     };
-                    last_seen = Instant::now();
+                    frames += 1;
                     match frame.kind {
                         Some(InKind::Request(request)) => {
                             let _ = dispatcher.dispatch(caller.clone(), request);
@@ -395,7 +401,12 @@ impl Link {
                     }
                 }
                 _ = ticker.tick() => {
-                    if last_seen.elapsed() >= liveness {
+                    if frames == frames_at_tick {
+                        silent += check_every;
+                    } else {
+                        (frames_at_tick, silent) = (frames, Duration::ZERO);
+                    }
+                    if silent >= liveness {
                         return Err(format!("gateway silent for {} ms", liveness.as_millis()));
                     }
                 }
