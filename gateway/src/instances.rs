@@ -3,7 +3,7 @@
 //! The lock is held only to read or swap map entries, never across an
 //! `.await` or a send.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use parking_lot::RwLock;

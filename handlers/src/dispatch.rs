@@ -1,20 +1,23 @@
 //! Runs the requests that arrive on one stream on their handlers.
 //!
-//! Each admitted request runs in its own task, with its deadline and a
-//! cancellation token that a `Cancel` frame, the deadline or the end of the
-//! stream fires. A handler that ignores the token is dropped after a short
-//! grace period; one that panics is answered `INTERNAL`.
+//! A handler's first poll runs on the stream's reader: one that answers
+//! without waiting costs no task, no timer and no permit. One that waits
+//! continues in its own task, with its deadline and a cancellation token
+//! that a `Cancel` frame, the deadline or the end of the stream fires; a
+//! handler that ignores the token is dropped after a short grace period.
+//! One that panics is answered `INTERNAL`, inline or not.
 //!
 //! Every frame costs bounded work. A request is admitted only while the
 //! stream has fewer than its share of requests in flight (so one peer's
 //! flood refuses only that peer) and a process-wide permit is free (held
-//! while the handler runs, never while its answer waits for queue room).
-//! Refusals are answered inline without waiting; an answer that finds the
-//! queue full waits at most until the request's deadline, then is dropped
-//! and counted. A request stays in the running table until its answer is
-//! queued or dropped, so [`Dispatcher::idle`] means "every answer is out".
+//! while a waiting handler runs, never while its answer waits for queue
+//! room). Refusals are answered inline without waiting; an answer that
+//! finds the queue full waits at most until the request's deadline, then
+//! is dropped and counted. A request stays in the running table until its
+//! answer is queued or dropped, so [`Dispatcher::idle`] means "every
+//! answer is out".
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -33,8 +36,8 @@ use crate::{Caller, Context, Handlers, MAX_METHOD_NAME_LEN};
 /// How long a handler's first poll may run on the stream's reader before
 /// that handler's requests start in their own task instead.
 pub const INLINE_BUDGET: Duration = Duration::from_micros(200);
-/// First polls over [`INLINE_BUDGET`] after which a handler always starts
-/// in its own task.
+/// First polls in a row over [`INLINE_BUDGET`] after which a handler
+/// always starts in its own task.
 pub const SLOW_STRIKES: u32 = 3;
 
 /// A handler's work: its result, or the panic it ended with.
@@ -173,6 +176,8 @@ pub struct Dispatcher<F> {
 struct State {
     running: HashMap<u64, CancellationToken>,
     draining: bool,
+    /// The stream is gone: whatever starts now is cancelled at once.
+    closed: bool,
 }
 
 /// Takes a request out of the running table however its task ends: an
@@ -223,21 +228,16 @@ impl<F: Send + 'static> Dispatcher<F> {
     /// handler that answers without waiting (most do: a lookup, a cache)
     /// costs no task, no timer and no wake-up. One that waits moves to its
     /// own task with its deadline and cancel. A handler whose first poll
-    /// runs past [`INLINE_BUDGET`] [`SLOW_STRIKES`] times starts in its own task from then
+    /// runs past [`INLINE_BUDGET`] [`SLOW_STRIKES`] times in a row starts in its own task from then
     /// on, so a slow handler stalls the reader at most a few times.
     pub fn dispatch(self: &Arc<Self>, caller: Caller, request: pb::Request) -> Result<(), Refused> {
         let id = request.id;
-        let admitted = match self.admit(&request) {
-            Ok(admitted) => admitted,
+        let entry = match self.admit(&request) {
+            Ok(entry) => entry,
             Err((rejection, message)) => {
                 return Err(self.refuse(id, &request.method, rejection, message));
             }
         };
-        let Admitted {
-            entry,
-            token,
-            permit,
-        } = admitted;
         let timeout = match request.timeout_ms {
             0 => self.config.default_timeout,
             ms => Duration::from_millis(ms.into()).min(self.config.max_timeout),
@@ -247,10 +247,7 @@ impl<F: Send + 'static> Dispatcher<F> {
         if let Some(observer) = &self.config.observer {
             observer.started(&request.method);
         }
-        let running = Running {
-            dispatcher: Arc::clone(self),
-            id,
-        };
+        let token = CancellationToken::new();
         let ctx = Context::new(caller, deadline, token.clone());
         let handler = Arc::clone(&entry.handler);
         let name = Arc::clone(&entry.name);
@@ -263,13 +260,18 @@ impl<F: Send + 'static> Dispatcher<F> {
         let method = &*entry.name;
         if entry.slow_first_polls.load(Ordering::Relaxed) < SLOW_STRIKES {
             // A no-op waker: a handler that waits is polled again at once
-            // by its own task, which registers the real one.
+            // by its own task, which registers the real one. Nothing can
+            // cancel it meanwhile: cancels come from this same reader.
             let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
             let polled = work.as_mut().poll(&mut cx);
             let now = Instant::now();
-            if now.duration_since(started) > INLINE_BUDGET
-                && entry.slow_first_polls.fetch_add(1, Ordering::Relaxed) + 1 == SLOW_STRIKES
-            {
+            if now.duration_since(started) <= INLINE_BUDGET {
+                // Strikes count only in a row: a thread preempted mid-poll
+                // on a busy machine is not a slow handler.
+                if entry.slow_first_polls.load(Ordering::Relaxed) != 0 {
+                    entry.slow_first_polls.store(0, Ordering::Relaxed);
+                }
+            } else if entry.slow_first_polls.fetch_add(1, Ordering::Relaxed) + 1 == SLOW_STRIKES {
                 tracing::info!(
                     method,
                     micros = now.duration_since(started).as_micros() as u64,
@@ -277,32 +279,35 @@ impl<F: Send + 'static> Dispatcher<F> {
                 );
             }
             if let std::task::Poll::Ready(result) = polled {
-                let result = if token.is_cancelled() {
-                    None
-                } else if now >= deadline {
-                    Some(self.deadline_passed(method, timeout))
+                let result = if now >= deadline {
+                    self.deadline_passed(method, timeout)
                 } else {
-                    Some(self.outcome(method, result))
+                    self.outcome(method, result)
                 };
-                drop(permit);
-                self.finished(method, result.as_ref(), now.duration_since(started));
-                if let Some(result) = result {
-                    let response = pb::Response {
-                        id,
-                        result: Some(result),
-                    };
-                    // Queued now, or by a task that waits for room (at most
-                    // until the deadline), so the reader never waits.
-                    if let Err(frame) = self.try_answer(response) {
-                        tokio::spawn(async move {
-                            running.dispatcher.wait_answer(frame, deadline).await;
-                            drop(running);
-                        });
-                    }
+                self.finished(method, Some(&result), now.duration_since(started));
+                let response = pb::Response {
+                    id,
+                    result: Some(result),
+                };
+                // Queued now, or by a task that waits for room (at most
+                // until the deadline), so the reader never waits; until
+                // then the request counts as running, for `idle`.
+                if let Err(frame) = self.try_answer(response) {
+                    let running = self.enter(id, &token);
+                    tokio::spawn(async move {
+                        running.dispatcher.wait_answer(frame, deadline).await;
+                        drop(running);
+                    });
                 }
                 return Ok(());
             }
         }
+        // A permit bounds the handlers that wait, process-wide. Admission
+        // saw one free; should another stream have taken it since, this
+        // one runs anyway (over by at most one per reader at that moment)
+        // rather than be refused after it has begun.
+        let permit = self.permits.clone().try_acquire_owned().ok();
+        let running = self.enter(id, &token);
         tokio::spawn(async move {
             let this = &running.dispatcher;
             let method = &*entry.name;
@@ -469,7 +474,10 @@ impl<F: Send + 'static> Dispatcher<F> {
 
     /// Checks a request against the frame rules and the limits, and if it
     /// may run, records it as running.
-    fn admit(&self, request: &pb::Request) -> Result<Admitted, (Rejection, String)> {
+    fn admit(
+        &self,
+        request: &pb::Request,
+    ) -> Result<Arc<crate::registry::Entry>, (Rejection, String)> {
         if request.id == 0 {
             return Err((Rejection::BadId, "request id 0 is never valid".into()));
         }
@@ -488,7 +496,7 @@ impl<F: Send + 'static> Dispatcher<F> {
                 format!("method {:?} is not served here", request.method),
             ));
         };
-        let mut state = self.state.lock();
+        let state = self.state.lock();
         if state.draining {
             return Err((Rejection::Draining, "draining: no new requests".into()));
         }
@@ -507,16 +515,27 @@ impl<F: Send + 'static> Dispatcher<F> {
                 ),
             ));
         }
-        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+        // Checked, not taken: a handler that answers on its first poll
+        // never holds one. See `start_task`.
+        if self.permits.available_permits() == 0 {
             return Err((Rejection::Overloaded, "too many requests in flight".into()));
-        };
-        let token = CancellationToken::new();
-        state.running.insert(request.id, token.clone());
-        Ok(Admitted {
-            entry,
-            token,
-            permit,
-        })
+        }
+        Ok(entry)
+    }
+
+    /// Records `id` as running (a cancel now reaches it) and returns the
+    /// guard that takes it out again. On a stream already closed, the
+    /// token is cancelled at once.
+    fn enter(self: &Arc<Self>, id: u64, token: &CancellationToken) -> Running<F> {
+        let mut state = self.state.lock();
+        if state.closed {
+            token.cancel();
+        }
+        state.running.insert(id, token.clone());
+        Running {
+            dispatcher: Arc::clone(self),
+            id,
+        }
     }
 
     fn finish(&self, id: u64) {
@@ -547,6 +566,7 @@ impl<F: Send + 'static> Dispatcher<F> {
     pub fn close(&self) {
         let mut state = self.state.lock();
         state.draining = true;
+        state.closed = true;
         for token in state.running.values() {
             token.cancel();
         }
@@ -566,12 +586,6 @@ impl<F: Send + 'static> Dispatcher<F> {
             notified.await;
         }
     }
-}
-
-struct Admitted {
-    entry: Arc<crate::registry::Entry>,
-    token: CancellationToken,
-    permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! slot of that id on that stream, so no peer can ever complete another
 //! peer's call. When the stream ends every open slot fails at once.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;

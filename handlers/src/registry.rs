@@ -1,7 +1,7 @@
 //! Method name to handler: [`Registry`], typed by the side that serves it,
 //! and [`Handlers`], the table it turns into for the dispatcher.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
@@ -130,10 +130,11 @@ pub(crate) struct Entry {
     /// The registered name, shared: the dispatcher's label for the call.
     pub(crate) name: Arc<str>,
     pub(crate) handler: Arc<dyn RequestHandler>,
-    /// First polls of this handler that ran past the inline budget. From
-    /// the [`SLOW_STRIKES`](crate::dispatch::SLOW_STRIKES)th on, its
-    /// requests start in their own task, so the stream's reader no longer
-    /// waits on it; a cold first call alone does not decide it.
+    /// First polls of this handler in a row that ran past the inline
+    /// budget. From the [`SLOW_STRIKES`](crate::dispatch::SLOW_STRIKES)th
+    /// on, its requests start in their own task, so the stream's reader no
+    /// longer waits on it; a cold call or a preempted thread alone does not
+    /// decide it.
     pub(crate) slow_first_polls: std::sync::atomic::AtomicU32,
 }
 

@@ -195,14 +195,11 @@ impl Link {
         // Handlers still running hold senders of `rx`; ending the request
         // stream with the session closes our half of the stream regardless,
         // after the frames already queued (answers of a drain) are sent.
-        let outbound =
-            futures_util::stream::unfold((rx, guard.ended.clone()), |(mut rx, ended)| async move {
-                tokio::select! {
-                    biased;
-                    Some(frame) = rx.recv() => Some((frame, (rx, ended))),
-                    _ = ended.cancelled() => rx.try_recv().ok().map(|frame| (frame, (rx, ended))),
-                }
-            });
+        let outbound = Outbound {
+            rx,
+            ended: Box::pin(guard.ended.clone().cancelled_owned()),
+            is_ended: false,
+        };
         self.serve(
             shutdown,
             backoff,
@@ -513,5 +510,37 @@ impl Drop for CancelOnDrop<'_> {
         if self.session.pending.abandon(self.id) {
             send_cancel(self.session, self.id);
         }
+    }
+}
+
+/// The instance -> gateway half of a session's stream: its queue, read
+/// first; once the session has ended, what is left in it, then the end.
+/// The end is polled (which registers with the token, under its lock) only
+/// when the queue is empty, not for every frame.
+struct Outbound {
+    rx: mpsc::Receiver<pb::InstanceMessage>,
+    ended: std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+    is_ended: bool,
+}
+
+impl futures_util::Stream for Outbound {
+    type Item = pb::InstanceMessage;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        if self.is_ended {
+            return Poll::Ready(self.rx.try_recv().ok());
+        }
+        if let Poll::Ready(frame) = self.rx.poll_recv(cx) {
+            return Poll::Ready(frame);
+        }
+        if self.ended.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.is_ended = true;
+        Poll::Ready(self.rx.try_recv().ok())
     }
 }
