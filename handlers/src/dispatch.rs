@@ -896,6 +896,27 @@ mod tests {
         assert_eq!(d.in_flight(), 0, "an inline call leaves nothing running");
     }
 
+    #[tokio::test(flavor = "current_thread")]
+    async fn long_first_polls_that_are_not_in_a_row_keep_a_handler_inline() {
+        // A busy machine preempts a thread mid-poll now and then; that
+        // must not cost a fast handler its inline path.
+        let mut reg = Registry::new();
+        reg.method::<FindVpsByLease>(|_ctx, req: FindVpsByLeaseRequest| async move {
+            if req.mac == "slow" {
+                std::thread::sleep(INLINE_BUDGET * 2);
+            }
+            Ok(FindVpsByLeaseResponse::default())
+        })
+        .unwrap();
+        let (d, _, mut rx) = setup(reg, 4);
+        for id in 1..=u64::from(SLOW_STRIKES) * 3 {
+            let mac = if id % 2 == 1 { "slow" } else { "fast" };
+            send(&d, &(), with_mac(id, mac, 60_000)).unwrap();
+            let answer = rx.try_recv().expect("still answered inline");
+            assert_eq!(answer.id, id);
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_handler_whose_first_polls_run_long_leaves_the_reader_after_a_few() {
         // Each call blocks its thread synchronously until released (or 10 s
