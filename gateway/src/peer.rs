@@ -59,6 +59,9 @@ pub struct Peer {
     draining: AtomicBool,
     epoch: Instant,
     last_seen_ms: AtomicU64,
+    /// Frames received, and their count at the last heartbeat tick.
+    frames: AtomicU64,
+    frames_at_tick: AtomicU64,
     /// Since when (ms after `epoch`, plus one) the queue has been full; 0 when not.
     full_since_ms: AtomicU64,
     stuck_after: Duration,
@@ -88,6 +91,8 @@ impl Peer {
             draining: AtomicBool::new(false),
             epoch: Instant::now(),
             last_seen_ms: AtomicU64::new(0),
+            frames: AtomicU64::new(0),
+            frames_at_tick: AtomicU64::new(0),
             full_since_ms: AtomicU64::new(0),
             stuck_after,
             calls_served: AtomicU64::new(0),
@@ -157,8 +162,19 @@ impl Peer {
         self.epoch.elapsed().as_millis() as u64
     }
 
+    /// A frame came in. Counted, not timed: a frame costs no clock read.
     pub(crate) fn touch(&self) {
-        self.last_seen_ms.store(self.now_ms(), Ordering::Relaxed);
+        self.frames.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Called at each heartbeat tick: when frames came since the last one,
+    /// the instance was last seen now. Silence is so known to within one
+    /// heartbeat interval.
+    pub(crate) fn note_frames(&self) {
+        let frames = self.frames.load(Ordering::Relaxed);
+        if self.frames_at_tick.swap(frames, Ordering::Relaxed) != frames {
+            self.last_seen_ms.store(self.now_ms(), Ordering::Relaxed);
+        }
     }
 
     /// Time since the last frame from the instance.

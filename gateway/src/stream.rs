@@ -118,7 +118,6 @@ impl pb::gateway_server::Gateway for GatewayService {
             dispatcher,
             shared.config.stuck_timeout(),
         ));
-        peer.touch();
         let welcome = pb::Welcome {
             gateway_id: shared.gateway_id.clone(),
             heartbeat_interval_ms: shared.config.heartbeat_interval_ms as u32,
@@ -266,6 +265,7 @@ async fn read_loop(
                 }
             },
             _ = ticker.tick() => {
+                peer.note_frames();
                 if peer.silent_for() >= liveness {
                     return Disconnect::HeartbeatTimeout(liveness);
                 }
