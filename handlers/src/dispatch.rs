@@ -101,6 +101,8 @@ pub enum Rejection {
     DuplicateId,
     /// The payload is over the limit.
     TooLarge,
+    /// The metadata breaks its rules (count, size, key or value).
+    BadMetadata,
     /// The stream's share or the process-wide permits are taken.
     Overloaded,
     Draining,
@@ -111,13 +113,19 @@ impl Rejection {
     pub fn is_violation(self) -> bool {
         matches!(
             self,
-            Self::BadId | Self::BadMethodName | Self::DuplicateId | Self::TooLarge
+            Self::BadId
+                | Self::BadMethodName
+                | Self::DuplicateId
+                | Self::TooLarge
+                | Self::BadMetadata
         )
     }
 
     fn code(self) -> Code {
         match self {
-            Self::BadId | Self::BadMethodName | Self::DuplicateId => Code::InvalidArgument,
+            Self::BadId | Self::BadMethodName | Self::DuplicateId | Self::BadMetadata => {
+                Code::InvalidArgument
+            }
             Self::UnknownMethod => Code::Unimplemented,
             Self::TooLarge | Self::Overloaded => Code::ResourceExhausted,
             Self::Draining => Code::Unavailable,
@@ -236,9 +244,15 @@ impl<F: Send + 'static> Dispatcher<F> {
         tokio::spawn(async move {
             let this = &running.dispatcher;
             let method = request.method;
-            let ctx = Context::new(caller, deadline, token.clone());
-            let work =
-                AssertUnwindSafe(handler.handle(ctx, &method, request.payload)).catch_unwind();
+            // Checked in `admit`; an empty list costs nothing.
+            let metadata = crate::Metadata::from_wire(request.metadata).unwrap_or_default();
+            let span = crate::trace::serve_span(&method, &caller, &metadata);
+            let ctx = Context::new(caller, deadline, token.clone()).with_metadata(metadata);
+            let work = AssertUnwindSafe(tracing::Instrument::instrument(
+                handler.handle(ctx, &method, request.payload),
+                span.clone(),
+            ))
+            .catch_unwind();
             tokio::pin!(work);
             let grace = this.config.cancel_grace;
             let result = tokio::select! {
@@ -274,6 +288,14 @@ impl<F: Send + 'static> Dispatcher<F> {
                 };
                 observer.finished(&method, outcome, started.elapsed());
             }
+            crate::trace::finished(
+                &span,
+                match &result {
+                    Some(pb::response::Result::Payload(_)) => "ok",
+                    Some(pb::response::Result::Status(status)) => code_name(status.code()),
+                    None => "cancelled",
+                },
+            );
             if let Some(result) = result {
                 this.answer(
                     pb::Response {
@@ -397,6 +419,9 @@ impl<F: Send + 'static> Dispatcher<F> {
                     request.method.len()
                 ),
             ));
+        }
+        if let Err(e) = crate::Metadata::check_wire(&request.metadata) {
+            return Err((Rejection::BadMetadata, e.to_string()));
         }
         let Some(handler) = self.registry.get(&request.method).cloned() else {
             return Err((
@@ -538,6 +563,7 @@ mod tests {
             .encode_to_vec()
             .into(),
             timeout_ms,
+            metadata: Vec::new(),
         }
     }
 
@@ -587,6 +613,72 @@ mod tests {
             send(&d, &tx, request(4, &long, 1000)),
             Err(Rejection::BadMethodName)
         );
+    }
+
+    fn entry(key: &str, value: &str) -> pb::MetadataEntry {
+        pb::MetadataEntry {
+            key: key.into(),
+            value: value.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_handler_reads_the_metadata_the_caller_sent() {
+        let mut reg = Registry::new();
+        reg.method::<FindVpsByLease>(|ctx: Context, _req| async move {
+            let seen: Vec<String> = ctx
+                .metadata()
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            Ok(FindVpsByLeaseResponse {
+                vps_id: seen.join(","),
+                organization_id: String::new(),
+            })
+        })
+        .unwrap();
+        let (d, tx, mut rx) = setup(reg, 8);
+        let mut req = request(1, "FindVPSByLease", 1000);
+        req.metadata = vec![entry("x-request-id", "r-1"), entry("tenant", "acme")];
+        send(&d, &tx, req).unwrap();
+        let Some(pb::response::Result::Payload(p)) = rx.recv().await.unwrap().result else {
+            panic!("no payload")
+        };
+        assert_eq!(
+            FindVpsByLeaseResponse::decode(p).unwrap().vps_id,
+            "x-request-id=r-1,tenant=acme"
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_metadata_is_a_violation_refused_before_any_handler() {
+        let (seen_tx, mut seen) = mpsc::unbounded_channel();
+        let (d, tx, mut rx) = setup(observing(seen_tx), 8);
+        let many: Vec<_> = (0..=crate::metadata::MAX_ENTRIES)
+            .map(|i| entry(&format!("k{i}"), "v"))
+            .collect();
+        let cases = [
+            vec![entry("Bad Key", "v")],
+            vec![entry("k", "line\nbreak")],
+            vec![entry("k", "1"), entry("k", "2")],
+            vec![entry("grpc-status", "0")],
+            many,
+        ];
+        for (i, metadata) in cases.into_iter().enumerate() {
+            let mut req = request(i as u64 + 1, "FindVPSByLease", 1000);
+            req.metadata = metadata;
+            assert_eq!(send(&d, &tx, req), Err(Rejection::BadMetadata));
+            let r = rx.recv().await.unwrap();
+            let Some(pb::response::Result::Status(s)) = r.result else {
+                panic!("{r:?}")
+            };
+            assert_eq!(s.code(), Code::InvalidArgument);
+            assert!(s.message.starts_with("metadata"), "{}", s.message);
+            assert!(!s.refused, "a violation is not a safe-to-retry refusal");
+        }
+        assert!(Rejection::BadMetadata.is_violation());
+        assert!(seen.try_recv().is_err(), "no handler ran");
+        assert_eq!(d.in_flight(), 0);
     }
 
     #[tokio::test]
