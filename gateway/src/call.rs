@@ -27,6 +27,7 @@ use tokio::time::Instant;
 
 use crate::peer::SendError;
 use crate::stats::Stats;
+use crate::trace::CallTrace;
 use crate::{CallError, Instances, Peer};
 
 /// The longest deadline a call can have: `timeout_ms` on the wire is a u32.
@@ -65,6 +66,8 @@ pub struct Route {
     pub environment: Option<String>,
     /// The call's deadline; the gateway's default when `None`.
     pub timeout: Option<Duration>,
+    /// Sent with every request of the call.
+    pub metadata: gatemesh_handlers::Metadata,
 }
 
 /// A successful answer and who gave it.
@@ -281,9 +284,10 @@ impl Mesh {
         let (deadline, timeout) = self.deadline(route);
         let asked = peers.len();
         let mut errors = Vec::new();
+        let mut trace = CallTrace::new(method, Strategy::FirstValid, route);
         let mut running = FuturesUnordered::new();
         for peer in peers {
-            match Outstanding::start(peer, method, payload.clone(), deadline) {
+            match Outstanding::start(peer, method, payload.clone(), deadline, &mut trace) {
                 Ok(call) => running.push(call.finish()),
                 Err(e) => errors.push(e),
             }
@@ -298,6 +302,7 @@ impl Mesh {
             let (peer, latency, outcome) = next;
             match outcome.map(&accept) {
                 Ok(Verdict::Valid(value)) => {
+                    trace.mark(&peer, "won");
                     // Dropping `running` cancels the calls still out.
                     return Ok(Answer {
                         value,
@@ -306,7 +311,10 @@ impl Mesh {
                         latency,
                     });
                 }
-                Ok(Verdict::NotMine) => not_mine += 1,
+                Ok(Verdict::NotMine) => {
+                    trace.mark(&peer, "not_mine");
+                    not_mine += 1
+                }
                 Ok(Verdict::Bad(reason)) => errors.push(CallError::BadAnswer {
                     instance: peer.info.id.clone(),
                     reason,
@@ -341,9 +349,10 @@ impl Mesh {
         peers.sort_by(|a, b| a.id().cmp(b.id()));
         let (deadline, timeout) = self.deadline(route);
         let mut replies: Vec<Option<Reply<T>>> = Vec::with_capacity(peers.len());
+        let mut trace = CallTrace::new(method, Strategy::All, route);
         let mut running = FuturesUnordered::new();
         for (index, peer) in peers.iter().enumerate() {
-            match Outstanding::start(peer.clone(), method, payload.clone(), deadline) {
+            match Outstanding::start(peer.clone(), method, payload.clone(), deadline, &mut trace) {
                 Ok(call) => {
                     replies.push(None);
                     running.push(async move { (index, call.finish().await) });
@@ -354,6 +363,9 @@ impl Mesh {
         while let Ok(Some((index, (peer, latency, outcome)))) =
             tokio::time::timeout_at(deadline, running.next()).await
         {
+            if outcome.is_ok() {
+                trace.mark(&peer, "answered");
+            }
             let outcome = outcome.and_then(|bytes| {
                 decode(bytes).map_err(|reason| CallError::BadAnswer {
                     instance: peer.info.id.clone(),
@@ -385,9 +397,11 @@ impl Mesh {
         let (deadline, timeout) = self.deadline(route);
         let idempotent = methods::known_method(method).is_some_and(|m| m.idempotent);
         let mut errors = Vec::new();
+        let mut trace = CallTrace::new(method, Strategy::One, route);
         while !candidates.is_empty() {
             let peer = candidates.swap_remove(self.pick(&candidates));
-            let call = match Outstanding::start(peer, method, payload.clone(), deadline) {
+            let call = match Outstanding::start(peer, method, payload.clone(), deadline, &mut trace)
+            {
                 Ok(call) => call,
                 // Never written: safe to send elsewhere.
                 Err(e) if e.is_retryable(idempotent) => {
@@ -401,6 +415,7 @@ impl Mesh {
                 .map_err(|_| CallError::DeadlineExceeded(timeout))?;
             match outcome {
                 Ok(bytes) => {
+                    trace.mark(&peer, "answered");
                     let value = decode(bytes).map_err(|reason| CallError::BadAnswer {
                         instance: peer.info.id.clone(),
                         reason,
@@ -473,6 +488,8 @@ struct Outstanding {
     rx: oneshot::Receiver<Outcome>,
     sent: Instant,
     answered: bool,
+    /// The request's span ([`tracing::Span::none`] unless spans are exported).
+    span: tracing::Span,
 }
 
 impl Outstanding {
@@ -481,6 +498,7 @@ impl Outstanding {
         method: &str,
         payload: Bytes,
         deadline: Instant,
+        trace: &mut CallTrace,
     ) -> Result<Self, CallError> {
         let (id, rx) = peer
             .pending
@@ -493,11 +511,13 @@ impl Outstanding {
             .saturating_duration_since(Instant::now())
             .as_nanos()
             .div_ceil(1_000_000);
+        let (span, metadata) = trace.request(&peer, method);
         let request = pb::Request {
             id,
             method: method.to_string(),
             payload,
             timeout_ms: u32::try_from(left).unwrap_or(u32::MAX).max(1),
+            metadata,
         };
         match peer.send(Kind::Request(request)) {
             Ok(()) => Ok(Self {
@@ -506,9 +526,11 @@ impl Outstanding {
                 rx,
                 sent: Instant::now(),
                 answered: false,
+                span,
             }),
             Err(e) => {
                 peer.pending.abandon(id);
+                crate::trace::outcome_of(&span, "not_sent");
                 Err(match e {
                     SendError::Full => CallError::Overloaded(peer.id().clone()),
                     SendError::Closed => CallError::Unreachable(peer.id().clone()),
@@ -533,12 +555,18 @@ impl Outstanding {
             }
             Err(_) => Err(CallError::Disconnected(peer.id().clone())),
         };
+        if let Err(e) = &outcome {
+            crate::trace::outcome_of(&self.span, code_name(e.code()));
+        }
         (peer, latency, outcome)
     }
 }
 
 impl Drop for Outstanding {
     fn drop(&mut self) {
+        if !self.answered {
+            crate::trace::outcome_of(&self.span, "cancelled");
+        }
         if !self.answered && self.peer.pending.abandon(self.id) {
             let cancel = pb::Cancel {
                 id: self.id,
@@ -572,6 +600,23 @@ impl<M: Method> Call<'_, M> {
     /// Only instances with this environment label.
     pub fn env(mut self, environment: impl Into<String>) -> Self {
         self.route.environment = Some(environment.into());
+        self
+    }
+
+    /// Sends `key: value` with the request, for the handler's
+    /// `ctx.metadata()`; refused at once when it breaks the metadata rules.
+    pub fn metadata(
+        mut self,
+        key: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Result<Self, gatemesh_handlers::MetadataError> {
+        self.route.metadata.insert(key, value)?;
+        Ok(self)
+    }
+
+    /// Sends these pairs with the request (replacing any set before).
+    pub fn with_metadata(mut self, metadata: gatemesh_handlers::Metadata) -> Self {
+        self.route.metadata = metadata;
         self
     }
 
