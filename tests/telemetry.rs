@@ -269,6 +269,14 @@ async fn a_cli_first_valid_call_over_three_instances_is_one_trace() {
         "every span is in the CLI's trace: {spans:#?}"
     );
 
+    // The spans whose log lines an operator greps carry the trace id too.
+    let hex: String = trace_id.iter().map(|b| format!("{b:02x}")).collect();
+    for name in ["gatemesh.admin", "gatemesh.call", "gatemesh.serve"] {
+        for span in spans.iter().filter(|s| s.name == name) {
+            assert_eq!(span.attr("trace_id"), Some(hex.as_str()), "{span:#?}");
+        }
+    }
+
     let admin = one("gatemesh.admin");
     assert_eq!(admin.service, "vps-gateway");
     assert_eq!(
