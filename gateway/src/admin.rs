@@ -151,11 +151,11 @@ impl LocalMethods {
         // The admin caller dropping its request drops this future: the
         // handler is told through its context, as on the stream.
         let _cancel_on_drop = cancel.clone().drop_guard();
-        let mut metadata = route.metadata.clone();
-        gatemesh_handlers::trace::inject(
-            &tracing_opentelemetry::OpenTelemetrySpanExt::context(&tracing::Span::current()),
-            &mut metadata,
-        );
+        // The handler's calls continue the admin call's trace.
+        let metadata = gatemesh_handlers::Metadata::from_wire(
+            gatemesh_handlers::trace::outgoing_current(route.metadata.clone()),
+        )
+        .unwrap_or_default();
         let ctx = Context::new(
             Caller::new("admin", ""),
             Instant::now() + timeout,

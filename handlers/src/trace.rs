@@ -103,6 +103,15 @@ pub fn outgoing(mut metadata: Metadata, span: &Span) -> Vec<pb::MetadataEntry> {
     metadata.into_wire()
 }
 
+/// [`outgoing`] from within the current span; with export off, the
+/// current span is not even looked up.
+pub fn outgoing_current(metadata: Metadata) -> Vec<pb::MetadataEntry> {
+    if !enabled() {
+        return metadata.into_wire();
+    }
+    outgoing(metadata, &Span::current())
+}
+
 /// The span a served request runs in: a child of the caller's span when
 /// its metadata carries one. [`Span::none`] when spans are not exported
 /// and the request carries no trace context.

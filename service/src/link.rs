@@ -432,7 +432,7 @@ impl Link {
                 timeout_ms: u32::try_from(timeout.as_millis())
                     .unwrap_or(u32::MAX)
                     .max(1),
-                metadata: gatemesh_handlers::trace::outgoing(metadata, &tracing::Span::current()),
+                metadata: gatemesh_handlers::trace::outgoing_current(metadata),
             })),
         };
         session.tx.try_send(frame).map_err(|e| match e {
