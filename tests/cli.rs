@@ -685,3 +685,27 @@ printf '%s\n' "${{COMPREPLY[@]}}""#,
     let out = gatemesh(&[], &["completions", "tcsh"]);
     assert!(!out.status.success());
 }
+
+#[test]
+fn a_bad_header_is_one_line_naming_the_flag_before_any_connection() {
+    // Nothing listens on the gateway address: the header is refused first.
+    let url = format!("http://127.0.0.1:{}", free_port());
+    for (header, expected) in [
+        (
+            "Bad=1",
+            "error: --header Bad=1: metadata key \"Bad\": only a-z, 0-9, '-', '_' and '.' are allowed\n",
+        ),
+        ("novalue", "error: --header novalue: expected KEY=VALUE\n"),
+        (
+            "grpc-timeout=1S",
+            "error: --header grpc-timeout=1S: metadata key \"grpc-timeout\": the grpc- prefix is reserved\n",
+        ),
+    ] {
+        let out = gatemesh(
+            &[("GATEWAY_API_SECRET", SECRET)],
+            &["--gateway", &url, "call", "Ping", "--header", header],
+        );
+        assert_eq!(out.status.code(), Some(1), "{header}");
+        assert_eq!(String::from_utf8_lossy(&out.stderr), expected);
+    }
+}

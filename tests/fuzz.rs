@@ -126,7 +126,7 @@ fn instance_frame() -> impl Strategy<Value = pb::InstanceMessage> {
         1 => any::<u64>().prop_map(|nonce| Kind::Ping(pb::Ping { nonce })),
         1 => any::<u64>().prop_map(|nonce| Kind::Pong(pb::Pong { nonce })),
         4 => (id(), method(), payload(), any::<u32>()).prop_map(|(id, method, p, timeout_ms)| {
-            Kind::Request(pb::Request { id, method, payload: p.into(), timeout_ms: timeout_ms % 2_000 })
+            Kind::Request(pb::Request { id, method, payload: p.into(), timeout_ms: timeout_ms % 2_000, metadata: Vec::new() })
         }),
         1 => Just(Kind::Goodbye(pb::Goodbye { reason: "fuzz".into() })),
     ];
@@ -277,6 +277,7 @@ fn gateway_frame() -> impl Strategy<Value = pb::GatewayMessage> {
                 method,
                 payload: p.into(),
                 timeout_ms,
+                metadata: Vec::new(),
             })
         ),
         2 => (id(), proptest::collection::vec(any::<u8>(), 0..64)).prop_map(|(id, p)| {

@@ -74,6 +74,7 @@ impl pb::gateway_server::Gateway for FakeGateway {
                         method: "FindVPSByLease".into(),
                         payload: payload.clone(),
                         timeout_ms: 1_000,
+                        metadata: Vec::new(),
                     }))
                 });
                 // `inbound` is kept alive and never polled: the instance's
@@ -183,6 +184,7 @@ async fn a_deaf_instance_flooding_gateway_calls_does_not_starve_another() {
                 method: "GetGatewayInfo".into(),
                 payload: Bytes::new(),
                 timeout_ms: 60_000,
+                metadata: Vec::new(),
             };
             let frame = pb::InstanceMessage {
                 kind: Some(Out::Request(request)),

@@ -313,6 +313,7 @@ async fn answers_queued_when_a_drain_closes_the_stream_arrive_before_the_goaway(
             method: "GetGatewayInfo".into(),
             payload: Bytes::new(),
             timeout_ms: 60_000,
+            metadata: Vec::new(),
         };
         peer.tx
             .send(pb::InstanceMessage {

@@ -65,6 +65,7 @@ fn request(id: u64, method: &str, payload: Vec<u8>) -> Kind {
         method: method.into(),
         payload: payload.into(),
         timeout_ms: 5_000,
+        metadata: Vec::new(),
     })
 }
 

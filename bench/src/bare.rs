@@ -68,6 +68,7 @@ impl BareGateway {
             method: "FindVPSByLease".into(),
             payload,
             timeout_ms: 0,
+            metadata: Vec::new(),
         };
         conn.tx
             .send(pb::GatewayMessage {

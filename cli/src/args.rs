@@ -85,6 +85,11 @@ pub struct CallArgs {
     /// Deadline of the call, e.g. 500ms, 2s, 1m (the gateway's default when unset).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub timeout: Option<Duration>,
+    /// Metadata for the handlers, e.g. x-request-id=42 (repeatable): sent
+    /// as the call's gRPC headers, passed on by the gateway with each
+    /// request.
+    #[arg(long = "header", short = 'H', value_name = "KEY=VALUE")]
+    pub headers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

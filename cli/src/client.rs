@@ -75,12 +75,24 @@ impl AdminClient {
         Ok(response.into_inner().instances)
     }
 
+    /// Calls through the gateway; `metadata` goes as the call's gRPC
+    /// headers, which the gateway passes on to the handlers.
     pub async fn call(
         &mut self,
         request: pb::CallRequest,
         timeout: Option<Duration>,
+        metadata: &[pb::MetadataEntry],
     ) -> anyhow::Result<pb::CallResponse> {
-        let request = self.request(request, timeout);
+        let mut request = self.request(request, timeout);
+        for entry in metadata {
+            let key = tonic::metadata::AsciiMetadataKey::from_bytes(entry.key.as_bytes())
+                .map_err(|_| anyhow!("--header {}: not a gRPC header name", entry.key))?;
+            let value = entry
+                .value
+                .parse()
+                .map_err(|_| anyhow!("--header {}: not a gRPC header value", entry.key))?;
+            request.metadata_mut().insert(key, value);
+        }
         let response = self.inner.call(request).await.map_err(status)?;
         Ok(response.into_inner())
     }

@@ -23,7 +23,9 @@ use std::io::{IsTerminal, Read as _, Write};
 
 use anyhow::{Context as _, anyhow};
 use clap::CommandFactory as _;
+use gatemesh_handlers::Metadata;
 use gatemesh_proto::pb;
+use tracing::Instrument as _;
 
 pub use args::{Cli, Command};
 pub use catalogue::Catalogue;
@@ -84,6 +86,21 @@ fn request_json(arg: &str) -> anyhow::Result<String> {
     Ok(arg.to_string())
 }
 
+/// The pairs of `--header KEY=VALUE`, checked by the rules the gateway
+/// applies, so a bad one is refused here with its flag named.
+fn headers(args: &[String]) -> anyhow::Result<Metadata> {
+    let mut metadata = Metadata::new();
+    for arg in args {
+        let (key, value) = arg
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--header {arg}: expected KEY=VALUE"))?;
+        metadata
+            .insert(key, value)
+            .map_err(|e| anyhow!("--header {arg}: {e}"))?;
+    }
+    Ok(metadata)
+}
+
 /// Runs `cli`, writing the result to `out`; feedback for a person waiting
 /// goes to stderr, and only when stderr is a terminal.
 pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
@@ -111,6 +128,7 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
             let catalogue = Catalogue::load()?;
             let method = catalogue.method(&args.method)?;
             let payload = method.encode_json(&request_json(&args.json)?)?;
+            let metadata = headers(&args.headers)?;
             let request = pb::CallRequest {
                 method: method.name().to_string(),
                 payload: payload.into(),
@@ -138,7 +156,23 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
                     .unwrap_or_default(),
                 target.url
             ));
-            let response = client.call(request, args.timeout).await?;
+            // The root of the call's trace, when spans are exported; its
+            // context travels in the gRPC headers (`traceparent`).
+            let span = if gatemesh_handlers::trace::enabled() {
+                tracing::info_span!(
+                    "gatemesh.cli",
+                    otel.kind = "client",
+                    method = method.name(),
+                    strategy = %args.strategy,
+                )
+            } else {
+                tracing::Span::none()
+            };
+            let metadata = gatemesh_handlers::trace::outgoing(metadata, &span);
+            let response = client
+                .call(request, args.timeout, &metadata)
+                .instrument(span)
+                .await?;
             let document = output::call_json(&method, args.strategy, &response)
                 .context("cannot show the answer")?;
             serde_json::to_writer_pretty(&mut *out, &document)?;

@@ -15,6 +15,7 @@ use gatemesh_proto::pb;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Response, Status};
+use tracing::Instrument as _;
 
 use crate::stats::Stats;
 use crate::{Instances, Mesh, Peer, Reply, Route, Strategy};
@@ -150,11 +151,17 @@ impl LocalMethods {
         // The admin caller dropping its request drops this future: the
         // handler is told through its context, as on the stream.
         let _cancel_on_drop = cancel.clone().drop_guard();
+        // The handler's calls continue the admin call's trace.
+        let metadata = gatemesh_handlers::Metadata::from_wire(
+            gatemesh_handlers::trace::outgoing_current(route.metadata.clone()),
+        )
+        .unwrap_or_default();
         let ctx = Context::new(
             Caller::new("admin", ""),
             Instant::now() + timeout,
             cancel.clone(),
-        );
+        )
+        .with_metadata(metadata);
         // A task of its own, so that a panicking handler fails this call
         // only, not the admin connection.
         let task = tokio::spawn(async move { handler.handle(ctx, method.name, payload).await });
@@ -233,35 +240,28 @@ impl pb::gateway_admin_server::GatewayAdmin for AdminService {
         &self,
         request: Request<pb::CallRequest>,
     ) -> Result<Response<pb::CallResponse>, Status> {
+        // The caller's gRPC headers go on to the instances as metadata; a
+        // `traceparent` among them makes this call part of its trace.
+        let mut metadata = crate::trace::admin_metadata(request.metadata())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let request = request.into_inner();
         let strategy = match request.strategy() {
             pb::Strategy::Unspecified | pb::Strategy::FirstValid => Strategy::FirstValid,
             pb::Strategy::All => Strategy::All,
             pb::Strategy::One => Strategy::One,
         };
+        let span = crate::trace::admin_span(&request.method, strategy, &mut metadata);
         let route = Route {
             strategy,
             instance: non_empty(request.instance_id),
             environment: non_empty(request.environment),
             timeout: (request.timeout_ms > 0)
                 .then(|| Duration::from_millis(request.timeout_ms.into())),
+            metadata,
         };
-        if let Some(method) = methods::known_method(&request.method)
-            && method.served_by == Side::Gateway
-        {
-            return self
-                .local
-                .call(method, request.payload, &route)
-                .await
-                .map(Response::new);
-        }
-        let replies = self
-            .mesh
-            .call_raw(&request.method, request.payload, &route)
-            .await?;
-        Ok(Response::new(pb::CallResponse {
-            results: replies.into_iter().map(result).collect(),
-        }))
+        self.route_call(request.method, request.payload, route)
+            .instrument(span)
+            .await
     }
 
     async fn list_instances(
@@ -275,5 +275,30 @@ impl pb::gateway_admin_server::GatewayAdmin for AdminService {
             .map(|p| instance_info(p))
             .collect();
         Ok(Response::new(pb::ListInstancesResponse { instances }))
+    }
+}
+
+impl AdminService {
+    /// A call of a gateway-served method goes to the gateway's own
+    /// registry, any other through the mesh.
+    async fn route_call(
+        &self,
+        method: String,
+        payload: Bytes,
+        route: Route,
+    ) -> Result<Response<pb::CallResponse>, Status> {
+        if let Some(known) = methods::known_method(&method)
+            && known.served_by == Side::Gateway
+        {
+            return self
+                .local
+                .call(known, payload, &route)
+                .await
+                .map(Response::new);
+        }
+        let replies = self.mesh.call_raw(&method, payload, &route).await?;
+        Ok(Response::new(pb::CallResponse {
+            results: replies.into_iter().map(result).collect(),
+        }))
     }
 }

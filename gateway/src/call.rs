@@ -27,6 +27,7 @@ use tokio::time::Instant;
 
 use crate::peer::SendError;
 use crate::stats::Stats;
+use crate::trace::CallTrace;
 use crate::{CallError, Instances, Peer};
 
 /// The longest deadline a call can have: `timeout_ms` on the wire is a u32.
@@ -65,6 +66,8 @@ pub struct Route {
     pub environment: Option<String>,
     /// The call's deadline; the gateway's default when `None`.
     pub timeout: Option<Duration>,
+    /// Sent with every request of the call.
+    pub metadata: gatemesh_handlers::Metadata,
 }
 
 /// A successful answer and who gave it.
@@ -290,9 +293,10 @@ impl Mesh {
         let (deadline, timeout) = self.deadline(route, started);
         let asked = peers.len();
         let mut errors = Vec::new();
+        let mut trace = CallTrace::new(method, Strategy::FirstValid, route);
         let mut running = FuturesUnordered::new();
         for peer in peers {
-            match Outstanding::start(peer, method, payload.clone(), started, deadline) {
+            match Outstanding::start(peer, method, payload.clone(), started, deadline, &mut trace) {
                 Ok(call) => running.push(call.finish()),
                 Err(e) => errors.push(e),
             }
@@ -313,6 +317,7 @@ impl Mesh {
             let (peer, latency, outcome) = next;
             match outcome.map(&accept) {
                 Ok(Verdict::Valid(value)) => {
+                    trace.mark(&peer, "won");
                     // Dropping `running` cancels the calls still out.
                     return Ok(Answer {
                         value,
@@ -321,7 +326,10 @@ impl Mesh {
                         latency,
                     });
                 }
-                Ok(Verdict::NotMine) => not_mine += 1,
+                Ok(Verdict::NotMine) => {
+                    trace.mark(&peer, "not_mine");
+                    not_mine += 1
+                }
                 Ok(Verdict::Bad(reason)) => errors.push(CallError::BadAnswer {
                     instance: peer.info.id.clone(),
                     reason,
@@ -357,9 +365,17 @@ impl Mesh {
         peers.sort_by(|a, b| a.id().cmp(b.id()));
         let (deadline, timeout) = self.deadline(route, started);
         let mut replies: Vec<Option<Reply<T>>> = Vec::with_capacity(peers.len());
+        let mut trace = CallTrace::new(method, Strategy::All, route);
         let mut running = FuturesUnordered::new();
         for (index, peer) in peers.iter().enumerate() {
-            match Outstanding::start(peer.clone(), method, payload.clone(), started, deadline) {
+            match Outstanding::start(
+                peer.clone(),
+                method,
+                payload.clone(),
+                started,
+                deadline,
+                &mut trace,
+            ) {
                 Ok(call) => {
                     replies.push(None);
                     running.push(async move { (index, call.finish().await) });
@@ -374,6 +390,9 @@ impl Mesh {
             next = running.next() => next,
             _ = &mut expired => None,
         } {
+            if outcome.is_ok() {
+                trace.mark(&peer, "answered");
+            }
             let outcome = outcome.and_then(|bytes| {
                 decode(bytes).map_err(|reason| CallError::BadAnswer {
                     instance: peer.info.id.clone(),
@@ -406,6 +425,7 @@ impl Mesh {
         let (deadline, timeout) = self.deadline(route, started);
         let idempotent = methods::known_method(method).is_some_and(|m| m.idempotent);
         let mut errors = Vec::new();
+        let mut trace = CallTrace::new(method, Strategy::One, route);
         while !candidates.is_empty() {
             let peer = candidates.swap_remove(self.pick(&candidates));
             // A retry tells its handler only the time that is left.
@@ -414,20 +434,23 @@ impl Mesh {
             } else {
                 Instant::now()
             };
-            let call = match Outstanding::start(peer, method, payload.clone(), sent, deadline) {
-                Ok(call) => call,
-                // Never written: safe to send elsewhere.
-                Err(e) if e.is_retryable(idempotent) => {
-                    errors.push(e);
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
+            let call =
+                match Outstanding::start(peer, method, payload.clone(), sent, deadline, &mut trace)
+                {
+                    Ok(call) => call,
+                    // Never written: safe to send elsewhere.
+                    Err(e) if e.is_retryable(idempotent) => {
+                        errors.push(e);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
             let (peer, latency, outcome) = tokio::time::timeout_at(deadline, call.finish())
                 .await
                 .map_err(|_| CallError::DeadlineExceeded(timeout))?;
             match outcome {
                 Ok(bytes) => {
+                    trace.mark(&peer, "answered");
                     let value = decode(bytes).map_err(|reason| CallError::BadAnswer {
                         instance: peer.info.id.clone(),
                         reason,
@@ -500,6 +523,8 @@ struct Outstanding {
     rx: oneshot::Receiver<Outcome>,
     sent: Instant,
     answered: bool,
+    /// The request's span ([`tracing::Span::none`] unless spans are exported).
+    span: tracing::Span,
 }
 
 impl Outstanding {
@@ -509,6 +534,7 @@ impl Outstanding {
         payload: Bytes,
         sent: Instant,
         deadline: Instant,
+        trace: &mut CallTrace,
     ) -> Result<Self, CallError> {
         let (id, rx) = peer
             .pending
@@ -522,11 +548,13 @@ impl Outstanding {
             .saturating_duration_since(sent)
             .as_nanos()
             .div_ceil(1_000_000);
+        let (span, metadata) = trace.request(&peer, method);
         let request = pb::Request {
             id,
             method: method.to_string(),
             payload,
             timeout_ms: u32::try_from(left).unwrap_or(u32::MAX).max(1),
+            metadata,
         };
         match peer.send(Kind::Request(request)) {
             Ok(()) => Ok(Self {
@@ -535,9 +563,11 @@ impl Outstanding {
                 rx,
                 sent,
                 answered: false,
+                span,
             }),
             Err(e) => {
                 peer.pending.abandon(id);
+                crate::trace::outcome_of(&span, "not_sent");
                 Err(match e {
                     SendError::Full => CallError::Overloaded(peer.id().clone()),
                     SendError::Closed => CallError::Unreachable(peer.id().clone()),
@@ -562,12 +592,18 @@ impl Outstanding {
             }
             Err(_) => Err(CallError::Disconnected(peer.id().clone())),
         };
+        if let Err(e) = &outcome {
+            crate::trace::outcome_of(&self.span, code_name(e.code()));
+        }
         (peer, latency, outcome)
     }
 }
 
 impl Drop for Outstanding {
     fn drop(&mut self) {
+        if !self.answered {
+            crate::trace::outcome_of(&self.span, "cancelled");
+        }
         if !self.answered && self.peer.pending.abandon(self.id) {
             let cancel = pb::Cancel {
                 id: self.id,
@@ -601,6 +637,23 @@ impl<M: Method> Call<'_, M> {
     /// Only instances with this environment label.
     pub fn env(mut self, environment: impl Into<String>) -> Self {
         self.route.environment = Some(environment.into());
+        self
+    }
+
+    /// Sends `key: value` with the request, for the handler's
+    /// `ctx.metadata()`; refused at once when it breaks the metadata rules.
+    pub fn metadata(
+        mut self,
+        key: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Result<Self, gatemesh_handlers::MetadataError> {
+        self.route.metadata.insert(key, value)?;
+        Ok(self)
+    }
+
+    /// Sends these pairs with the request (replacing any set before).
+    pub fn with_metadata(mut self, metadata: gatemesh_handlers::Metadata) -> Self {
+        self.route.metadata = metadata;
         self
     }
 

@@ -19,6 +19,8 @@
 //! - [`call`]: [`Mesh`], the typed call API and its routing strategies.
 //! - [`error`]: [`CallError`] and its one mapping to gRPC status codes.
 //! - [`admin`]: the `GatewayAdmin` unary API for callers outside the process.
+//! - `trace`: the spans of admin and mesh calls, and the metadata (W3C
+//!   trace context included) each request carries.
 //! - [`info`]: methods the gateway itself serves to instances.
 //! - [`stats`]: counters operators read, and the fixed label sets they use.
 //! - [`metrics`]: [`Metrics`], the Prometheus exposition of those counters.
@@ -50,6 +52,7 @@ mod state;
 pub mod stats;
 pub mod stream;
 pub mod tls;
+mod trace;
 
 pub use call::{Answer, Mesh, Reply, Route, Strategy};
 pub use config::GatewayConfig;

@@ -115,6 +115,8 @@ pub enum Rejection {
     DuplicateId,
     /// The payload is over the limit.
     TooLarge,
+    /// The metadata breaks its rules (count, size, key or value).
+    BadMetadata,
     /// The stream's share or the process-wide permits are taken.
     Overloaded,
     Draining,
@@ -125,13 +127,19 @@ impl Rejection {
     pub fn is_violation(self) -> bool {
         matches!(
             self,
-            Self::BadId | Self::BadMethodName | Self::DuplicateId | Self::TooLarge
+            Self::BadId
+                | Self::BadMethodName
+                | Self::DuplicateId
+                | Self::TooLarge
+                | Self::BadMetadata
         )
     }
 
     fn code(self) -> Code {
         match self {
-            Self::BadId | Self::BadMethodName | Self::DuplicateId => Code::InvalidArgument,
+            Self::BadId | Self::BadMethodName | Self::DuplicateId | Self::BadMetadata => {
+                Code::InvalidArgument
+            }
             Self::UnknownMethod => Code::Unimplemented,
             Self::TooLarge | Self::Overloaded => Code::ResourceExhausted,
             Self::Draining => Code::Unavailable,
@@ -247,17 +255,23 @@ impl<F: Send + 'static> Dispatcher<F> {
         if let Some(observer) = &self.config.observer {
             observer.started(&request.method);
         }
+        let method = &*entry.name;
         let token = CancellationToken::new();
-        let ctx = Context::new(caller, deadline, token.clone());
+        // Checked in `admit`; an empty list costs nothing, and with export
+        // off a request without trace context gets no span.
+        let metadata = crate::Metadata::from_wire(request.metadata).unwrap_or_default();
+        let span = crate::trace::serve_span(method, &caller, &metadata);
+        let ctx = Context::new(caller, deadline, token.clone()).with_metadata(metadata);
         let handler = Arc::clone(&entry.handler);
         let name = Arc::clone(&entry.name);
         let payload = request.payload;
+        let handler_span = span.clone();
         let mut work: Work = Box::pin(async move {
-            AssertUnwindSafe(handler.handle(ctx, &name, payload))
+            let handled = handler.handle(ctx, &name, payload);
+            AssertUnwindSafe(tracing::Instrument::instrument(handled, handler_span))
                 .catch_unwind()
                 .await
         });
-        let method = &*entry.name;
         if entry.slow_first_polls.load(Ordering::Relaxed) < SLOW_STRIKES {
             // A no-op waker: a handler that waits is polled again at once
             // by its own task, which registers the real one. Nothing can
@@ -284,7 +298,7 @@ impl<F: Send + 'static> Dispatcher<F> {
                 } else {
                     self.outcome(method, result)
                 };
-                self.finished(method, Some(&result), now.duration_since(started));
+                self.finished(method, &span, Some(&result), now.duration_since(started));
                 let response = pb::Response {
                     id,
                     result: Some(result),
@@ -330,7 +344,7 @@ impl<F: Send + 'static> Dispatcher<F> {
             // The handler is done: its permit goes back before the answer
             // waits for queue room, if it must.
             drop(permit);
-            this.finished(method, result.as_ref(), started.elapsed());
+            this.finished(method, &span, result.as_ref(), started.elapsed());
             if let Some(result) = result {
                 let response = pb::Response {
                     id,
@@ -364,15 +378,30 @@ impl<F: Send + 'static> Dispatcher<F> {
         ))
     }
 
-    fn finished(&self, method: &str, result: Option<&pb::response::Result>, elapsed: Duration) {
+    /// Tells the observer and the request's span how it ended.
+    fn finished(
+        &self,
+        method: &str,
+        span: &tracing::Span,
+        result: Option<&pb::response::Result>,
+        elapsed: Duration,
+    ) {
+        let outcome = match result {
+            Some(pb::response::Result::Payload(_)) => Ok(()),
+            Some(pb::response::Result::Status(status)) => Err(status.code()),
+            None => Err(Code::Cancelled),
+        };
         if let Some(observer) = &self.config.observer {
-            let outcome = match result {
-                Some(pb::response::Result::Payload(_)) => Ok(()),
-                Some(pb::response::Result::Status(status)) => Err(status.code()),
-                None => Err(Code::Cancelled),
-            };
             observer.finished(method, outcome, elapsed);
         }
+        crate::trace::finished(
+            span,
+            match outcome {
+                Ok(()) => "ok",
+                Err(Code::Cancelled) if result.is_none() => "cancelled",
+                Err(code) => code_name(code),
+            },
+        );
     }
 
     /// Answers `id` with a refusal, without waiting: counted when the
@@ -489,6 +518,9 @@ impl<F: Send + 'static> Dispatcher<F> {
                     request.method.len()
                 ),
             ));
+        }
+        if let Err(e) = crate::Metadata::check_wire(&request.metadata) {
+            return Err((Rejection::BadMetadata, e.to_string()));
         }
         let Some(entry) = self.registry.entry(&request.method).cloned() else {
             return Err((
@@ -636,6 +668,7 @@ mod tests {
             .encode_to_vec()
             .into(),
             timeout_ms,
+            metadata: Vec::new(),
         }
     }
 
@@ -685,6 +718,72 @@ mod tests {
             send(&d, &tx, request(4, &long, 1000)),
             Err(Rejection::BadMethodName)
         );
+    }
+
+    fn entry(key: &str, value: &str) -> pb::MetadataEntry {
+        pb::MetadataEntry {
+            key: key.into(),
+            value: value.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_handler_reads_the_metadata_the_caller_sent() {
+        let mut reg = Registry::new();
+        reg.method::<FindVpsByLease>(|ctx: Context, _req| async move {
+            let seen: Vec<String> = ctx
+                .metadata()
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            Ok(FindVpsByLeaseResponse {
+                vps_id: seen.join(","),
+                organization_id: String::new(),
+            })
+        })
+        .unwrap();
+        let (d, tx, mut rx) = setup(reg, 8);
+        let mut req = request(1, "FindVPSByLease", 1000);
+        req.metadata = vec![entry("x-request-id", "r-1"), entry("tenant", "acme")];
+        send(&d, &tx, req).unwrap();
+        let Some(pb::response::Result::Payload(p)) = rx.recv().await.unwrap().result else {
+            panic!("no payload")
+        };
+        assert_eq!(
+            FindVpsByLeaseResponse::decode(p).unwrap().vps_id,
+            "x-request-id=r-1,tenant=acme"
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_metadata_is_a_violation_refused_before_any_handler() {
+        let (seen_tx, mut seen) = mpsc::unbounded_channel();
+        let (d, tx, mut rx) = setup(observing(seen_tx), 8);
+        let many: Vec<_> = (0..=crate::metadata::MAX_ENTRIES)
+            .map(|i| entry(&format!("k{i}"), "v"))
+            .collect();
+        let cases = [
+            vec![entry("Bad Key", "v")],
+            vec![entry("k", "line\nbreak")],
+            vec![entry("k", "1"), entry("k", "2")],
+            vec![entry("grpc-status", "0")],
+            many,
+        ];
+        for (i, metadata) in cases.into_iter().enumerate() {
+            let mut req = request(i as u64 + 1, "FindVPSByLease", 1000);
+            req.metadata = metadata;
+            assert_eq!(send(&d, &tx, req), Err(Rejection::BadMetadata));
+            let r = rx.recv().await.unwrap();
+            let Some(pb::response::Result::Status(s)) = r.result else {
+                panic!("{r:?}")
+            };
+            assert_eq!(s.code(), Code::InvalidArgument);
+            assert!(s.message.starts_with("metadata"), "{}", s.message);
+            assert!(!s.refused, "a violation is not a safe-to-retry refusal");
+        }
+        assert!(Rejection::BadMetadata.is_violation());
+        assert!(seen.try_recv().is_err(), "no handler ran");
+        assert_eq!(d.in_flight(), 0);
     }
 
     #[tokio::test]

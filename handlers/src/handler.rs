@@ -7,7 +7,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::HandlerError;
+use crate::{HandlerError, Metadata};
 
 /// Serves one or more methods on raw protobuf bytes. Most handlers are
 /// written against the typed [`MethodHandler`](crate::MethodHandler) instead.
@@ -49,6 +49,7 @@ pub struct Context {
     caller: Caller,
     deadline: Instant,
     cancel: CancellationToken,
+    metadata: Metadata,
 }
 
 impl Context {
@@ -57,7 +58,20 @@ impl Context {
             caller,
             deadline,
             cancel,
+            metadata: Metadata::new(),
         }
+    }
+
+    /// The same context, with the metadata the caller sent.
+    pub fn with_metadata(mut self, metadata: Metadata) -> Self {
+        self.metadata = metadata;
+        self
+    }
+
+    /// The metadata the caller sent with the request (W3C trace context
+    /// included, when it sent one).
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
     }
 
     pub fn caller(&self) -> &Caller {

@@ -11,19 +11,26 @@
 //!   cancellation and a concurrency limit.
 //! - [`pending`]: [`Pending`], the table of this side's outgoing calls
 //!   awaiting their answer.
+//! - [`metadata`]: [`Metadata`], the bounded, validated key/value pairs
+//!   that travel with a call.
+//! - [`trace`]: W3C trace context in that metadata, and the span a served
+//!   request runs in.
 
 #![forbid(unsafe_code)]
 
 pub mod dispatch;
 pub mod error;
 pub mod handler;
+pub mod metadata;
 pub mod pending;
 pub mod registry;
+pub mod trace;
 pub mod typed;
 
 pub use dispatch::{DispatchConfig, DispatchObserver, Dispatcher};
 pub use error::HandlerError;
 pub use handler::{Caller, Context, RequestHandler};
+pub use metadata::{Metadata, MetadataError};
 pub use pending::{Completion, Outcome, Pending};
 pub use registry::{GatewayRegistry, Handlers, InstanceRegistry, Registry, RegistryError};
 pub use typed::MethodHandler;

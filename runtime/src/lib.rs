@@ -7,6 +7,8 @@
 //! - [`pem`]: TLS certificates and keys read from PEM files, checked at
 //!   start so a bad file names its variable.
 //! - [`logging`]: `tracing` set up from `RUST_LOG` and a text/json format.
+//! - [`telemetry`]: span export over OTLP beside that output, switched on
+//!   by the standard `OTEL_*` variables.
 //! - [`shutdown`]: a future that resolves on SIGTERM or SIGINT.
 //! - [`backoff`]: [`Backoff`], capped exponential delays with full jitter.
 //! - [`limits`]: the file-descriptor limit, raised at start and watched.
@@ -32,6 +34,7 @@ pub mod pem;
 pub mod secret;
 pub mod served;
 pub mod shutdown;
+pub mod telemetry;
 
 pub use served::{Served, ServedNames};
 

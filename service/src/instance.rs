@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use gatemesh_handlers::{DispatchConfig, InstanceRegistry};
+use gatemesh_handlers::{DispatchConfig, InstanceRegistry, Metadata};
 use gatemesh_proto::{GatewayMethod, PROTOCOL_VERSION, pb};
 use gatemesh_runtime::Secret;
 use tokio::sync::Semaphore;
@@ -163,12 +163,23 @@ impl InstanceHandle {
         request: M::Request,
         timeout: Duration,
     ) -> Result<M::Response, GatewayCallError> {
+        self.call_with::<M>(request, timeout, Metadata::new()).await
+    }
+
+    /// Calls method `M` on the first connected gateway, with `metadata` for
+    /// the gateway handler's `ctx.metadata()`.
+    pub async fn call_with<M: GatewayMethod>(
+        &self,
+        request: M::Request,
+        timeout: Duration,
+        metadata: Metadata,
+    ) -> Result<M::Response, GatewayCallError> {
         let link = self
             .links
             .iter()
             .find(|l| l.status().connected)
             .ok_or(GatewayCallError::NotConnected)?;
-        link.call::<M>(request, timeout).await
+        link.call::<M>(request, timeout, metadata).await
     }
 
     /// Graceful stop: tells each gateway it is draining, lets running

@@ -411,11 +411,13 @@ impl Link {
         }
     }
 
-    /// Calls method `M` on the gateway over this link.
+    /// Calls method `M` on the gateway over this link, with `metadata`
+    /// (and the current span's trace context, when spans are exported).
     pub async fn call<M: GatewayMethod>(
         &self,
         request: M::Request,
         timeout: Duration,
+        metadata: gatemesh_handlers::Metadata,
     ) -> Result<M::Response, GatewayCallError> {
         let session = self
             .session
@@ -438,6 +440,7 @@ impl Link {
                 timeout_ms: u32::try_from(timeout.as_millis())
                     .unwrap_or(u32::MAX)
                     .max(1),
+                metadata: gatemesh_handlers::trace::outgoing_current(metadata),
             })),
         };
         session.tx.try_send(frame).map_err(|e| match e {

@@ -4,11 +4,24 @@
 use std::process::ExitCode;
 
 use gatemesh_cli::{Cli, Parser};
+use gatemesh_runtime::telemetry::TelemetryConfig;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    match gatemesh_cli::run(cli, &mut std::io::stdout().lock()).await {
+    // Spans go to the collector when the standard OTEL_* variables say so;
+    // stderr stays the one-line errors'.
+    let config = TelemetryConfig::from_vars(std::env::vars(), "gatemesh");
+    let telemetry = match gatemesh_runtime::telemetry::init_export_only(&config) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = gatemesh_cli::run(cli, &mut std::io::stdout().lock()).await;
+    telemetry.shutdown().await;
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", gatemesh_cli::error_line(&e));

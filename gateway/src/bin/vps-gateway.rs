@@ -16,7 +16,11 @@ fn main() -> ExitCode {
 async fn run() -> anyhow::Result<()> {
     let config = GatewayConfig::from_vars(std::env::vars())?;
     let rust_log = std::env::var("RUST_LOG").ok();
-    gatemesh_runtime::logging::init(config.log_format.as_deref(), rust_log.as_deref())?;
+    let telemetry = gatemesh_runtime::telemetry::init(
+        config.log_format.as_deref(),
+        rust_log.as_deref(),
+        &gatemesh_runtime::telemetry::TelemetryConfig::from_vars(std::env::vars(), "vps-gateway"),
+    )?;
     gatemesh_runtime::limits::raise_fd_limit_logged();
     let addr = config.grpc_addr();
     let listener = TcpListener::bind(addr)
@@ -42,5 +46,6 @@ async fn run() -> anyhow::Result<()> {
     }
     let _ = http_stop.send(());
     http.await.context("HTTP server task")??;
+    telemetry.shutdown().await;
     served
 }

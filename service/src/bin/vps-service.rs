@@ -22,7 +22,11 @@ fn main() -> ExitCode {
 async fn run() -> anyhow::Result<()> {
     let config = ServiceConfig::from_vars(std::env::vars())?;
     let rust_log = std::env::var("RUST_LOG").ok();
-    gatemesh_runtime::logging::init(config.log_format.as_deref(), rust_log.as_deref())?;
+    let telemetry = gatemesh_runtime::telemetry::init(
+        config.log_format.as_deref(),
+        rust_log.as_deref(),
+        &gatemesh_runtime::telemetry::TelemetryConfig::from_vars(std::env::vars(), "vps-service"),
+    )?;
     gatemesh_runtime::limits::raise_fd_limit_logged();
     let inventory: Arc<dyn Inventory> = match (&config.database_url, &config.inventory_file) {
         (Some(url), _) => Arc::new(
@@ -72,5 +76,6 @@ async fn run() -> anyhow::Result<()> {
         http.await.context("HTTP server task")??;
     }
     tracing::info!("instance stopped");
+    telemetry.shutdown().await;
     Ok(())
 }
