@@ -388,3 +388,192 @@ pub fn register(registry: &mut GatewayRegistry, ipam: Ipam) -> Result<(), Regist
     })?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(name: &str) -> Self {
+            let n: u64 = rand::random();
+            let dir = std::env::temp_dir().join(format!("gatemesh-ipam-{name}-{n:x}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn caller(env: &str) -> Caller {
+        Caller::new(format!("{env}-1"), env)
+    }
+
+    fn alloc(vps: &str, mac: &str) -> pb::AllocateIpRequest {
+        pb::AllocateIpRequest {
+            vps_id: vps.into(),
+            organization_id: "org".into(),
+            mac: mac.into(),
+            ip: String::new(),
+        }
+    }
+
+    fn mac(n: usize) -> String {
+        format!("52:54:00:00:{:02x}:{:02x}", n >> 8, n & 0xff)
+    }
+
+    fn config(dir: &Dir, pool: &str) -> IpamConfig {
+        IpamConfig::new(Pool::parse(pool, "").unwrap(), dir.0.join("reservations"))
+    }
+
+    #[tokio::test]
+    async fn concurrent_allocations_from_two_environments_never_share_an_address() {
+        let dir = Dir::new("concurrent");
+        let ipam = Ipam::start(config(&dir, "10.1.0.0/23")).unwrap();
+        let tasks: Vec<_> = (0..500)
+            .map(|i| {
+                let ipam = ipam.clone();
+                tokio::spawn(async move {
+                    let env = if i % 2 == 0 { "beta" } else { "prod" };
+                    ipam.allocate(&caller(env), alloc(&format!("vps-{i}"), &mac(i)))
+                        .await
+                        .unwrap()
+                        .reservation
+                        .unwrap()
+                        .ip
+                })
+            })
+            .collect();
+        let mut ips = Vec::new();
+        for t in tasks {
+            ips.push(t.await.unwrap());
+        }
+        ips.sort();
+        ips.dedup();
+        assert_eq!(ips.len(), 500, "every address unique");
+        let on_disk = service::load(&dir.0.join("reservations")).unwrap();
+        assert_eq!(on_disk, *ipam.table(), "the file holds what was answered");
+        assert_eq!(ipam.stats().allocations.load(Relaxed), 500);
+        assert!(
+            ipam.stats().writes.load(Relaxed) <= 501,
+            "one write per batch at most"
+        );
+        assert_eq!(
+            ipam.problem().unwrap(),
+            "pool nearly exhausted: 500 of 512 addresses reserved"
+        );
+    }
+
+    #[tokio::test]
+    async fn reservations_survive_a_restart_and_a_retry_answers_the_same_address() {
+        let dir = Dir::new("restart");
+        let first = Ipam::start(config(&dir, "10.1.0.10-10.1.0.20")).unwrap();
+        let a = first
+            .allocate(&caller("prod"), alloc("vps-a", &mac(1)))
+            .await
+            .unwrap();
+        assert!(!a.existing);
+        drop(first);
+        // A write cut short leaves a temporary file; it is not state.
+        std::fs::write(dir.0.join(".reservations.999.tmp"), "garbage").unwrap();
+        let second = Ipam::start(config(&dir, "10.1.0.10-10.1.0.20")).unwrap();
+        assert!(!dir.0.join(".reservations.999.tmp").exists());
+        let again = second
+            .allocate(&caller("prod"), alloc("vps-a", &mac(1)))
+            .await
+            .unwrap();
+        assert!(again.existing);
+        assert_eq!(again.reservation, a.reservation);
+        let list = second
+            .list(&caller("beta"), pb::ListIPsRequest::default())
+            .unwrap();
+        assert_eq!(list.reservations, vec![a.reservation.unwrap()]);
+        assert_eq!(list.pool.unwrap().used, 1);
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_record_stops_the_start_instead_of_losing_a_reservation() {
+        let dir = Dir::new("corrupt");
+        std::fs::write(
+            dir.0.join("reservations"),
+            "# gatemesh-ipam v1 ip=10.1.0.10 mac=zz vps=vps-a org=- env=- at=1\n",
+        )
+        .unwrap();
+        let e = Ipam::start(config(&dir, "10.1.0.10-10.1.0.20")).unwrap_err();
+        assert!(e.to_string().contains("line 1: bad mac"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_refuses_the_batch_and_changes_nothing() {
+        let dir = Dir::new("unwritable");
+        let sub = dir.0.join("sub");
+        std::fs::create_dir_all(&sub).unwrap();
+        let ipam = Ipam::start(IpamConfig::new(
+            Pool::parse("10.1.0.10-10.1.0.20", "").unwrap(),
+            sub.join("reservations"),
+        ))
+        .unwrap();
+        std::fs::remove_dir_all(&sub).unwrap();
+        let e = ipam
+            .allocate(&caller("prod"), alloc("vps-a", &mac(1)))
+            .await
+            .unwrap_err();
+        assert_eq!(e.reason, Refusal::Persist);
+        assert_eq!(e.reason.code(), tonic::Code::Unavailable);
+        assert!(ipam.table().is_empty());
+        assert!(ipam.problem().unwrap().contains("last write failed"));
+        assert_eq!(ipam.stats().refused(Refusal::Persist), 1);
+        std::fs::create_dir_all(&sub).unwrap();
+        let ok = ipam
+            .allocate(&caller("prod"), alloc("vps-a", &mac(1)))
+            .await
+            .unwrap();
+        assert_eq!(ok.reservation.unwrap().ip, "10.1.0.10");
+        assert_eq!(ipam.problem(), None);
+    }
+
+    #[tokio::test]
+    async fn leases_of_other_macs_are_skipped_and_a_full_pool_is_resource_exhausted() {
+        let dir = Dir::new("leases");
+        let leases = dir.0.join("dnsmasq.leases");
+        std::fs::write(
+            &leases,
+            format!(
+                "{} 52:54:00:99:99:99 10.1.0.10 other *\n",
+                service::unix_now() + 3600
+            ),
+        )
+        .unwrap();
+        let mut config = config(&dir, "10.1.0.10-10.1.0.11");
+        config.leases_file = Some(leases);
+        let ipam = Ipam::start(config).unwrap();
+        let a = ipam
+            .allocate(&caller("prod"), alloc("vps-a", &mac(1)))
+            .await
+            .unwrap();
+        assert_eq!(a.reservation.unwrap().ip, "10.1.0.11");
+        assert_eq!(ipam.problem(), None, "1 of 2 reserved");
+        let e = ipam
+            .allocate(&caller("prod"), alloc("vps-b", &mac(2)))
+            .await
+            .unwrap_err();
+        assert_eq!(e.reason, Refusal::Exhausted);
+        assert_eq!(ipam.stats().refused(Refusal::Exhausted), 1);
+        let e = ipam
+            .release(
+                &caller("beta"),
+                pb::ReleaseIpRequest {
+                    vps_id: "vps-a".into(),
+                    mac: String::new(),
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.reason, Refusal::Environment);
+    }
+}

@@ -629,3 +629,398 @@ pub fn parse(text: &str) -> Result<Table, String> {
     }
     Table::from_reservations(list)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn pool(spec: &str) -> Pool {
+        Pool::parse(spec, "").unwrap()
+    }
+
+    fn req(vps: &str, mac: &str, ip: Option<&str>) -> Allocate {
+        Allocate {
+            vps_id: vps.into(),
+            organization_id: "org-1".into(),
+            mac: mac.parse().unwrap(),
+            ip: ip.map(|ip| ip.parse().unwrap()),
+        }
+    }
+
+    fn release_vps(vps: &str) -> Release {
+        Release {
+            vps_id: Some(vps.into()),
+            mac: None,
+        }
+    }
+
+    const MAC1: &str = "52:54:00:00:00:01";
+    const MAC2: &str = "52:54:00:00:00:02";
+    const MAC3: &str = "52:54:00:00:00:03";
+
+    #[test]
+    fn macs_and_requests_are_validated_into_types() {
+        let mac: Mac = "52-54-00-AB-cd-01".parse().unwrap();
+        assert_eq!(mac.to_string(), "52:54:00:ab:cd:01");
+        for bad in [
+            "",
+            "52:54:00:ab:cd",
+            "52:54:00:ab:cd:0g",
+            "01:00:5e:00:00:01",
+            "00:00:00:00:00:00",
+            "52:54:00:ab:cd:011",
+            "5:254:00:ab:cd:01",
+        ] {
+            assert!(bad.parse::<Mac>().is_err(), "{bad}");
+        }
+        let refused = |r: pb::AllocateIpRequest| Allocate::try_from(r).unwrap_err().reason;
+        let ok = pb::AllocateIpRequest {
+            vps_id: "vps-1".into(),
+            organization_id: String::new(),
+            mac: MAC1.into(),
+            ip: String::new(),
+        };
+        assert!(Allocate::try_from(ok.clone()).is_ok());
+        for (r, why) in [
+            (
+                pb::AllocateIpRequest {
+                    mac: "nope".into(),
+                    ..ok.clone()
+                },
+                Refusal::BadMac,
+            ),
+            (
+                pb::AllocateIpRequest {
+                    ip: "10.0.0.256".into(),
+                    ..ok.clone()
+                },
+                Refusal::BadIp,
+            ),
+            (
+                pb::AllocateIpRequest {
+                    ip: "fd00::1".into(),
+                    ..ok.clone()
+                },
+                Refusal::BadIp,
+            ),
+            (
+                pb::AllocateIpRequest {
+                    vps_id: String::new(),
+                    ..ok.clone()
+                },
+                Refusal::BadId,
+            ),
+            (
+                pb::AllocateIpRequest {
+                    vps_id: "vps 1\nx".into(),
+                    ..ok.clone()
+                },
+                Refusal::BadId,
+            ),
+            (
+                pb::AllocateIpRequest {
+                    organization_id: "a=b".into(),
+                    ..ok.clone()
+                },
+                Refusal::BadId,
+            ),
+        ] {
+            assert_eq!(refused(r), why);
+            assert_eq!(why.code(), tonic::Code::InvalidArgument);
+        }
+        let e = Release::try_from(pb::ReleaseIpRequest::default()).unwrap_err();
+        assert_eq!(e.reason, Refusal::NoKey);
+    }
+
+    #[test]
+    fn allocation_is_idempotent_per_vps_and_mac_and_refuses_clashes() {
+        let pool = pool("10.0.0.10-10.0.0.12");
+        let mut t = Table::default();
+        let none = HashMap::new();
+        let a = t
+            .allocate(&pool, &req("vps-a", MAC1, None), "prod", &none, 1)
+            .unwrap();
+        assert_eq!(a.reservation.ip.to_string(), "10.0.0.10");
+        assert!(a.changed);
+        let again = t
+            .allocate(&pool, &req("vps-a", MAC1, None), "prod", &none, 2)
+            .unwrap();
+        assert_eq!(
+            again.reservation, a.reservation,
+            "a retry answers the same address"
+        );
+        assert!(!again.changed);
+        let same_ip = req("vps-a", MAC1, Some("10.0.0.10"));
+        assert!(
+            !t.allocate(&pool, &same_ip, "prod", &none, 3)
+                .unwrap()
+                .changed
+        );
+        let why = |t: &mut Table, r: Allocate, env: &str| {
+            t.allocate(&pool, &r, env, &none, 4).unwrap_err().reason
+        };
+        assert_eq!(
+            why(&mut t, req("vps-a", MAC2, None), "prod"),
+            Refusal::Conflict
+        );
+        assert_eq!(
+            why(&mut t, req("vps-b", MAC1, None), "prod"),
+            Refusal::Conflict
+        );
+        assert_eq!(
+            why(&mut t, req("vps-a", MAC1, Some("10.0.0.11")), "prod"),
+            Refusal::Conflict
+        );
+        assert_eq!(
+            why(&mut t, req("vps-a", MAC1, None), "beta"),
+            Refusal::Environment
+        );
+        assert_eq!(
+            why(&mut t, req("vps-b", MAC2, Some("10.0.0.10")), "prod"),
+            Refusal::Taken
+        );
+        assert_eq!(
+            why(&mut t, req("vps-b", MAC2, Some("10.0.0.13")), "prod"),
+            Refusal::OutsidePool
+        );
+        let b = t
+            .allocate(
+                &pool,
+                &req("vps-b", MAC2, Some("10.0.0.12")),
+                "beta",
+                &none,
+                5,
+            )
+            .unwrap();
+        assert_eq!(b.reservation.ip.to_string(), "10.0.0.12");
+        assert_eq!(b.reservation.environment, "beta");
+        t.allocate(&pool, &req("vps-c", MAC3, None), "prod", &none, 6)
+            .unwrap();
+        let full = t
+            .allocate(
+                &pool,
+                &req("vps-d", "52:54:00:00:00:04", None),
+                "prod",
+                &none,
+                7,
+            )
+            .unwrap_err();
+        assert_eq!(full.reason, Refusal::Exhausted);
+        assert_eq!(full.reason.code(), tonic::Code::ResourceExhausted);
+        assert!(full.message.contains("3 of 3"), "{}", full.message);
+    }
+
+    #[test]
+    fn an_address_leased_to_another_mac_is_never_handed_out() {
+        let pool = pool("10.0.0.10-10.0.0.11");
+        let mut t = Table::default();
+        let leased: HashMap<Ipv4Addr, Mac> =
+            [("10.0.0.10".parse().unwrap(), MAC2.parse().unwrap())].into();
+        let a = t
+            .allocate(&pool, &req("vps-a", MAC1, None), "prod", &leased, 1)
+            .unwrap();
+        assert_eq!(
+            a.reservation.ip.to_string(),
+            "10.0.0.11",
+            "10 is leased to MAC2"
+        );
+        let e = t
+            .allocate(
+                &pool,
+                &req("vps-c", MAC3, Some("10.0.0.10")),
+                "prod",
+                &leased,
+                1,
+            )
+            .unwrap_err();
+        assert_eq!(e.reason, Refusal::Leased);
+        // The lease holder itself may have its address.
+        let b = t
+            .allocate(
+                &pool,
+                &req("vps-b", MAC2, Some("10.0.0.10")),
+                "prod",
+                &leased,
+                1,
+            )
+            .unwrap();
+        assert_eq!(b.reservation.ip.to_string(), "10.0.0.10");
+    }
+
+    #[test]
+    fn release_by_vps_or_mac_checks_the_environment() {
+        let pool = pool("10.0.0.10-10.0.0.20");
+        let mut t = Table::default();
+        let none = HashMap::new();
+        t.allocate(&pool, &req("vps-a", MAC1, None), "prod", &none, 1)
+            .unwrap();
+        t.allocate(&pool, &req("vps-b", MAC2, None), "prod", &none, 1)
+            .unwrap();
+        let e = t.release(&release_vps("vps-a"), "beta", false).unwrap_err();
+        assert_eq!(e.reason, Refusal::Environment);
+        assert_eq!(e.reason.code(), tonic::Code::PermissionDenied);
+        let both = Release {
+            vps_id: Some("vps-a".into()),
+            mac: Some(MAC2.parse().unwrap()),
+        };
+        assert_eq!(
+            t.release(&both, "prod", false).unwrap_err().reason,
+            Refusal::Mismatch
+        );
+        let by_mac = Release {
+            vps_id: None,
+            mac: Some(MAC1.parse().unwrap()),
+        };
+        assert_eq!(
+            t.release(&by_mac, "prod", false)
+                .unwrap()
+                .reservation
+                .vps_id,
+            "vps-a"
+        );
+        let again = t.release(&release_vps("vps-a"), "prod", false).unwrap_err();
+        assert_eq!(again.reason, Refusal::NotFound);
+        assert_eq!(again.reason.code(), tonic::Code::NotFound);
+        assert!(
+            t.release(&release_vps("vps-b"), "beta", true).is_ok(),
+            "configured otherwise"
+        );
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn the_file_is_a_dhcp_hostsfile_that_round_trips() {
+        let pool = pool("10.0.0.10-10.0.0.20");
+        let mut t = Table::default();
+        let none = HashMap::new();
+        t.allocate(
+            &pool,
+            &req("vps-a", MAC1, None),
+            "prod",
+            &none,
+            1_700_000_000,
+        )
+        .unwrap();
+        let odd = Allocate {
+            organization_id: String::new(),
+            ..req("42", MAC2, None)
+        };
+        t.allocate(&pool, &odd, "", &none, 5).unwrap();
+        let text = render(&t, "vps-");
+        assert_eq!(
+            text,
+            format!(
+                "{HEADER}{RECORD}ip=10.0.0.10 mac={MAC1} vps=vps-a org=org-1 env=prod at=1700000000\n\
+                 {MAC1},10.0.0.10,vps-a\n\
+                 {RECORD}ip=10.0.0.11 mac={MAC2} vps=42 org=- env=- at=5\n\
+                 {MAC2},10.0.0.11\n"
+            ),
+            "a hostname only when it is a VPS name dnsmasq cannot misread"
+        );
+        assert_eq!(parse(&text).unwrap(), t);
+        assert_eq!(parse("").unwrap(), Table::default());
+        let clash = format!("{text}{RECORD}ip=10.0.0.10 mac={MAC3} vps=vps-c org=- env=- at=1\n");
+        assert!(parse(&clash).unwrap_err().contains("reserved twice"));
+        let bad = format!("{RECORD}ip=10.0.0.300 mac={MAC3} vps=vps-c org=- env=- at=1\n");
+        assert!(parse(&bad).unwrap_err().starts_with("line 1: bad ip"));
+    }
+
+    /// One step of a random history.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Allocate { vps: u8, ip: Option<u8>, env: bool },
+        Release { vps: u8, by_mac: bool, env: bool },
+        Lease { ip: u8, mac: u8 },
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            4 => (0u8..24, proptest::option::of(0u8..20), any::<bool>())
+                .prop_map(|(vps, ip, env)| Step::Allocate { vps, ip, env }),
+            2 => (0u8..24, any::<bool>(), any::<bool>())
+                .prop_map(|(vps, by_mac, env)| Step::Release { vps, by_mac, env }),
+            1 => (0u8..20, 0u8..40).prop_map(|(ip, mac)| Step::Lease { ip, mac }),
+        ]
+    }
+
+    fn mac_of(n: u8) -> Mac {
+        format!("52:54:00:00:01:{n:02x}").parse().unwrap()
+    }
+
+    proptest! {
+        /// Any history: no address, VPS or MAC is held twice; every
+        /// reservation is in the pool and was free of other MACs' leases
+        /// when made; a repeated allocation answers the same address; the
+        /// file gives back the same table.
+        #[test]
+        fn no_history_breaks_the_invariants(steps in proptest::collection::vec(step(), 1..120)) {
+            let pool = Pool::parse("10.9.0.1-10.9.0.16", "10.9.0.5").unwrap();
+            let mut t = Table::default();
+            let mut leased: HashMap<Ipv4Addr, Mac> = HashMap::new();
+            let env = |b: bool| if b { "prod" } else { "beta" };
+            for (now, s) in steps.into_iter().enumerate() {
+                match s {
+                    Step::Allocate { vps, ip, env: e } => {
+                        let r = Allocate {
+                            vps_id: format!("vps-{vps}"),
+                            organization_id: String::new(),
+                            mac: mac_of(vps),
+                            ip: ip.map(|i| Ipv4Addr::new(10, 9, 0, i)),
+                        };
+                        let before = t.clone();
+                        match t.allocate(&pool, &r, env(e), &leased, now as u64) {
+                            Ok(done) => {
+                                let ip = done.reservation.ip;
+                                prop_assert!(pool.contains(ip));
+                                // A new reservation never takes another
+                                // MAC's leased address (an old one is kept).
+                                prop_assert!(!done.changed || leased.get(&ip).is_none_or(|m| *m == r.mac));
+                                prop_assert_eq!(done.reservation.mac, r.mac);
+                                if let Some(held) = before.by_vps.get(&r.vps_id) {
+                                    prop_assert_eq!(*held, ip);
+                                    prop_assert!(!done.changed);
+                                    prop_assert_eq!(&before, &t);
+                                } else {
+                                    prop_assert!(before.get(ip).is_none(), "{} handed out twice", ip);
+                                }
+                                let again = t.allocate(&pool, &r, env(e), &leased, 0).unwrap();
+                                prop_assert_eq!(again.reservation.ip, ip);
+                                prop_assert!(!again.changed);
+                            }
+                            Err(_) => prop_assert_eq!(&before, &t, "a refusal changes nothing"),
+                        }
+                    }
+                    Step::Release { vps, by_mac, env: e } => {
+                        let r = if by_mac {
+                            Release { vps_id: None, mac: Some(mac_of(vps)) }
+                        } else {
+                            Release { vps_id: Some(format!("vps-{vps}")), mac: None }
+                        };
+                        let before = t.clone();
+                        match t.release(&r, env(e), false) {
+                            Ok(done) => {
+                                prop_assert_eq!(&done.reservation.environment, env(e));
+                                prop_assert!(t.get(done.reservation.ip).is_none());
+                            }
+                            Err(_) => prop_assert_eq!(&before, &t),
+                        }
+                    }
+                    Step::Lease { ip, mac } => {
+                        leased.insert(Ipv4Addr::new(10, 9, 0, ip), mac_of(mac));
+                    }
+                }
+                let mut ips: Vec<_> = t.iter().map(|r| r.ip).collect();
+                ips.dedup();
+                prop_assert_eq!(ips.len(), t.len());
+                prop_assert_eq!(t.by_vps.len(), t.len());
+                prop_assert_eq!(t.by_mac.len(), t.len());
+                for r in t.iter() {
+                    prop_assert_eq!(t.by_vps[&r.vps_id], r.ip);
+                    prop_assert_eq!(t.by_mac[&r.mac], r.ip);
+                }
+            }
+            prop_assert_eq!(&parse(&render(&t, "vps-")).unwrap(), &t);
+        }
+    }
+}
