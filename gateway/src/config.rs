@@ -808,4 +808,82 @@ mod tests {
             assert!(e.starts_with(var), "{var}={value}: {e}");
         }
     }
+
+    #[test]
+    fn ip_allocator_settings() {
+        let ipam = |extra: &[(&str, &str)]| {
+            let mut all = vec![("GATEWAY_API_SECRET", "s")];
+            all.extend_from_slice(extra);
+            GatewayConfig::from_vars(vars(&all)).map_err(|e| e.to_string())
+        };
+        assert!(ipam(&[]).unwrap().ipam().is_none(), "off by default");
+        let c = ipam(&[
+            ("GATEWAY_IP_POOL", "10.0.0.50-10.0.0.250"),
+            ("GATEWAY_IP_POOL_EXCLUDE", "10.0.0.53"),
+            (
+                "GATEWAY_IP_RESERVATIONS_FILE",
+                "/var/lib/gatemesh/vps.dhcp-hosts",
+            ),
+        ])
+        .unwrap();
+        let config = c.ipam().unwrap();
+        assert_eq!(config.pool.size(), 200);
+        assert!(!config.release_any_environment);
+        for (extra, var) in [
+            (
+                vec![("GATEWAY_IP_POOL", "10.0.0.50-10.0.0.250")],
+                "GATEWAY_IP_RESERVATIONS_FILE",
+            ),
+            (
+                vec![("GATEWAY_IP_RESERVATIONS_FILE", "/r")],
+                "GATEWAY_IP_POOL",
+            ),
+            (
+                vec![
+                    ("GATEWAY_IP_POOL", "10.0.0.250-10.0.0.50"),
+                    ("GATEWAY_IP_RESERVATIONS_FILE", "/r"),
+                ],
+                "GATEWAY_IP_POOL",
+            ),
+            (
+                vec![
+                    ("GATEWAY_IP_POOL", "10.0.0.0/8"),
+                    ("GATEWAY_IP_RESERVATIONS_FILE", "/r"),
+                ],
+                "GATEWAY_IP_POOL",
+            ),
+            (
+                vec![
+                    ("GATEWAY_IP_POOL", "10.0.0.1"),
+                    ("GATEWAY_IP_POOL_EXCLUDE", "10.0.0.1"),
+                    ("GATEWAY_IP_RESERVATIONS_FILE", "/r"),
+                ],
+                "GATEWAY_IP_POOL_EXCLUDE",
+            ),
+            (
+                vec![
+                    ("GATEWAY_IP_POOL", "10.0.0.1"),
+                    ("GATEWAY_IP_POOL_EXCLUDE", "nope"),
+                    ("GATEWAY_IP_RESERVATIONS_FILE", "/r"),
+                ],
+                "GATEWAY_IP_POOL_EXCLUDE",
+            ),
+            (
+                vec![
+                    ("GATEWAY_IP_POOL", "10.0.0.1"),
+                    ("GATEWAY_IP_RESERVATIONS_FILE", "/h"),
+                    ("GATEWAY_DHCP_LEASES_FILE", "/l"),
+                    ("GATEWAY_DHCP_HOSTS_FILE", "/h"),
+                ],
+                "GATEWAY_IP_RESERVATIONS_FILE",
+            ),
+            (
+                vec![("GATEWAY_IP_RELEASE_ANY_ENVIRONMENT", "sure")],
+                "GATEWAY_IP_RELEASE_ANY_ENVIRONMENT",
+            ),
+        ] {
+            let e = ipam(&extra).unwrap_err();
+            assert!(e.starts_with(var), "{extra:?}: {e}");
+        }
+    }
 }
