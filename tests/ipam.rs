@@ -118,7 +118,10 @@ async fn two_vps_service_processes_allocate_500_addresses_at_once() {
     let mut env = gateway_env(port, SECRET);
     env.extend([
         ("GATEWAY_IP_POOL", "10.20.0.0/23".to_string()),
-        ("GATEWAY_IP_POOL_EXCLUDE", "10.20.0.0,10.20.1.255".to_string()),
+        (
+            "GATEWAY_IP_POOL_EXCLUDE",
+            "10.20.0.0,10.20.1.255".to_string(),
+        ),
         (
             "GATEWAY_IP_RESERVATIONS_FILE",
             reservations.display().to_string(),
@@ -172,7 +175,11 @@ async fn two_vps_service_processes_allocate_500_addresses_at_once() {
         };
         assert_eq!(r.environment, env, "{r:?}");
     }
-    assert_eq!(on_disk(&reservations), listed, "the file holds what was answered");
+    assert_eq!(
+        on_disk(&reservations),
+        listed,
+        "the file holds what was answered"
+    );
     let text = std::fs::read_to_string(&reservations).unwrap();
     let dnsmasq_lines: BTreeMap<&str, &str> = text
         .lines()
@@ -218,7 +225,10 @@ async fn instances_allocate_typed_and_only_their_environment_releases() {
         .await
         .unwrap();
     let r = a.reservation.clone().unwrap();
-    assert_eq!((r.ip.as_str(), r.environment.as_str()), ("10.30.0.10", "prod"));
+    assert_eq!(
+        (r.ip.as_str(), r.environment.as_str()),
+        ("10.30.0.10", "prod")
+    );
     assert!(!a.existing);
     assert_eq!(a.pool.unwrap().used, 1);
     let again = prod
@@ -263,7 +273,10 @@ async fn instances_allocate_typed_and_only_their_environment_releases() {
         .await
         .unwrap();
     assert_eq!(
-        code(beta.call::<AllocateIp>(alloc("vps-d", "52:54:00:00:00:04"), T).await),
+        code(
+            beta.call::<AllocateIp>(alloc("vps-d", "52:54:00:00:00:04"), T)
+                .await
+        ),
         Code::ResourceExhausted
     );
     let listed = prod
@@ -373,7 +386,12 @@ async fn the_admin_api_and_the_cli_allocate_with_no_environment() {
     assert_eq!(status, Some(1));
     assert!(stderr.starts_with("error: NOT_FOUND: "), "{stderr}");
     let (status, stdout, stderr) = tokio::task::spawn_blocking(move || {
-        cli(&["call", "ReleaseIP", "--json", r#"{"mac":"52-54-00-00-00-0A"}"#])
+        cli(&[
+            "call",
+            "ReleaseIP",
+            "--json",
+            r#"{"mac":"52-54-00-00-00-0A"}"#,
+        ])
     })
     .await
     .unwrap();
