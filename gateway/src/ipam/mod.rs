@@ -96,8 +96,6 @@ pub enum IpamError {
     /// give one address to two VMs.
     #[error("GATEWAY_IP_RESERVATIONS_FILE: {0}")]
     Load(String),
-    #[error("GATEWAY_IP_RESERVATIONS_FILE: {0}")]
-    Write(String),
 }
 
 /// How the gateway reaches the allocator: requests go to its owner task,
@@ -142,7 +140,12 @@ impl Ipam {
             table: table.clone(),
             stats: stats.clone(),
         };
-        owner.sync_file().map_err(IpamError::Write)?;
+        // A file that cannot be written now may be writable at the first
+        // allocation (a directory made late): the gateway starts anyway,
+        // degraded, and every batch writes the whole table.
+        if let Err(e) = owner.sync_file() {
+            tracing::warn!(error = %e, "cannot write the reservations file at start");
+        }
         tracing::info!(
             pool = %pool,
             size = pool.size(),
@@ -506,6 +509,31 @@ mod tests {
         .unwrap();
         let e = Ipam::start(config(&dir, "10.1.0.10-10.1.0.20")).unwrap_err();
         assert!(e.to_string().contains("line 1: bad mac"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn an_unwritable_file_at_start_degrades_instead_of_stopping() {
+        let dir = Dir::new("late");
+        let sub = dir.0.join("made-later");
+        let ipam = Ipam::start(IpamConfig::new(
+            Pool::parse("10.1.0.10-10.1.0.20", "").unwrap(),
+            sub.join("reservations"),
+        ))
+        .unwrap();
+        assert!(
+            ipam.problem()
+                .unwrap()
+                .starts_with("last write failed: cannot write")
+        );
+        std::fs::create_dir_all(&sub).unwrap();
+        ipam.allocate(&caller("prod"), alloc("vps-a", &mac(1)))
+            .await
+            .unwrap();
+        assert_eq!(ipam.problem(), None);
+        assert_eq!(
+            service::load(&sub.join("reservations")).unwrap(),
+            *ipam.table()
+        );
     }
 
     #[tokio::test]
