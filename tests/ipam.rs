@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::http::{get, sample, serve};
+use common::http::{get, promtool, sample, serve};
 use common::process::{Proc, binary, free_port, gateway_env};
 use common::{SECRET, TestGateway, config, options};
 use dnsmasq_support::TempDir;
@@ -195,35 +195,6 @@ async fn two_vps_service_processes_allocate_500_addresses_at_once() {
     }
 }
 
-/// `promtool check metrics` accepts the exposition (skipped, with a
-/// notice, where promtool is not installed).
-fn promtool_accepts(body: &str) {
-    use std::io::Write as _;
-    let Ok(mut child) = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    else {
-        eprintln!("SKIPPED: promtool not found");
-        return;
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 async fn gateway_with_pool(dir: &TempDir, pool: &str) -> TestGateway {
     let mut config = config();
     config.ip_pool = Some(pool.into());
@@ -323,7 +294,9 @@ async fn instances_allocate_typed_and_only_their_environment_releases() {
         "{health}"
     );
     let (_, metrics) = get(http, "/metrics").await;
-    promtool_accepts(&metrics);
+    if let Some((ok, report)) = promtool(&metrics) {
+        assert!(ok, "promtool refused /metrics: {report}");
+    }
     let m = |name: &str, labels: &str| sample(&metrics, name, labels);
     assert_eq!(m("gatemesh_gateway_ipam_pool_size", ""), 3.0);
     assert_eq!(m("gatemesh_gateway_ipam_used", ""), 3.0);

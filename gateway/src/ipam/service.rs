@@ -76,11 +76,7 @@ pub(crate) struct Owner {
     pub(crate) stats: Arc<IpamStats>,
 }
 
-pub(crate) fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+pub(crate) use crate::dhcp::manager::unix_now;
 
 /// The reservations file's table; an absent file is an empty table. Left
 /// temporary files of a write cut short are removed: the rename never
