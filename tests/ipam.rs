@@ -403,17 +403,19 @@ async fn the_admin_api_and_the_cli_allocate_with_no_environment() {
     assert!(gw.gateway.ipam().unwrap().table().is_empty());
 }
 
-/// A `vps-gateway` killed with SIGKILL while 300 allocations are on their
-/// way: after the restart no address is held twice, every acknowledged
-/// allocation is there with its address, and every VPS gets one on retry.
+/// A `vps-gateway` killed with SIGKILL while allocations stream in: after
+/// the restart no address is held twice, every acknowledged allocation is
+/// there with its address, and every VPS asked for gets one on retry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_killed_mid_burst_keeps_every_acknowledged_allocation() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+
     let dir = TempDir::new("ipam-kill");
     let reservations = dir.join("vps.dhcp-hosts");
     let port = free_port();
     let mut env = gateway_env(port, SECRET);
     env.extend([
-        ("GATEWAY_IP_POOL", "10.40.0.0/23".to_string()),
+        ("GATEWAY_IP_POOL", "10.40.0.0/22".to_string()),
         (
             "GATEWAY_IP_RESERVATIONS_FILE",
             reservations.display().to_string(),
@@ -424,29 +426,38 @@ async fn a_gateway_killed_mid_burst_keeps_every_acknowledged_allocation() {
     let instance = Arc::new(Instance::new(options("prod-1", "prod"), Registry::new()).start([url]));
     instance.wait_connected().await;
 
+    // Sixteen callers, each asking for the next VPS as soon as its last
+    // call ended, until the kill.
+    let next = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
     let acked: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
-    let burst: Vec<_> = (0..300)
-        .map(|i| {
+    let workers: Vec<_> = (0..16)
+        .map(|_| {
             let (instance, acked) = (instance.clone(), acked.clone());
+            let (next, stop) = (next.clone(), stop.clone());
             tokio::spawn(async move {
-                let vps = format!("vps-{i}");
-                if let Ok(answer) = instance
-                    .call::<AllocateIp>(alloc(&vps, &mac(i)), Duration::from_secs(5))
-                    .await
-                {
-                    acked.lock().insert(vps, answer.reservation.unwrap().ip);
+                while !stop.load(SeqCst) {
+                    let i = next.fetch_add(1, SeqCst);
+                    let vps = format!("vps-{i}");
+                    if let Ok(answer) = instance
+                        .call::<AllocateIp>(alloc(&vps, &mac(i)), Duration::from_secs(5))
+                        .await
+                    {
+                        acked.lock().insert(vps, answer.reservation.unwrap().ip);
+                    }
                 }
             })
         })
         .collect();
-    common::eventually("some allocations acknowledged", || acked.lock().len() >= 20).await;
+    common::eventually("allocations acknowledged", || acked.lock().len() >= 100).await;
+    stop.store(true, SeqCst);
     gateway.signal("KILL");
     gateway.wait();
-    for task in burst {
-        task.await.unwrap();
+    for worker in workers {
+        worker.await.unwrap();
     }
+    let asked = next.load(SeqCst);
     let acked = acked.lock().clone();
-    assert!(acked.len() < 300, "the kill landed mid-burst");
 
     // The file as the crash left it: consistent, every acknowledgement in it.
     let held: BTreeMap<String, String> = on_disk(&reservations)
@@ -459,20 +470,33 @@ async fn a_gateway_killed_mid_burst_keeps_every_acknowledged_allocation() {
 
     let _gateway = Proc::spawn("vps-gateway", &binary("vps-gateway"), &env);
     instance.wait_connects(2).await;
+    // Everyone asks again, 32 at a time (under the per-instance limit).
     let mut after = BTreeMap::new();
-    for i in 0..300 {
-        let vps = format!("vps-{i}");
-        let answer = instance
-            .call::<AllocateIp>(alloc(&vps, &mac(i)), T)
-            .await
-            .unwrap();
-        after.insert(vps, answer.reservation.unwrap().ip);
+    for chunk in (0..asked).collect::<Vec<_>>().chunks(32) {
+        let retries: Vec<_> = chunk
+            .iter()
+            .map(|&i| {
+                let instance = instance.clone();
+                tokio::spawn(async move {
+                    let vps = format!("vps-{i}");
+                    let answer = instance
+                        .call::<AllocateIp>(alloc(&vps, &mac(i)), T)
+                        .await
+                        .unwrap();
+                    (vps, answer.reservation.unwrap().ip)
+                })
+            })
+            .collect();
+        for retry in retries {
+            let (vps, ip) = retry.await.unwrap();
+            after.insert(vps, ip);
+        }
     }
     for (vps, ip) in &acked {
         assert_eq!(&after[vps], ip, "{vps} kept its address");
     }
     let unique: BTreeSet<&String> = after.values().collect();
-    assert_eq!(unique.len(), 300, "no address held twice");
+    assert_eq!(unique.len(), asked, "no address held twice");
     let file: BTreeMap<String, String> = on_disk(&reservations)
         .into_iter()
         .map(|r| (r.vps_id, r.ip))
