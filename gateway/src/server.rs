@@ -36,8 +36,11 @@ const FRAME_OVERHEAD: usize = 64 * 1024;
 /// Why [`Gateway::from_config`] could not build the gateway.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// Two handlers under one method name. (Not called `Registry`: a
+    /// variant of that name would make rustc spell out
+    /// `gatemesh_handlers::Registry` in every error about it.)
     #[error(transparent)]
-    Registry(#[from] RegistryError),
+    Handlers(#[from] RegistryError),
     #[error(transparent)]
     Ipam(#[from] crate::ipam::IpamError),
 }
