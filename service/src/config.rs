@@ -297,6 +297,29 @@ mod tests {
     }
 
     #[test]
+    fn allocating_ips_needs_the_inventory_file_and_one_gateway() {
+        let e = error(&[("VPS_ALLOCATE_IPS", "true")]);
+        assert!(
+            e.starts_with("VPS_ALLOCATE_IPS: expected `true` only with"),
+            "{e}"
+        );
+        let e = error(&[
+            ("VPS_ALLOCATE_IPS", "true"),
+            ("VPS_INVENTORY_FILE", "/i.json"),
+            ("VPS_GATEWAY_URL", "http://a:1537,http://b:1537"),
+        ]);
+        assert!(e.starts_with("VPS_ALLOCATE_IPS"), "{e}");
+        let c = ServiceConfig::from_vars(vars(&[
+            ("VPS_GATEWAY_URL", "http://a:1537"),
+            ("VPS_GATEWAY_API_SECRET", "s"),
+            ("VPS_INVENTORY_FILE", "/i.json"),
+            ("VPS_ALLOCATE_IPS", "true"),
+        ]))
+        .unwrap();
+        assert!(c.allocate_ips);
+    }
+
+    #[test]
     fn a_misspelt_variable_stops_the_instance_naming_the_nearest_setting() {
         assert_eq!(
             error(&[("VPS_GATEWAY_URLS", "http://b:1537")]),
