@@ -303,11 +303,14 @@ mod tests {
             e.starts_with("VPS_ALLOCATE_IPS: expected `true` only with"),
             "{e}"
         );
-        let e = error(&[
-            ("VPS_ALLOCATE_IPS", "true"),
-            ("VPS_INVENTORY_FILE", "/i.json"),
+        let e = ServiceConfig::from_vars(vars(&[
             ("VPS_GATEWAY_URL", "http://a:1537,http://b:1537"),
-        ]);
+            ("VPS_GATEWAY_API_SECRET", "s"),
+            ("VPS_INVENTORY_FILE", "/i.json"),
+            ("VPS_ALLOCATE_IPS", "true"),
+        ]))
+        .unwrap_err()
+        .to_string();
         assert!(e.starts_with("VPS_ALLOCATE_IPS"), "{e}");
         let c = ServiceConfig::from_vars(vars(&[
             ("VPS_GATEWAY_URL", "http://a:1537"),
