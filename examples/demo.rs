@@ -1,10 +1,13 @@
 //! The whole mesh in one process on loopback: a gateway, three instances
 //! (`beta`, `prod`, `dev`) with different inventories, a handful of leases
 //! resolved with `first_valid`, then the gateway's DHCP manager turning a
-//! changing dnsmasq lease file into the hosts file dnsmasq serves.
+//! changing dnsmasq lease file into the hosts file dnsmasq serves, and last
+//! a new VPS's life on the node: an instance allocates its address, the VM
+//! takes its lease, the lease resolves to the VPS id, the instance releases.
 //!
 //! Run: `cargo run --example demo`
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,8 +16,8 @@ use async_trait::async_trait;
 use gatemesh_gateway::dhcp::{DhcpConfig, DhcpManager};
 use gatemesh_gateway::{CallError, Gateway, GatewayConfig};
 use gatemesh_handlers::Registry;
-use gatemesh_proto::methods::FindVpsByLease;
-use gatemesh_proto::pb::FindVpsByLeaseRequest;
+use gatemesh_proto::methods::{AllocateIp, FindVpsByLease, ReleaseIp};
+use gatemesh_proto::pb::{AllocateIpRequest, FindVpsByLeaseRequest, ReleaseIpRequest};
 use gatemesh_runtime::Secret;
 use gatemesh_service::handlers::FindVpsByLeaseHandler;
 use gatemesh_service::inventory::{Inventory, InventoryError, MemoryInventory, Vps};
@@ -123,13 +126,91 @@ async fn dhcp_flow(gateway: &Gateway) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The other direction: the prod instance, as the control service creating
+/// `vps-prod-3`, asks the gateway for an address; the gateway writes the
+/// dnsmasq reservation. The VM then takes its lease (written here by hand,
+/// as no dnsmasq runs), the DHCP manager names it, and the instance
+/// releases the address when the VPS is deleted.
+async fn ipam_flow(gateway: &Gateway, prod: &InstanceHandle, dir: &Path) -> anyhow::Result<()> {
+    let reservations = dir.join("vps.dhcp-hosts");
+    let timeout = Duration::from_secs(5);
+    println!(
+        "
+IP allocator: pool 10.0.5.10-10.0.5.20, reservations in {}",
+        reservations.display()
+    );
+    let mac = "52:54:00:12:34:58";
+    let answer = prod
+        .call::<AllocateIp>(
+            AllocateIpRequest {
+                vps_id: "vps-prod-3".into(),
+                organization_id: "org-demo".into(),
+                mac: mac.into(),
+                ip: String::new(),
+            },
+            timeout,
+        )
+        .await
+        .context("AllocateIP")?;
+    let reservation = answer
+        .reservation
+        .context("an answer names its reservation")?;
+    let ip = reservation.ip;
+    println!(
+        "prod-1 allocated {ip} for vps-prod-3 ({mac}), recorded for environment {:?}; the file dnsmasq reads:",
+        reservation.environment
+    );
+    print!("{}", std::fs::read_to_string(&reservations)?);
+
+    let leases = dir.join("ipam.leases");
+    let hosts = dir.join("ipam.hosts");
+    let expiry = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        + 3600;
+    std::fs::write(&leases, format!("{expiry} {mac} {ip} * *\n"))?;
+    println!("the VM boots and dnsmasq leases it {ip}");
+    let (manager, handle) = DhcpManager::new(DhcpConfig::new(&leases, &hosts));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(manager.run(gateway.mesh(), stop.clone().cancelled_owned()));
+    handle
+        .wait_until(|s| s.resolved == 1 && s.hosts_entries == 1)
+        .await;
+    println!("the lease resolves to its VPS id; DNS will answer:");
+    print!("{}", std::fs::read_to_string(&hosts)?);
+    stop.cancel();
+    task.await?;
+
+    let released = prod
+        .call::<ReleaseIp>(
+            ReleaseIpRequest {
+                vps_id: "vps-prod-3".into(),
+                mac: String::new(),
+            },
+            timeout,
+        )
+        .await
+        .context("ReleaseIP")?;
+    println!(
+        "vps-prod-3 deleted: prod-1 released {}; {} of {} addresses in use",
+        released.reservation.map(|r| r.ip).unwrap_or_default(),
+        released.pool.as_ref().map_or(0, |p| p.used),
+        released.pool.as_ref().map_or(0, |p| p.size),
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
+    let dir = std::env::temp_dir().join(format!("gatemesh-demo-ipam-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
     let mut config = GatewayConfig::with_secret(SECRET);
     config.id = Some("demo-gateway".into());
-    let gateway = Gateway::new(config);
+    config.ip_pool = Some("10.0.5.10-10.0.5.20".into());
+    config.ip_reservations_file = Some(dir.join("vps.dhcp-hosts"));
+    let (gateway, _) = Gateway::from_config(config)?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(gateway.clone().serve(listener, async {
         let _ = stopped.await;
@@ -144,6 +225,8 @@ async fn main() -> anyhow::Result<()> {
     let prod = MemoryInventory::new([
         vps("vps-prod-1", "52:54:00:12:34:56", "10.0.0.5"),
         vps("vps-prod-2", "52:54:00:12:34:57", "10.0.0.6"),
+        // Being created: no address yet (see `ipam_flow`).
+        vps("vps-prod-3", "52:54:00:12:34:58", ""),
     ]);
     let dev = MemoryInventory::new([vps("vps-dev-1", "52:54:00:de:00:01", "10.0.2.21")]);
     let instances = [
@@ -206,6 +289,8 @@ async fn main() -> anyhow::Result<()> {
     }
 
     dhcp_flow(&gateway).await?;
+    ipam_flow(&gateway, &instances[1], &dir).await?;
+    std::fs::remove_dir_all(&dir).ok();
 
     println!("\nshutting down");
     for instance in instances {

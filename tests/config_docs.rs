@@ -359,6 +359,24 @@ fn units_env_examples_and_readme_agree_on_paths_limits_and_credentials() {
         read("deploy/dnsmasq/gatemesh.conf").contains(&format!("addn-hosts={hosts}\n")),
         "deploy/dnsmasq/gatemesh.conf must point dnsmasq at {hosts}"
     );
+    // The IP allocator's reservations: a path the unit can write and
+    // dnsmasq's snippet reads as its dhcp-hostsfile.
+    let reservations = &example
+        .get("GATEWAY_IP_RESERVATIONS_FILE")
+        .expect("GATEWAY_IP_RESERVATIONS_FILE in the env example")
+        .value;
+    assert!(
+        writable(&gateway, Path::new(reservations)),
+        "vps-gateway.service cannot write {reservations} (GATEWAY_IP_RESERVATIONS_FILE)"
+    );
+    assert!(
+        !reservations.starts_with("/run/"),
+        "the reservations are state: {reservations} would not survive a reboot"
+    );
+    assert!(
+        read("deploy/dnsmasq/gatemesh.conf").contains(&format!("dhcp-hostsfile={reservations}\n")),
+        "deploy/dnsmasq/gatemesh.conf must point dnsmasq's dhcp-hostsfile at {reservations}"
+    );
     // Debian's dnsmasq user has group nogroup; a fixed Group=dnsmasq does not
     // exist there. The gateway runs as a dynamic user with CAP_KILL instead.
     assert_eq!(values(&gateway, "DynamicUser"), ["yes"]);

@@ -7,11 +7,10 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::http::get;
+use common::http::{get, promtool};
 use common::*;
 use gatemesh_handlers::dispatch::code_name;
 use gatemesh_proto::methods::FindVpsByLease;
@@ -33,41 +32,6 @@ async fn request(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16
     let (head, body) = raw.split_once("\r\n\r\n").unwrap();
     let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
     (status, head.to_ascii_lowercase(), body.to_string())
-}
-
-/// Runs `promtool check metrics` on `body`; `None` when promtool is not
-/// installed (`.ci/start-services` installs it).
-fn promtool(body: &str) -> Option<(bool, String)> {
-    let mut child = match Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
-        Ok(child) => child,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            eprintln!(
-                "SKIPPED: promtool not found (Debian package `prometheus`; .ci/start-services installs it)"
-            );
-            return None;
-        }
-        Err(e) => panic!("run promtool: {e}"),
-    };
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some((out.status.success(), text))
 }
 
 fn has_line(body: &str, line: &str) -> bool {

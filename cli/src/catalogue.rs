@@ -172,7 +172,7 @@ mod tests {
         let catalogue = Catalogue::load().unwrap();
         let e = catalogue.method("FindVpsByLeas").unwrap_err().to_string();
         assert!(e.contains("unknown method \"FindVpsByLeas\""), "{e}");
-        assert!(e.contains("known methods: FindVPSByLease, "), "{e}");
+        assert!(e.contains("methods: AllocateIP, FindVPSByLease, "), "{e}");
         assert!(e.contains("GetGatewayInfo"), "{e}");
         let e = catalogue.method("findvpsbylease").unwrap_err().to_string();
         assert!(e.contains("did you mean \"FindVPSByLease\""), "{e}");

@@ -163,6 +163,23 @@ pub struct GatewayConfig {
     /// `GATEWAY_DHCP_MAX_LEASES`: leases tracked at most.
     #[serde(default = "defaults::dhcp_max_leases")]
     pub dhcp_max_leases: usize,
+    /// `GATEWAY_IP_POOL`: the addresses this gateway allocates to VPSs
+    /// (`10.0.0.50-10.0.0.250`, CIDR blocks and single addresses,
+    /// comma-separated); setting it turns the IP allocator on.
+    #[serde(default)]
+    pub ip_pool: Option<String>,
+    /// `GATEWAY_IP_POOL_EXCLUDE`: addresses of the pool never allocated,
+    /// in the same syntax.
+    #[serde(default)]
+    pub ip_pool_exclude: Option<String>,
+    /// `GATEWAY_IP_RESERVATIONS_FILE`: the dnsmasq `dhcp-hostsfile` the
+    /// allocator writes and keeps its state in.
+    #[serde(default)]
+    pub ip_reservations_file: Option<PathBuf>,
+    /// `GATEWAY_IP_RELEASE_ANY_ENVIRONMENT`: a release from another
+    /// environment than the allocator's is allowed. Off by default.
+    #[serde(default)]
+    pub ip_release_any_environment: bool,
 }
 
 mod defaults {
@@ -332,7 +349,65 @@ impl GatewayConfig {
             "GATEWAY_TLS_SECRET_OPTIONAL",
             "`true` only with GATEWAY_TLS_CLIENT_CA set (mTLS)",
         )?;
+        self.validate_ipam()?;
         self.validate_dhcp()
+    }
+
+    fn validate_ipam(&self) -> Result<(), ConfigError> {
+        let Some(pool) = &self.ip_pool else {
+            ensure(
+                self.ip_reservations_file.is_none() && self.ip_pool_exclude.is_none(),
+                "GATEWAY_IP_POOL",
+                "a pool such as `10.0.0.50-10.0.0.250`, since GATEWAY_IP_RESERVATIONS_FILE or \
+                 GATEWAY_IP_POOL_EXCLUDE is set",
+            )?;
+            return Ok(());
+        };
+        crate::ipam::Pool::parse(pool, "").map_err(|e| {
+            ConfigError(format!(
+                "GATEWAY_IP_POOL: {e}; expected ranges such as `10.0.0.50-10.0.0.250,10.0.1.0/28`"
+            ))
+        })?;
+        let exclude = self.ip_pool_exclude.as_deref().unwrap_or("");
+        crate::ipam::Pool::parse(exclude, "")
+            .map(drop)
+            .or_else(|e| match e {
+                crate::ipam::PoolError::Empty | crate::ipam::PoolError::TooLarge(_) => Ok(()),
+                e => Err(e),
+            })
+            .map_err(|e| ConfigError(format!("GATEWAY_IP_POOL_EXCLUDE: {e}")))?;
+        crate::ipam::Pool::parse(pool, exclude)
+            .map_err(|e| ConfigError(format!("GATEWAY_IP_POOL_EXCLUDE: {e}")))?;
+        let Some(file) = &self.ip_reservations_file else {
+            return Err(ConfigError(
+                "GATEWAY_IP_RESERVATIONS_FILE: expected a path, since GATEWAY_IP_POOL is set"
+                    .into(),
+            ));
+        };
+        ensure(
+            Some(file) != self.dhcp_hosts_file.as_ref()
+                && Some(file) != self.dhcp_leases_file.as_ref(),
+            "GATEWAY_IP_RESERVATIONS_FILE",
+            "a path other than GATEWAY_DHCP_HOSTS_FILE and GATEWAY_DHCP_LEASES_FILE",
+        )
+    }
+
+    /// The IP allocator's settings, when `GATEWAY_IP_POOL` turns it on.
+    /// It checks leases in `GATEWAY_DHCP_LEASES_FILE` and reloads dnsmasq
+    /// through `GATEWAY_DNSMASQ_PID_FILE`, as the DHCP manager does.
+    pub fn ipam(&self) -> Option<crate::ipam::IpamConfig> {
+        let pool = crate::ipam::Pool::parse(
+            self.ip_pool.as_deref()?,
+            self.ip_pool_exclude.as_deref().unwrap_or(""),
+        )
+        .ok()?;
+        Some(crate::ipam::IpamConfig {
+            leases_file: self.dhcp_leases_file.clone(),
+            pid_file: self.dnsmasq_pid_file.clone(),
+            release_any_environment: self.ip_release_any_environment,
+            hostname_prefix: self.dhcp_vps_hostname_prefix.clone(),
+            ..crate::ipam::IpamConfig::new(pool, self.ip_reservations_file.clone()?)
+        })
     }
 
     /// Whether a peer holding a verified client certificate may leave the
@@ -731,6 +806,84 @@ mod tests {
         ] {
             let e = dhcp(&[(var, value)]).unwrap_err();
             assert!(e.starts_with(var), "{var}={value}: {e}");
+        }
+    }
+
+    #[test]
+    fn ip_allocator_settings() {
+        let ipam = |extra: &[(&str, &str)]| {
+            let mut all = vec![("GATEWAY_API_SECRET", "s")];
+            all.extend_from_slice(extra);
+            GatewayConfig::from_vars(vars(&all)).map_err(|e| e.to_string())
+        };
+        assert!(ipam(&[]).unwrap().ipam().is_none(), "off by default");
+        let c = ipam(&[
+            ("GATEWAY_IP_POOL", "10.0.0.50-10.0.0.250"),
+            ("GATEWAY_IP_POOL_EXCLUDE", "10.0.0.53"),
+            (
+                "GATEWAY_IP_RESERVATIONS_FILE",
+                "/var/lib/gatemesh/vps.dhcp-hosts",
+            ),
+        ])
+        .unwrap();
+        let config = c.ipam().unwrap();
+        assert_eq!(config.pool.size(), 200);
+        assert!(!config.release_any_environment);
+        for (extra, var) in [
+            (
+                vec![("GATEWAY_IP_POOL", "10.0.0.50-10.0.0.250")],
+                "GATEWAY_IP_RESERVATIONS_FILE",
+            ),
+            (
+                vec![("GATEWAY_IP_RESERVATIONS_FILE", "/r")],
+                "GATEWAY_IP_POOL",
+            ),
+            (
+                vec![
+                    ("GATEWAY_IP_POOL", "10.0.0.250-10.0.0.50"),
+                    ("GATEWAY_IP_RESERVATIONS_FILE", "/r"),
+                ],
+                "GATEWAY_IP_POOL",
+            ),
+            (
+                vec![
+                    ("GATEWAY_IP_POOL", "10.0.0.0/8"),
+                    ("GATEWAY_IP_RESERVATIONS_FILE", "/r"),
+                ],
+                "GATEWAY_IP_POOL",
+            ),
+            (
+                vec![
+                    ("GATEWAY_IP_POOL", "10.0.0.1"),
+                    ("GATEWAY_IP_POOL_EXCLUDE", "10.0.0.1"),
+                    ("GATEWAY_IP_RESERVATIONS_FILE", "/r"),
+                ],
+                "GATEWAY_IP_POOL_EXCLUDE",
+            ),
+            (
+                vec![
+                    ("GATEWAY_IP_POOL", "10.0.0.1"),
+                    ("GATEWAY_IP_POOL_EXCLUDE", "nope"),
+                    ("GATEWAY_IP_RESERVATIONS_FILE", "/r"),
+                ],
+                "GATEWAY_IP_POOL_EXCLUDE",
+            ),
+            (
+                vec![
+                    ("GATEWAY_IP_POOL", "10.0.0.1"),
+                    ("GATEWAY_IP_RESERVATIONS_FILE", "/h"),
+                    ("GATEWAY_DHCP_LEASES_FILE", "/l"),
+                    ("GATEWAY_DHCP_HOSTS_FILE", "/h"),
+                ],
+                "GATEWAY_IP_RESERVATIONS_FILE",
+            ),
+            (
+                vec![("GATEWAY_IP_RELEASE_ANY_ENVIRONMENT", "sure")],
+                "GATEWAY_IP_RELEASE_ANY_ENVIRONMENT",
+            ),
+        ] {
+            let e = ipam(&extra).unwrap_err();
+            assert!(e.starts_with(var), "{extra:?}: {e}");
         }
     }
 }

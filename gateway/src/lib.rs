@@ -5,6 +5,9 @@
 //!
 //! - [`config`]: [`GatewayConfig`], read from `GATEWAY_*` variables.
 //! - [`dhcp`]: the DHCP manager: dnsmasq leases to VPS ids to a hosts file.
+//! - [`ipam`]: the IP allocator: a pool of addresses reserved for VPS MACs
+//!   as dnsmasq static reservations (`AllocateIP`, `ReleaseIP`, `ListIPs`).
+//! - [`dnsmasq`]: the atomic file write and the SIGHUP both of them use.
 //! - [`auth`]: the shared-secret check on every gRPC call.
 //! - [`tls`]: [`GatewayTls`], TLS and mTLS on the gRPC port, and the
 //!   binding of an instance id to its client certificate.
@@ -39,11 +42,13 @@ pub mod call;
 pub mod config;
 pub mod dhcp;
 pub mod disconnect;
+pub mod dnsmasq;
 pub mod error;
 pub mod health;
 pub mod http;
 pub mod info;
 pub mod instances;
+pub mod ipam;
 pub mod listener;
 pub mod metrics;
 pub mod peer;

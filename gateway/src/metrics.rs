@@ -36,6 +36,8 @@ pub struct Metrics {
     http: Arc<HttpStats>,
     /// The gRPC port's connections (see [`crate::listener`]).
     pub(crate) connections: Arc<crate::listener::Connections>,
+    /// The IP allocator, once one is attached.
+    pub(crate) ipam: Arc<OnceLock<crate::ipam::Ipam>>,
 }
 
 /// Creates every disconnect reason at zero (the call series are made by
@@ -97,6 +99,8 @@ impl Metrics {
             http: http.clone(),
         }));
         crate::dhcp::metrics::register(registry, dhcp);
+        let ipam = Arc::new(OnceLock::new());
+        crate::ipam::metrics::register(registry, ipam.clone());
         let connections = Arc::new(crate::listener::Connections::default());
         registry.register_collector(Box::new(crate::listener::ConnMetrics(connections.clone())));
         Self {
@@ -104,6 +108,7 @@ impl Metrics {
             connections,
             per_instance,
             http,
+            ipam,
         }
     }
 

@@ -33,6 +33,18 @@ const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
 /// Room for the envelope around a payload of the maximum size.
 const FRAME_OVERHEAD: usize = 64 * 1024;
 
+/// Why [`Gateway::from_config`] could not build the gateway.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Two handlers under one method name. (Not called `Registry`: a
+    /// variant of that name would make rustc spell out
+    /// `gatemesh_handlers::Registry` in every error about it.)
+    #[error(transparent)]
+    Handlers(#[from] RegistryError),
+    #[error(transparent)]
+    Ipam(#[from] crate::ipam::IpamError),
+}
+
 /// A gateway: the registry of connected instances and the services around it.
 #[derive(Clone)]
 pub struct Gateway {
@@ -134,19 +146,50 @@ impl Gateway {
     /// turns on. With `GATEWAY_DHCP_LEASES_FILE`, the DHCP manager runs on
     /// the current runtime: `GetLeases` is registered, its state attached
     /// for [`Self::dhcp`] and `/health`, and the returned service stops it.
+    /// With `GATEWAY_IP_POOL`, the IP allocator starts from its
+    /// reservations file and serves `AllocateIP`, `ReleaseIP` and `ListIPs`.
     pub fn from_config(
         config: GatewayConfig,
-    ) -> Result<(Self, Option<crate::dhcp::DhcpService>), RegistryError> {
-        let Some(dhcp) = config.dhcp() else {
-            return Ok((Self::with_handlers(config, GatewayRegistry::new())?, None));
-        };
-        let (manager, handle) = crate::dhcp::DhcpManager::new(dhcp);
+    ) -> Result<(Self, Option<crate::dhcp::DhcpService>), StartError> {
         let mut registry = GatewayRegistry::new();
-        crate::dhcp::register(&mut registry, handle.clone())?;
+        let ipam = match config.ipam() {
+            Some(ipam) => {
+                let ipam = crate::ipam::Ipam::start(ipam)?;
+                crate::ipam::register(&mut registry, ipam.clone())?;
+                Some(ipam)
+            }
+            None => None,
+        };
+        let dhcp = match config.dhcp() {
+            Some(dhcp) => {
+                let (manager, handle) = crate::dhcp::DhcpManager::new(dhcp);
+                crate::dhcp::register(&mut registry, handle.clone())?;
+                Some((manager, handle))
+            }
+            None => None,
+        };
         let gateway = Self::with_handlers(config, registry)?;
-        gateway.attach_dhcp(handle.clone());
-        let service = crate::dhcp::DhcpService::spawn(manager, handle, gateway.mesh());
-        Ok((gateway, Some(service)))
+        if let Some(ipam) = ipam {
+            gateway.attach_ipam(ipam);
+        }
+        let service = dhcp.map(|(manager, handle)| {
+            gateway.attach_dhcp(handle.clone());
+            crate::dhcp::DhcpService::spawn(manager, handle, gateway.mesh())
+        });
+        Ok((gateway, service))
+    }
+
+    /// Makes an allocator visible in `/metrics`, `/health` and through
+    /// [`Self::ipam`]; the first one attached stays.
+    pub fn attach_ipam(&self, ipam: crate::ipam::Ipam) {
+        if self.shared.metrics.ipam.set(ipam.clone()).is_ok() {
+            self.add_health_check("ipam", move || ipam.problem());
+        }
+    }
+
+    /// The IP allocator, when this gateway runs one.
+    pub fn ipam(&self) -> Option<&crate::ipam::Ipam> {
+        self.shared.metrics.ipam.get()
     }
 
     /// A component's health check; a failing one makes `/health` degraded.

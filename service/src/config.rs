@@ -25,6 +25,11 @@ pub struct ServiceConfig {
     /// `VPS_INVENTORY_FILE`: JSON or TOML list of VPS; a built-in sample when unset.
     #[serde(default)]
     pub inventory_file: Option<PathBuf>,
+    /// `VPS_ALLOCATE_IPS`: at start, reserve an address on the gateway for
+    /// every VPS of the inventory file that has a MAC and no IP
+    /// (`AllocateIP`, idempotent, so each restart asks again safely).
+    #[serde(default)]
+    pub allocate_ips: bool,
     /// `VPS_DATABASE_URL`: a PostgreSQL URL (`postgres://user:pass@host:port/db`);
     /// the inventory is then the database's `vps` table, created at start if
     /// missing. Exclusive with `VPS_INVENTORY_FILE`.
@@ -153,6 +158,12 @@ impl ServiceConfig {
         // stops the instance instead of being refused forever.
         check_label("VPS_INSTANCE_ID", &self.instance_id(), 128)?;
         check_label("VPS_ENVIRONMENT", &self.environment, 64)?;
+        ensure(
+            !self.allocate_ips || (urls.len() == 1 && self.inventory_file.is_some()),
+            "VPS_ALLOCATE_IPS",
+            "`true` only with VPS_INVENTORY_FILE and one VPS_GATEWAY_URL (the inventory does not \
+             say which node a VPS lives on)",
+        )?;
         if let Some(url) = &self.database_url {
             ensure(
                 self.inventory_file.is_none(),
@@ -283,6 +294,32 @@ mod tests {
         ServiceConfig::from_vars(vars(&all))
             .expect_err("refused")
             .to_string()
+    }
+
+    #[test]
+    fn allocating_ips_needs_the_inventory_file_and_one_gateway() {
+        let e = error(&[("VPS_ALLOCATE_IPS", "true")]);
+        assert!(
+            e.starts_with("VPS_ALLOCATE_IPS: expected `true` only with"),
+            "{e}"
+        );
+        let e = ServiceConfig::from_vars(vars(&[
+            ("VPS_GATEWAY_URL", "http://a:1537,http://b:1537"),
+            ("VPS_GATEWAY_API_SECRET", "s"),
+            ("VPS_INVENTORY_FILE", "/i.json"),
+            ("VPS_ALLOCATE_IPS", "true"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("VPS_ALLOCATE_IPS"), "{e}");
+        let c = ServiceConfig::from_vars(vars(&[
+            ("VPS_GATEWAY_URL", "http://a:1537"),
+            ("VPS_GATEWAY_API_SECRET", "s"),
+            ("VPS_INVENTORY_FILE", "/i.json"),
+            ("VPS_ALLOCATE_IPS", "true"),
+        ]))
+        .unwrap();
+        assert!(c.allocate_ips);
     }
 
     #[test]

@@ -12,9 +12,12 @@
 //!   certificate for `https://` gateways.
 //! - [`inventory`]: the VPS inventory behind `FindVPSByLease`.
 //! - [`handlers`]: the handlers `vps-service` registers.
+//! - [`allocate`]: `VPS_ALLOCATE_IPS`, addresses for the inventory's VPSs
+//!   reserved on the gateway through `AllocateIP`.
 
 #![forbid(unsafe_code)]
 
+pub mod allocate;
 pub mod config;
 pub mod handlers;
 pub mod http;

@@ -80,3 +80,38 @@ pub fn sample(body: &str, name: &str, labels: &str) -> f64 {
         })
         .unwrap_or(0.0)
 }
+
+/// Runs `promtool check metrics` on `body`; `None` when promtool is not
+/// installed (`.ci/start-services` installs it).
+pub fn promtool(body: &str) -> Option<(bool, String)> {
+    let mut child = match std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!(
+                "SKIPPED: promtool not found (Debian package `prometheus`; .ci/start-services installs it)"
+            );
+            return None;
+        }
+        Err(e) => panic!("run promtool: {e}"),
+    };
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some((out.status.success(), text))
+}

@@ -1379,7 +1379,8 @@ fn decode_token(token: &str) -> Option<Key> {
     Some((ip, hardware))
 }
 
-fn unix_now() -> u64 {
+/// Unix seconds now, as dnsmasq's lease file counts them.
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

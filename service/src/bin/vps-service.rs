@@ -28,13 +28,20 @@ async fn run() -> anyhow::Result<()> {
         &gatemesh_runtime::telemetry::TelemetryConfig::from_vars(std::env::vars(), "vps-service"),
     )?;
     gatemesh_runtime::limits::raise_fd_limit_logged();
+    let mut unaddressed = Vec::new();
     let inventory: Arc<dyn Inventory> = match (&config.database_url, &config.inventory_file) {
         (Some(url), _) => Arc::new(
             PostgresInventory::connect(url.expose(), config.database_pool_size)
                 .await
                 .context("VPS_DATABASE_URL: the PostgreSQL inventory is unavailable")?,
         ),
-        (None, Some(path)) => Arc::new(MemoryInventory::load(path).context("VPS_INVENTORY_FILE")?),
+        (None, Some(path)) => {
+            let inventory = MemoryInventory::load(path).context("VPS_INVENTORY_FILE")?;
+            if config.allocate_ips {
+                unaddressed = inventory.unaddressed();
+            }
+            Arc::new(inventory)
+        }
         (None, None) => {
             tracing::info!(
                 "neither VPS_DATABASE_URL nor VPS_INVENTORY_FILE set; serving the built-in sample inventory"
@@ -59,7 +66,13 @@ async fn run() -> anyhow::Result<()> {
     };
     tracing::info!(instance = %options.id, environment = %options.environment,
         gateways = %config.gateway_urls().join(","), "starting instance");
-    let instance = Instance::new(options, registry).start(config.gateway_urls());
+    let instance = Arc::new(Instance::new(options, registry).start(config.gateway_urls()));
+    let allocating = (!unaddressed.is_empty()).then(|| {
+        let instance = instance.clone();
+        tokio::spawn(async move {
+            gatemesh_service::allocate::allocate_all(&instance, unaddressed).await;
+        })
+    });
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let http = http_listener.map(|(addr, listener)| {
         tracing::info!(%addr, "operator endpoints listening");
@@ -70,6 +83,11 @@ async fn run() -> anyhow::Result<()> {
         }))
     });
     gatemesh_runtime::shutdown::signal().await;
+    if let Some(task) = allocating {
+        task.abort();
+        let _ = task.await;
+    }
+    let instance = Arc::into_inner(instance).context("the instance is still shared at shutdown")?;
     instance.shutdown().await;
     let _ = http_stop.send(());
     if let Some(http) = http {

@@ -37,6 +37,19 @@ impl MemoryInventory {
         inventory
     }
 
+    /// The VPSs with a MAC and no IP yet: those `VPS_ALLOCATE_IPS` asks the
+    /// gateway an address for.
+    pub fn unaddressed(&self) -> Vec<Vps> {
+        let mut list: Vec<Vps> = self
+            .by_mac
+            .values()
+            .filter(|v| v.ip.trim().is_empty())
+            .cloned()
+            .collect();
+        list.sort_by(|a, b| a.vps_id.cmp(&b.vps_id));
+        list
+    }
+
     /// Reads a JSON (`{"vps": [...]}` or `[...]`) or TOML (`[[vps]]`) file;
     /// the extension decides, JSON when there is none.
     pub fn load(path: &Path) -> Result<Self, InventoryError> {

@@ -1,0 +1,607 @@
+//! The IP allocator: each gateway hands out the addresses of its node's
+//! pool to VPSs, as dnsmasq static reservations, through the gateway-served
+//! `AllocateIP`, `ReleaseIP` and `ListIPs`.
+//!
+//! - [`pool`]: [`Pool`], the configured ranges less the exclusions.
+//! - [`table`]: the reservations and the rules that change them, and the
+//!   file they are (a dnsmasq `dhcp-hostsfile` that also holds the
+//!   allocator's records); no I/O, so tests drive every rule directly.
+//! - `service`: the one task that owns the table: requests in arrival
+//!   order, each batch written atomically and made durable before it is
+//!   answered, one SIGHUP to dnsmasq per change.
+//! - [`metrics`]: the allocator's `/metrics` families.
+//!
+//! Trust: a caller is an authenticated instance (or the admin API, which
+//! holds the secret); its environment comes from the mesh, not from the
+//! request, and is recorded with the reservation. Every field of a request
+//! is validated into a type before the table sees it.
+//!
+//! Wiring, as [`crate::Gateway::from_config`] does it:
+//!
+//! ```ignore
+//! let ipam = Ipam::start(ipam_config)?;
+//! gatemesh_gateway::ipam::register(&mut registry, ipam.clone())?;
+//! let gateway = Gateway::with_handlers(config, registry)?;
+//! gateway.attach_ipam(ipam);
+//! ```
+
+pub mod metrics;
+pub mod pool;
+mod service;
+pub mod table;
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use gatemesh_handlers::{Caller, Context, GatewayRegistry, HandlerError, RegistryError};
+use gatemesh_proto::methods::{AllocateIp, ListIPs, ReleaseIp};
+use gatemesh_proto::pb;
+use parking_lot::RwLock;
+use tokio::sync::{mpsc, oneshot};
+
+pub use pool::{Pool, PoolError};
+pub use service::IpamStats;
+pub use table::{Refusal, Refused, Reservation, Table};
+
+use service::{Job, Op, Owner};
+
+/// `ListIPs` page size when the request names none, and the largest.
+const DEFAULT_PAGE: usize = 1000;
+const MAX_PAGE: usize = 5000;
+
+/// The share of the pool in use at which `/health` turns degraded.
+pub const NEARLY_EXHAUSTED_PERCENT: u64 = 90;
+
+/// The allocator's settings; see the `GATEWAY_IP_*` fields of
+/// [`crate::GatewayConfig`].
+#[derive(Debug, Clone)]
+pub struct IpamConfig {
+    pub pool: Pool,
+    /// The `dhcp-hostsfile` dnsmasq reads, which is also the allocator's
+    /// state.
+    pub reservations_file: PathBuf,
+    /// dnsmasq's lease file: an address leased to another MAC is never
+    /// handed out. Unset: leases are not checked.
+    pub leases_file: Option<PathBuf>,
+    /// dnsmasq's pid file, for the SIGHUP after each change.
+    pub pid_file: Option<PathBuf>,
+    /// A release from another environment than the allocator's is allowed.
+    pub release_any_environment: bool,
+    /// A VPS id starting with this (and a valid DNS label) is also the
+    /// VM's DHCP hostname in the reservation.
+    pub hostname_prefix: String,
+}
+
+impl IpamConfig {
+    /// Defaults around a pool and the file.
+    pub fn new(pool: Pool, reservations_file: impl Into<PathBuf>) -> Self {
+        Self {
+            pool,
+            reservations_file: reservations_file.into(),
+            leases_file: None,
+            pid_file: None,
+            release_any_environment: false,
+            hostname_prefix: "vps-".into(),
+        }
+    }
+}
+
+/// Why the allocator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum IpamError {
+    /// The reservations file holds a record that does not parse, or two
+    /// that clash; it is never guessed at, since a dropped record could
+    /// give one address to two VMs.
+    #[error("GATEWAY_IP_RESERVATIONS_FILE: {0}")]
+    Load(String),
+}
+
+/// How the gateway reaches the allocator: requests go to its owner task,
+/// reads come from the last durable table.
+#[derive(Clone)]
+pub struct Ipam {
+    jobs: mpsc::Sender<Job>,
+    table: Arc<RwLock<Arc<Table>>>,
+    pool: Arc<Pool>,
+    stats: Arc<IpamStats>,
+}
+
+impl std::fmt::Debug for Ipam {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ipam")
+            .field("pool", &self.pool.to_string())
+            .field("reserved", &self.table.read().len())
+            .finish()
+    }
+}
+
+impl Ipam {
+    /// Loads the reservations file, writes it back if it does not hold
+    /// exactly the table (first start, a hand edit), and starts the owner
+    /// task on the current runtime.
+    pub fn start(config: IpamConfig) -> Result<Self, IpamError> {
+        let table = service::load(&config.reservations_file).map_err(IpamError::Load)?;
+        let pool = Arc::new(config.pool.clone());
+        let outside = table.iter().filter(|r| !pool.contains(r.ip)).count();
+        if outside > 0 {
+            tracing::warn!(
+                outside,
+                pool = %pool,
+                "reservations outside the pool are kept until released"
+            );
+        }
+        let stats = Arc::new(IpamStats::default());
+        let table = Arc::new(RwLock::new(Arc::new(table)));
+        let owner = Owner {
+            pool: pool.clone(),
+            config,
+            table: table.clone(),
+            stats: stats.clone(),
+        };
+        // A file that cannot be written now may be writable at the first
+        // allocation (a directory made late): the gateway starts anyway,
+        // degraded, and every batch writes the whole table.
+        if let Err(e) = owner.sync_file() {
+            tracing::warn!(error = %e, "cannot write the reservations file at start");
+        }
+        tracing::info!(
+            pool = %pool,
+            size = pool.size(),
+            reserved = table.read().len(),
+            file = %owner.config.reservations_file.display(),
+            "IP allocator started"
+        );
+        let (jobs, rx) = mpsc::channel(service::QUEUE);
+        tokio::spawn(owner.run(rx));
+        Ok(Self {
+            jobs,
+            table,
+            pool,
+            stats,
+        })
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    pub fn stats(&self) -> &IpamStats {
+        &self.stats
+    }
+
+    /// The table as last written.
+    pub fn table(&self) -> Arc<Table> {
+        self.table.read().clone()
+    }
+
+    /// Addresses of the pool reserved.
+    pub fn used(&self) -> u64 {
+        self.table.read().used(&self.pool)
+    }
+
+    pub fn pool_info(&self) -> pb::IpPool {
+        pb::IpPool {
+            ranges: self.pool.spec().to_vec(),
+            size: self.pool.size(),
+            used: self.used(),
+        }
+    }
+
+    /// Why `/health` should be degraded, if it should.
+    pub fn problem(&self) -> Option<String> {
+        let mut problems = Vec::new();
+        let (used, size) = (self.used(), self.pool.size());
+        if used * 100 >= size * NEARLY_EXHAUSTED_PERCENT {
+            problems.push(format!(
+                "pool nearly exhausted: {used} of {size} addresses reserved"
+            ));
+        }
+        if let Some(e) = &*self.stats.write_error.lock() {
+            problems.push(format!("last write failed: {e}"));
+        }
+        if let Some(e) = &*self.stats.reload_error.lock() {
+            problems.push(format!("dnsmasq reload failed: {e}"));
+        }
+        (!problems.is_empty()).then(|| problems.join("; "))
+    }
+
+    /// Counts and logs a refusal, once, where it reaches the caller.
+    fn refused(&self, method: &str, caller: &Caller, refused: &Refused) {
+        self.stats.count_refusal(refused.reason);
+        let reason = refused.reason.as_str();
+        match refused.reason {
+            Refusal::Persist | Refusal::Unavailable => tracing::warn!(
+                method, reason, instance = %caller.id, environment = %caller.environment,
+                error = %refused.message, "IP request failed"
+            ),
+            _ => tracing::info!(
+                method, reason, instance = %caller.id, environment = %caller.environment,
+                error = %refused.message, "IP request refused"
+            ),
+        }
+    }
+
+    async fn submit(&self, op: Op, caller: &Caller) -> Result<table::Done, Refused> {
+        let (reply, answer) = oneshot::channel();
+        let unavailable = || Refused::new(Refusal::Unavailable, "the IP allocator is not running");
+        self.jobs
+            .send(Job {
+                op,
+                environment: caller.environment.to_string(),
+                reply,
+            })
+            .await
+            .map_err(|_| unavailable())?;
+        answer.await.map_err(|_| unavailable())?
+    }
+
+    /// `AllocateIP` for `caller`.
+    pub async fn allocate(
+        &self,
+        caller: &Caller,
+        request: pb::AllocateIpRequest,
+    ) -> Result<pb::AllocateIpResponse, Refused> {
+        let result = async {
+            let req = table::Allocate::try_from(request)?;
+            self.submit(Op::Allocate(req), caller).await
+        }
+        .await;
+        match result {
+            Ok(done) => {
+                if done.changed {
+                    self.stats.allocations.fetch_add(1, Relaxed);
+                    tracing::info!(
+                        ip = %done.reservation.ip, mac = %done.reservation.mac,
+                        vps_id = %done.reservation.vps_id, instance = %caller.id,
+                        environment = %caller.environment, "IP allocated"
+                    );
+                }
+                Ok(pb::AllocateIpResponse {
+                    reservation: Some((&done.reservation).into()),
+                    existing: !done.changed,
+                    pool: Some(self.pool_info()),
+                })
+            }
+            Err(e) => {
+                self.refused("AllocateIP", caller, &e);
+                Err(e)
+            }
+        }
+    }
+
+    /// `ReleaseIP` for `caller`.
+    pub async fn release(
+        &self,
+        caller: &Caller,
+        request: pb::ReleaseIpRequest,
+    ) -> Result<pb::ReleaseIpResponse, Refused> {
+        let result = async {
+            let req = table::Release::try_from(request)?;
+            self.submit(Op::Release(req), caller).await
+        }
+        .await;
+        match result {
+            Ok(done) => {
+                self.stats.releases.fetch_add(1, Relaxed);
+                tracing::info!(
+                    ip = %done.reservation.ip, mac = %done.reservation.mac,
+                    vps_id = %done.reservation.vps_id, instance = %caller.id,
+                    environment = %caller.environment, "IP released"
+                );
+                Ok(pb::ReleaseIpResponse {
+                    reservation: Some((&done.reservation).into()),
+                    pool: Some(self.pool_info()),
+                })
+            }
+            Err(e) => {
+                self.refused("ReleaseIP", caller, &e);
+                Err(e)
+            }
+        }
+    }
+
+    /// `ListIPs`: one page of the durable table, sorted by address.
+    pub fn list(
+        &self,
+        caller: &Caller,
+        request: pb::ListIPsRequest,
+    ) -> Result<pb::ListIPsResponse, Refused> {
+        let page = match request.page_size as usize {
+            0 => Ok(DEFAULT_PAGE),
+            n if n <= MAX_PAGE => Ok(n),
+            n => Err(Refused::new(
+                Refusal::BadPage,
+                format!("page_size {n}: at most {MAX_PAGE}"),
+            )),
+        };
+        let after = match request.page_token.as_str() {
+            "" => Ok(None),
+            token => token.parse::<Ipv4Addr>().map(Some).map_err(|_| {
+                Refused::new(
+                    Refusal::BadPage,
+                    "page_token: not a token from a previous answer",
+                )
+            }),
+        };
+        let (page, after) = match page.and_then(|p| after.map(|a| (p, a))) {
+            Ok(ok) => ok,
+            Err(e) => {
+                self.refused("ListIPs", caller, &e);
+                return Err(e);
+            }
+        };
+        let table = self.table();
+        let mut reservations: Vec<pb::IpReservation> =
+            table.after(after).take(page + 1).map(Into::into).collect();
+        let next_page_token = if reservations.len() > page {
+            reservations.truncate(page);
+            reservations
+                .last()
+                .map(|r| r.ip.clone())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(pb::ListIPsResponse {
+            pool: Some(self.pool_info()),
+            reservations,
+            next_page_token,
+        })
+    }
+}
+
+fn status(e: Refused) -> HandlerError {
+    HandlerError::new(e.reason.code(), e.message)
+}
+
+/// Registers `AllocateIP`, `ReleaseIP` and `ListIPs`, served by `ipam` for
+/// the calling instance's environment (empty for the admin API).
+pub fn register(registry: &mut GatewayRegistry, ipam: Ipam) -> Result<(), RegistryError> {
+    let deadline = |what: &'static str| {
+        HandlerError::deadline_exceeded(format!(
+            "{what}: the deadline passed before the allocator answered; an allocation may still \
+             be made: call again (it is idempotent)"
+        ))
+    };
+    let alloc = ipam.clone();
+    registry.method::<AllocateIp>(move |ctx: Context, req: pb::AllocateIpRequest| {
+        let ipam = alloc.clone();
+        async move {
+            tokio::time::timeout(ctx.remaining(), ipam.allocate(ctx.caller(), req))
+                .await
+                .map_err(|_| deadline("AllocateIP"))?
+                .map_err(status)
+        }
+    })?;
+    let release = ipam.clone();
+    registry.method::<ReleaseIp>(move |ctx: Context, req: pb::ReleaseIpRequest| {
+        let ipam = release.clone();
+        async move {
+            tokio::time::timeout(ctx.remaining(), ipam.release(ctx.caller(), req))
+                .await
+                .map_err(|_| deadline("ReleaseIP"))?
+                .map_err(status)
+        }
+    })?;
+    registry.method::<ListIPs>(move |ctx: Context, req: pb::ListIPsRequest| {
+        let result = ipam.list(ctx.caller(), req).map_err(status);
+        async move { result }
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(name: &str) -> Self {
+            let n: u64 = rand::random();
+            let dir = std::env::temp_dir().join(format!("gatemesh-ipam-{name}-{n:x}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn caller(env: &str) -> Caller {
+        Caller::new(format!("{env}-1"), env)
+    }
+
+    fn alloc(vps: &str, mac: &str) -> pb::AllocateIpRequest {
+        pb::AllocateIpRequest {
+            vps_id: vps.into(),
+            organization_id: "org".into(),
+            mac: mac.into(),
+            ip: String::new(),
+        }
+    }
+
+    fn mac(n: usize) -> String {
+        format!("52:54:00:00:{:02x}:{:02x}", n >> 8, n & 0xff)
+    }
+
+    fn config(dir: &Dir, pool: &str) -> IpamConfig {
+        IpamConfig::new(Pool::parse(pool, "").unwrap(), dir.0.join("reservations"))
+    }
+
+    #[tokio::test]
+    async fn concurrent_allocations_from_two_environments_never_share_an_address() {
+        let dir = Dir::new("concurrent");
+        let ipam = Ipam::start(config(&dir, "10.1.0.0/23")).unwrap();
+        let tasks: Vec<_> = (0..500)
+            .map(|i| {
+                let ipam = ipam.clone();
+                tokio::spawn(async move {
+                    let env = if i % 2 == 0 { "beta" } else { "prod" };
+                    ipam.allocate(&caller(env), alloc(&format!("vps-{i}"), &mac(i)))
+                        .await
+                        .unwrap()
+                        .reservation
+                        .unwrap()
+                        .ip
+                })
+            })
+            .collect();
+        let mut ips = Vec::new();
+        for t in tasks {
+            ips.push(t.await.unwrap());
+        }
+        ips.sort();
+        ips.dedup();
+        assert_eq!(ips.len(), 500, "every address unique");
+        let on_disk = service::load(&dir.0.join("reservations")).unwrap();
+        assert_eq!(on_disk, *ipam.table(), "the file holds what was answered");
+        assert_eq!(ipam.stats().allocations.load(Relaxed), 500);
+        assert!(
+            ipam.stats().writes.load(Relaxed) <= 501,
+            "one write per batch at most"
+        );
+        assert_eq!(
+            ipam.problem().unwrap(),
+            "pool nearly exhausted: 500 of 512 addresses reserved"
+        );
+    }
+
+    #[tokio::test]
+    async fn reservations_survive_a_restart_and_a_retry_answers_the_same_address() {
+        let dir = Dir::new("restart");
+        let first = Ipam::start(config(&dir, "10.1.0.10-10.1.0.20")).unwrap();
+        let a = first
+            .allocate(&caller("prod"), alloc("vps-a", &mac(1)))
+            .await
+            .unwrap();
+        assert!(!a.existing);
+        drop(first);
+        // A write cut short leaves a temporary file; it is not state.
+        std::fs::write(dir.0.join(".reservations.999.tmp"), "garbage").unwrap();
+        let second = Ipam::start(config(&dir, "10.1.0.10-10.1.0.20")).unwrap();
+        assert!(!dir.0.join(".reservations.999.tmp").exists());
+        let again = second
+            .allocate(&caller("prod"), alloc("vps-a", &mac(1)))
+            .await
+            .unwrap();
+        assert!(again.existing);
+        assert_eq!(again.reservation, a.reservation);
+        let list = second
+            .list(&caller("beta"), pb::ListIPsRequest::default())
+            .unwrap();
+        assert_eq!(list.reservations, vec![a.reservation.unwrap()]);
+        assert_eq!(list.pool.unwrap().used, 1);
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_record_stops_the_start_instead_of_losing_a_reservation() {
+        let dir = Dir::new("corrupt");
+        std::fs::write(
+            dir.0.join("reservations"),
+            "# gatemesh-ipam v1 ip=10.1.0.10 mac=zz vps=vps-a org=- env=- at=1\n",
+        )
+        .unwrap();
+        let e = Ipam::start(config(&dir, "10.1.0.10-10.1.0.20")).unwrap_err();
+        assert!(e.to_string().contains("line 1: bad mac"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn an_unwritable_file_at_start_degrades_instead_of_stopping() {
+        let dir = Dir::new("late");
+        let sub = dir.0.join("made-later");
+        let ipam = Ipam::start(IpamConfig::new(
+            Pool::parse("10.1.0.10-10.1.0.20", "").unwrap(),
+            sub.join("reservations"),
+        ))
+        .unwrap();
+        assert!(
+            ipam.problem()
+                .unwrap()
+                .starts_with("last write failed: cannot write")
+        );
+        std::fs::create_dir_all(&sub).unwrap();
+        ipam.allocate(&caller("prod"), alloc("vps-a", &mac(1)))
+            .await
+            .unwrap();
+        assert_eq!(ipam.problem(), None);
+        assert_eq!(
+            service::load(&sub.join("reservations")).unwrap(),
+            *ipam.table()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_refuses_the_batch_and_changes_nothing() {
+        let dir = Dir::new("unwritable");
+        let sub = dir.0.join("sub");
+        std::fs::create_dir_all(&sub).unwrap();
+        let ipam = Ipam::start(IpamConfig::new(
+            Pool::parse("10.1.0.10-10.1.0.20", "").unwrap(),
+            sub.join("reservations"),
+        ))
+        .unwrap();
+        std::fs::remove_dir_all(&sub).unwrap();
+        let e = ipam
+            .allocate(&caller("prod"), alloc("vps-a", &mac(1)))
+            .await
+            .unwrap_err();
+        assert_eq!(e.reason, Refusal::Persist);
+        assert_eq!(e.reason.code(), tonic::Code::Unavailable);
+        assert!(ipam.table().is_empty());
+        assert!(ipam.problem().unwrap().contains("last write failed"));
+        assert_eq!(ipam.stats().refused(Refusal::Persist), 1);
+        std::fs::create_dir_all(&sub).unwrap();
+        let ok = ipam
+            .allocate(&caller("prod"), alloc("vps-a", &mac(1)))
+            .await
+            .unwrap();
+        assert_eq!(ok.reservation.unwrap().ip, "10.1.0.10");
+        assert_eq!(ipam.problem(), None);
+    }
+
+    #[tokio::test]
+    async fn leases_of_other_macs_are_skipped_and_a_full_pool_is_resource_exhausted() {
+        let dir = Dir::new("leases");
+        let leases = dir.0.join("dnsmasq.leases");
+        std::fs::write(
+            &leases,
+            format!(
+                "{} 52:54:00:99:99:99 10.1.0.10 other *\n",
+                service::unix_now() + 3600
+            ),
+        )
+        .unwrap();
+        let mut config = config(&dir, "10.1.0.10-10.1.0.11");
+        config.leases_file = Some(leases);
+        let ipam = Ipam::start(config).unwrap();
+        let a = ipam
+            .allocate(&caller("prod"), alloc("vps-a", &mac(1)))
+            .await
+            .unwrap();
+        assert_eq!(a.reservation.unwrap().ip, "10.1.0.11");
+        assert_eq!(ipam.problem(), None, "1 of 2 reserved");
+        let e = ipam
+            .allocate(&caller("prod"), alloc("vps-b", &mac(2)))
+            .await
+            .unwrap_err();
+        assert_eq!(e.reason, Refusal::Exhausted);
+        assert_eq!(ipam.stats().refused(Refusal::Exhausted), 1);
+        let e = ipam
+            .release(
+                &caller("beta"),
+                pb::ReleaseIpRequest {
+                    vps_id: "vps-a".into(),
+                    mac: String::new(),
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.reason, Refusal::Environment);
+    }
+}
