@@ -9,61 +9,13 @@
 mod common;
 mod dnsmasq_support;
 
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 use dnsmasq_support::*;
 use gatemesh_gateway::dhcp::{DhcpConfig, DhcpManager};
 use tokio_util::sync::CancellationToken;
-
-fn run(args: &[&str]) -> Output {
-    Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"))
-}
-
-fn must(args: &[&str]) {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Deletes the namespaces (and with them the veth pair) however the test
-/// ends.
-struct Namespaces(Vec<String>);
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for ns in &self.0 {
-            let _ = run(&["ip", "netns", "del", ns]);
-        }
-    }
-}
-
-/// Why this machine cannot run the test, if it cannot.
-fn cannot_run(probe: &str) -> Option<String> {
-    for tool in ["/usr/sbin/dnsmasq", "/usr/bin/busybox"] {
-        if !std::path::Path::new(tool).exists() {
-            return Some(format!("{tool} is not installed"));
-        }
-    }
-    match Command::new("ip").args(["netns", "add", probe]).output() {
-        Err(e) => Some(format!("cannot run `ip`: {e}")),
-        Ok(out) if !out.status.success() => Some(format!(
-            "`ip netns add` is not permitted here: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )),
-        Ok(_) => {
-            let _ = run(&["ip", "netns", "del", probe]);
-            None
-        }
-    }
-}
 
 #[tokio::test]
 async fn a_real_dhcp_lease_becomes_resolvable_by_vps_id() {

@@ -11,7 +11,7 @@
 mod common;
 mod dnsmasq_support;
 
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -20,54 +20,6 @@ use gatemesh_gateway::Gateway;
 use gatemesh_proto::methods::{AllocateIp, ReleaseIp};
 use gatemesh_proto::pb;
 use tokio::net::TcpListener;
-
-fn run(args: &[&str]) -> Output {
-    Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"))
-}
-
-fn must(args: &[&str]) {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Deletes the namespaces (and with them the veth pair) however the test
-/// ends.
-struct Namespaces(Vec<String>);
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for ns in &self.0 {
-            let _ = run(&["ip", "netns", "del", ns]);
-        }
-    }
-}
-
-/// Why this machine cannot run the test, if it cannot.
-fn cannot_run(probe: &str) -> Option<String> {
-    for tool in ["/usr/sbin/dnsmasq", "/usr/bin/busybox"] {
-        if !std::path::Path::new(tool).exists() {
-            return Some(format!("{tool} is not installed"));
-        }
-    }
-    match Command::new("ip").args(["netns", "add", probe]).output() {
-        Err(e) => Some(format!("cannot run `ip`: {e}")),
-        Ok(out) if !out.status.success() => Some(format!(
-            "`ip netns add` is not permitted here: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )),
-        Ok(_) => {
-            let _ = run(&["ip", "netns", "del", probe]);
-            None
-        }
-    }
-}
 
 /// Times dnsmasq logged reading its `dhcp-hostsfile` (at start and on each
 /// SIGHUP); its `addn-hosts` line has a count after the name, this one not.

@@ -241,3 +241,54 @@ pub async fn wait_dns(port: u16, name: &str, expected: &[Ipv4Addr]) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+// Network namespaces for the tests that run a real DHCP client
+// (dhcp_netns, ipam_netns).
+
+pub fn run(args: &[&str]) -> std::process::Output {
+    Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"))
+}
+
+pub fn must(args: &[&str]) {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Deletes the namespaces (and with them the veth pair) however the test
+/// ends.
+pub struct Namespaces(pub Vec<String>);
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for ns in &self.0 {
+            let _ = run(&["ip", "netns", "del", ns]);
+        }
+    }
+}
+
+/// Why this machine cannot run the test, if it cannot.
+pub fn cannot_run(probe: &str) -> Option<String> {
+    for tool in ["/usr/sbin/dnsmasq", "/usr/bin/busybox"] {
+        if !std::path::Path::new(tool).exists() {
+            return Some(format!("{tool} is not installed"));
+        }
+    }
+    match Command::new("ip").args(["netns", "add", probe]).output() {
+        Err(e) => Some(format!("cannot run `ip`: {e}")),
+        Ok(out) if !out.status.success() => Some(format!(
+            "`ip netns add` is not permitted here: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Ok(_) => {
+            let _ = run(&["ip", "netns", "del", probe]);
+            None
+        }
+    }
+}
