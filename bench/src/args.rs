@@ -57,3 +57,19 @@ impl Args {
         }
     }
 }
+
+impl Args {
+    /// `--concurrency 1,64`: the closed-loop concurrencies to run.
+    pub fn concurrency(&self) -> anyhow::Result<Vec<usize>> {
+        use anyhow::Context as _;
+        self.str("concurrency")
+            .unwrap_or("1,64")
+            .split(',')
+            .map(|c| {
+                c.trim()
+                    .parse()
+                    .context("--concurrency takes numbers like 1,64")
+            })
+            .collect()
+    }
+}

@@ -12,7 +12,6 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use bytes::Bytes;
 use gatemesh_gateway::{Gateway, GatewayConfig, Mesh};
 use gatemesh_handlers::Registry;
@@ -354,16 +353,7 @@ fn report(options: &Options, samples: &[Scenario]) -> String {
 /// Parses `--runs`, `--duration`, `--warmup` and `--concurrency`.
 pub fn options(args: &crate::args::Args, command_line: String) -> anyhow::Result<Options> {
     let quick = args.flag("quick");
-    let concurrency = args
-        .str("concurrency")
-        .unwrap_or("1,64")
-        .split(',')
-        .map(|c| {
-            c.trim()
-                .parse()
-                .context("--concurrency takes numbers like 1,64")
-        })
-        .collect::<anyhow::Result<Vec<usize>>>()?;
+    let concurrency = args.concurrency()?;
     Ok(Options {
         runs: args.get("runs", if quick { 1 } else { 5 })?.max(1),
         duration: Duration::from_secs_f64(args.get("duration", if quick { 0.5 } else { 3.0 })?),

@@ -40,16 +40,7 @@ impl Options {
         let seconds = |name: &str, default: f64| -> anyhow::Result<Duration> {
             Ok(Duration::from_secs_f64(args.get(name, default)?))
         };
-        let concurrency = args
-            .str("concurrency")
-            .unwrap_or("1,64")
-            .split(',')
-            .map(|c| {
-                c.trim()
-                    .parse()
-                    .context("--concurrency takes numbers like 1,64")
-            })
-            .collect::<anyhow::Result<Vec<usize>>>()?;
+        let concurrency = args.concurrency()?;
         Ok(Self {
             runs: args.get("runs", if quick { 1 } else { 3 })?.max(1),
             duration: seconds("duration", if quick { 1.0 } else { 5.0 })?,
