@@ -141,11 +141,9 @@ impl LocalMethods {
         if let Some(environment) = &route.environment {
             return Err(refuse(format!("an environment filter ({environment:?})")));
         }
-        let handler = self
-            .handlers
-            .get(method.name)
-            .cloned()
-            .ok_or(LocalCallError::NotServed(method.name))?;
+        if !self.handlers.contains(method.name) {
+            return Err(LocalCallError::NotServed(method.name));
+        }
         let timeout = route.timeout.unwrap_or(self.default_timeout);
         let cancel = CancellationToken::new();
         // The admin caller dropping its request drops this future: the
@@ -162,14 +160,15 @@ impl LocalMethods {
             cancel.clone(),
         )
         .with_metadata(metadata);
-        // A task of its own, so that a panicking handler fails this call
-        // only, not the admin connection.
-        let task = tokio::spawn(async move { handler.handle(ctx, method.name, payload).await });
-        let abort = task.abort_handle();
-        let answer = match tokio::time::timeout(timeout, task).await {
+        // A panicking handler fails this call only (the panic is caught),
+        // not the admin connection.
+        let work = self
+            .handlers
+            .handle(method.name, ctx, payload)
+            .ok_or(LocalCallError::NotServed(method.name))?;
+        let answer = match tokio::time::timeout(timeout, work).await {
             Err(_) => {
                 cancel.cancel();
-                abort.abort();
                 return Err(LocalCallError::DeadlineExceeded {
                     method: method.name,
                     timeout,

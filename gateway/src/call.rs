@@ -25,6 +25,7 @@ use prost::Message;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use crate::instances::Targets;
 use crate::peer::SendError;
 use crate::stats::Stats;
 use crate::trace::CallTrace;
@@ -223,12 +224,7 @@ impl Mesh {
     }
 
     /// The instances a call goes to, or why there are none.
-    fn targets(
-        &self,
-        method: &str,
-        payload: &Bytes,
-        route: &Route,
-    ) -> Result<Vec<Arc<Peer>>, CallError> {
+    fn targets(&self, method: &str, payload: &Bytes, route: &Route) -> Result<Targets, CallError> {
         if self.inner.draining.load(Ordering::Relaxed) {
             return Err(CallError::Draining);
         }
@@ -266,7 +262,7 @@ impl Mesh {
                     environment: route.environment.clone(),
                 });
             }
-            return Ok(vec![peer]);
+            return Ok(smallvec::smallvec![peer]);
         }
         let peers = instances.routable(method, route.environment.as_deref());
         if peers.is_empty() {
@@ -416,7 +412,7 @@ impl Mesh {
     pub(crate) async fn one<T>(
         &self,
         method: &str,
-        payload: Bytes,
+        mut payload: Bytes,
         route: &Route,
         started: Instant,
         decode: impl Fn(Bytes) -> Result<T, String>,
@@ -434,17 +430,22 @@ impl Mesh {
             } else {
                 Instant::now()
             };
-            let call =
-                match Outstanding::start(peer, method, payload.clone(), sent, deadline, &mut trace)
-                {
-                    Ok(call) => call,
-                    // Never written: safe to send elsewhere.
-                    Err(e) if e.is_retryable(idempotent) => {
-                        errors.push(e);
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                };
+            // The last candidate takes the payload itself: a clone of a
+            // payload not yet shared costs an allocation.
+            let payload = if candidates.is_empty() {
+                std::mem::take(&mut payload)
+            } else {
+                payload.clone()
+            };
+            let call = match Outstanding::start(peer, method, payload, sent, deadline, &mut trace) {
+                Ok(call) => call,
+                // Never written: safe to send elsewhere.
+                Err(e) if e.is_retryable(idempotent) => {
+                    errors.push(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let (peer, latency, outcome) = tokio::time::timeout_at(deadline, call.finish())
                 .await
                 .map_err(|_| CallError::DeadlineExceeded(timeout))?;

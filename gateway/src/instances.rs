@@ -33,6 +33,9 @@ impl std::ops::Deref for Map {
     }
 }
 
+/// The instances one call goes to: a handful, kept off the heap.
+pub type Targets = smallvec::SmallVec<[Arc<Peer>; 4]>;
+
 /// Registration refused: the gateway is draining.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Closed;
@@ -113,7 +116,7 @@ impl Instances {
 
     /// Instances that may take a new call for `method`, optionally only those
     /// of one environment.
-    pub fn routable(&self, method: &str, environment: Option<&str>) -> Vec<Arc<Peer>> {
+    pub fn routable(&self, method: &str, environment: Option<&str>) -> Targets {
         self.by_id
             .read()
             .values()

@@ -18,12 +18,10 @@
 //! answer is out".
 
 use foldhash::HashMap;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use futures_util::FutureExt as _;
 use gatemesh_proto::pb;
 use parking_lot::Mutex;
 use tokio::sync::{Notify, Semaphore, mpsc};
@@ -31,6 +29,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
+use crate::serve::HandlerResult;
 use crate::{Caller, Context, Handlers, MAX_METHOD_NAME_LEN};
 
 /// How long a handler's first poll may run on the stream's reader before
@@ -39,10 +38,6 @@ pub const INLINE_BUDGET: Duration = Duration::from_micros(200);
 /// First polls in a row over [`INLINE_BUDGET`] after which a handler
 /// always starts in its own task.
 pub const SLOW_STRIKES: u32 = 3;
-
-/// A handler's work: its result, or the panic it ended with.
-type HandlerResult = std::thread::Result<Result<bytes::Bytes, crate::HandlerError>>;
-type Work = std::pin::Pin<Box<dyn std::future::Future<Output = HandlerResult> + Send>>;
 
 #[derive(Debug, Clone)]
 pub struct DispatchConfig {
@@ -262,16 +257,8 @@ impl<F: Send + 'static> Dispatcher<F> {
         let metadata = crate::Metadata::from_wire(request.metadata).unwrap_or_default();
         let span = crate::trace::serve_span(method, &caller, &metadata);
         let ctx = Context::new(caller, deadline, token.clone()).with_metadata(metadata);
-        let handler = Arc::clone(&entry.handler);
-        let name = Arc::clone(&entry.name);
-        let payload = request.payload;
-        let handler_span = span.clone();
-        let mut work: Work = Box::pin(async move {
-            let handled = handler.handle(ctx, &name, payload);
-            AssertUnwindSafe(tracing::Instrument::instrument(handled, handler_span))
-                .catch_unwind()
-                .await
-        });
+        let mut work =
+            Arc::clone(&entry.handler).serve(ctx, &entry.name, request.payload, span.clone());
         if entry.slow_first_polls.load(Ordering::Relaxed) < SLOW_STRIKES {
             // A no-op waker: a handler that waits is polled again at once
             // by its own task, which registers the real one. Nothing can

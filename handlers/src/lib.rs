@@ -24,6 +24,7 @@ pub mod handler;
 pub mod metadata;
 pub mod pending;
 pub mod registry;
+mod serve;
 pub mod trace;
 pub mod typed;
 

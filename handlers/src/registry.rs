@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use gatemesh_proto::methods::{self, GatewaySide, InstanceSide, ServedBy, ServingSide};
 
+use crate::serve::{Raw, Serve};
 use crate::typed::{MethodHandler, Typed};
 use crate::{MAX_METHOD_NAME_LEN, RequestHandler};
 
@@ -89,12 +90,13 @@ impl<S: ServingSide> Registry<S> {
         if methods::known_method(name).is_some() {
             return Err(RegistryError::CatalogueName(name.to_string()));
         }
-        self.handlers.insert(name, handler)?;
+        self.handlers.insert(name, Raw(handler))?;
         Ok(self)
     }
 
-    pub fn get(&self, name: &str) -> Option<&Arc<dyn RequestHandler>> {
-        self.handlers.get(name)
+    /// Whether `name` is served.
+    pub fn contains(&self, name: &str) -> bool {
+        self.handlers.contains(name)
     }
 
     /// The served method names, sorted (they go into hello and welcome).
@@ -129,7 +131,7 @@ pub struct Handlers {
 pub(crate) struct Entry {
     /// The registered name, shared: the dispatcher's label for the call.
     pub(crate) name: Arc<str>,
-    pub(crate) handler: Arc<dyn RequestHandler>,
+    pub(crate) handler: Arc<dyn Serve>,
     /// First polls of this handler in a row that ran past the inline
     /// budget. From the [`SLOW_STRIKES`](crate::dispatch::SLOW_STRIKES)th
     /// on, its requests start in their own task, so the stream's reader no
@@ -139,7 +141,7 @@ pub(crate) struct Entry {
 }
 
 impl Handlers {
-    fn insert(&mut self, name: &str, handler: impl RequestHandler) -> Result<(), RegistryError> {
+    fn insert(&mut self, name: &str, handler: impl Serve) -> Result<(), RegistryError> {
         if name.is_empty() || name.len() > MAX_METHOD_NAME_LEN {
             return Err(RegistryError::BadName(name.len()));
         }
@@ -156,8 +158,22 @@ impl Handlers {
         Ok(())
     }
 
-    pub fn get(&self, name: &str) -> Option<&Arc<dyn RequestHandler>> {
-        self.handlers.get(name).map(|entry| &entry.handler)
+    /// Whether `name` is served.
+    pub fn contains(&self, name: &str) -> bool {
+        self.handlers.contains_key(name)
+    }
+
+    /// Runs the handler of `name` outside any stream (the gateway's admin
+    /// API calls its own handlers so): decode, handler, encode, with a
+    /// panic caught and returned as `Err`. `None` when `name` is not served.
+    pub fn handle(
+        &self,
+        name: &str,
+        ctx: crate::Context,
+        payload: bytes::Bytes,
+    ) -> Option<impl Future<Output = crate::serve::HandlerResult> + Send + 'static> {
+        let entry = self.handlers.get(name)?;
+        Some(Arc::clone(&entry.handler).serve(ctx, &entry.name, payload, tracing::Span::current()))
     }
 
     pub(crate) fn entry(&self, name: &str) -> Option<&Arc<Entry>> {

@@ -3,35 +3,52 @@
 
 use std::future::Future;
 use std::marker::PhantomData;
+use std::sync::Arc;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use gatemesh_proto::Method;
 use prost::Message;
 
-use crate::{Context, HandlerError, RequestHandler};
+use crate::serve::{Serve, Work, work};
+use crate::{Context, HandlerError};
 
 /// Serves method `M`. Implemented for any
 /// `Fn(Context, M::Request) -> impl Future<Output = Result<M::Response, HandlerError>>`,
-/// and by hand for handlers that carry state.
-#[async_trait]
+/// and by hand, with a plain `async fn call`, for handlers that carry state:
+///
+/// ```ignore
+/// impl MethodHandler<FindVpsByLease> for MyHandler {
+///     async fn call(&self, ctx: Context, request: FindVpsByLeaseRequest)
+///         -> Result<FindVpsByLeaseResponse, HandlerError> { ... }
+/// }
+/// ```
+///
+/// The future is not boxed per call: the dispatcher puts the whole request
+/// (decode, this call, encode) into one allocation.
 pub trait MethodHandler<M: Method>: Send + Sync + 'static {
-    async fn call(&self, ctx: Context, request: M::Request) -> Result<M::Response, HandlerError>;
+    fn call(
+        &self,
+        ctx: Context,
+        request: M::Request,
+    ) -> impl Future<Output = Result<M::Response, HandlerError>> + Send;
 }
 
-#[async_trait]
 impl<M, F, Fut> MethodHandler<M> for F
 where
     M: Method,
     F: Fn(Context, M::Request) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<M::Response, HandlerError>> + Send + 'static,
 {
-    async fn call(&self, ctx: Context, request: M::Request) -> Result<M::Response, HandlerError> {
-        self(ctx, request).await
+    fn call(
+        &self,
+        ctx: Context,
+        request: M::Request,
+    ) -> impl Future<Output = Result<M::Response, HandlerError>> + Send {
+        self(ctx, request)
     }
 }
 
-/// Adapts a [`MethodHandler`] to the raw [`RequestHandler`].
+/// Adapts a [`MethodHandler`] to the dispatcher's raw bytes.
 pub(crate) struct Typed<M, H> {
     handler: H,
     _method: PhantomData<fn() -> M>,
@@ -46,18 +63,23 @@ impl<M, H> Typed<M, H> {
     }
 }
 
-#[async_trait]
-impl<M: Method, H: MethodHandler<M>> RequestHandler for Typed<M, H> {
-    async fn handle(
-        &self,
+impl<M: Method, H: MethodHandler<M>> Serve for Typed<M, H> {
+    fn serve(
+        self: Arc<Self>,
         ctx: Context,
-        _method: &str,
+        _method: &Arc<str>,
         payload: Bytes,
-    ) -> Result<Bytes, HandlerError> {
-        let request = M::Request::decode(payload).map_err(|e| {
-            HandlerError::invalid_argument(format!("{}: undecodable request: {e}", M::NAME))
-        })?;
-        let response = self.handler.call(ctx, request).await?;
-        Ok(response.encode_to_vec().into())
+        span: tracing::Span,
+    ) -> Work {
+        work(
+            async move {
+                let request = M::Request::decode(payload).map_err(|e| {
+                    HandlerError::invalid_argument(format!("{}: undecodable request: {e}", M::NAME))
+                })?;
+                let response = self.handler.call(ctx, request).await?;
+                Ok(response.encode_to_vec().into())
+            },
+            span,
+        )
     }
 }

@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use gatemesh_handlers::{Context, HandlerError, MethodHandler};
 use gatemesh_proto::methods::FindVpsByLease;
 use gatemesh_proto::pb::{FindVpsByLeaseRequest, FindVpsByLeaseResponse};
@@ -21,7 +20,6 @@ impl FindVpsByLeaseHandler {
     }
 }
 
-#[async_trait]
 impl MethodHandler<FindVpsByLease> for FindVpsByLeaseHandler {
     async fn call(
         &self,
