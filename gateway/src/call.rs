@@ -293,7 +293,7 @@ impl Mesh {
         let mut running = FuturesUnordered::new();
         for peer in peers {
             match Outstanding::start(peer, method, payload.clone(), started, deadline, &mut trace) {
-                Ok(call) => running.push(call.finish()),
+                Ok(call) => running.push(call),
                 Err(e) => errors.push(e),
             }
         }
@@ -374,7 +374,7 @@ impl Mesh {
             ) {
                 Ok(call) => {
                     replies.push(None);
-                    running.push(async move { (index, call.finish().await) });
+                    running.push(async move { (index, call.await) });
                 }
                 Err(e) => replies.push(Some(Reply::of(peer, Err(e), Duration::ZERO))),
             }
@@ -446,7 +446,7 @@ impl Mesh {
                 }
                 Err(e) => return Err(e),
             };
-            let (peer, latency, outcome) = tokio::time::timeout_at(deadline, call.finish())
+            let (peer, latency, outcome) = tokio::time::timeout_at(deadline, call)
                 .await
                 .map_err(|_| CallError::DeadlineExceeded(timeout))?;
             match outcome {
@@ -576,9 +576,20 @@ impl Outstanding {
             }
         }
     }
+}
 
-    async fn finish(mut self) -> (Arc<Peer>, Duration, Result<Bytes, CallError>) {
-        let received = (&mut self.rx).await;
+/// Resolves with the instance's outcome, once: who answered, how long
+/// after sending, and what. A future of its own rather than an `async fn`,
+/// so a call's future holds one `Outstanding`, not a copy in a second
+/// state machine.
+impl Future for Outstanding {
+    type Output = (Arc<Peer>, Duration, Result<Bytes, CallError>);
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let received = std::task::ready!(std::pin::Pin::new(&mut self.rx).poll(cx));
         self.answered = true;
         let latency = self.sent.elapsed();
         let peer = self.peer.clone();
@@ -596,7 +607,7 @@ impl Outstanding {
         if let Err(e) = &outcome {
             crate::trace::outcome_of(&self.span, code_name(e.code()));
         }
-        (peer, latency, outcome)
+        std::task::Poll::Ready((peer, latency, outcome))
     }
 }
 
@@ -628,7 +639,7 @@ fn decode<M: Method>(bytes: Bytes) -> Result<M::Response, String> {
     M::Response::decode(bytes).map_err(|e| e.to_string())
 }
 
-impl<M: Method> Call<'_, M> {
+impl<'m, M: Method> Call<'m, M> {
     /// Deadline of the whole call.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.route.timeout = Some(timeout);
@@ -707,11 +718,16 @@ impl<M: Method> Call<'_, M> {
     }
 
     /// Exactly this instance is asked.
-    pub async fn to(
+    ///
+    /// A plain function returning [`Self::one`]'s future rather than an
+    /// `async fn` around it: the call's future is not nested in a second
+    /// one (a smaller future is a cheaper allocation for callers that box
+    /// or spawn it).
+    pub fn to(
         mut self,
         instance: impl Into<String>,
-    ) -> Result<Answer<M::Response>, CallError> {
+    ) -> impl Future<Output = Result<Answer<M::Response>, CallError>> + 'm {
         self.route.instance = Some(instance.into());
-        self.one().await
+        self.one()
     }
 }
