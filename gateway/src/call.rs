@@ -255,7 +255,7 @@ impl Mesh {
                 .environment
                 .as_deref()
                 .is_some_and(|e| e != &*peer.info.environment)
-                || !peer.routable(method)
+                || !peer.open()
             {
                 return Err(CallError::NoResponders {
                     method: method.to_string(),
@@ -477,6 +477,9 @@ impl Mesh {
 
     /// The least busy candidate; ties go round robin.
     fn pick(&self, candidates: &[Arc<Peer>]) -> usize {
+        if candidates.len() == 1 {
+            return 0;
+        }
         let start = self.inner.next.fetch_add(1, Ordering::Relaxed) % candidates.len();
         (0..candidates.len())
             .map(|i| (start + i) % candidates.len())

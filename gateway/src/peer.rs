@@ -5,7 +5,6 @@
 //! the instance's answers, and the dispatcher for calls the instance makes
 //! to the gateway. Sends never wait: a full queue fails the call at once.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,7 +26,8 @@ pub struct PeerInfo {
     pub id: Arc<str>,
     pub environment: Arc<str>,
     pub version: String,
-    pub methods: HashSet<String>,
+    /// Hashed with foldhash: every call looks its method up here.
+    pub methods: foldhash::HashSet<String>,
     pub remote_addr: Option<SocketAddr>,
     pub connected_since: SystemTime,
 }
@@ -106,7 +106,12 @@ impl Peer {
 
     /// Whether new calls for `method` may go to this instance.
     pub fn routable(&self, method: &str) -> bool {
-        self.info.methods.contains(method) && !self.is_draining() && !self.is_closed()
+        self.info.methods.contains(method) && self.open()
+    }
+
+    /// Neither draining nor closed: new calls may come.
+    pub fn open(&self) -> bool {
+        !self.is_draining() && !self.is_closed()
     }
 
     /// Queues a frame without waiting. A queue that stays full longer than

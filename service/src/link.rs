@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use gatemesh_handlers::dispatch::Outbox;
 use gatemesh_handlers::{Caller, Completion, DispatchConfig, Dispatcher, Handlers, Pending};
 use gatemesh_proto::pb::gateway_message::Kind as InKind;
@@ -35,6 +36,9 @@ const DEFAULT_LIVENESS: Duration = Duration::from_secs(15);
 /// which the link is dropped and dialled again: a gateway that floods
 /// requests and never reads costs this link, bounded, and nothing else.
 const MAX_DROPPED_ANSWERS: u64 = 256;
+/// Frames read in one go when they are already there, before the session
+/// turns through its other waits (shutdown, drain, liveness) again.
+const FRAME_BATCH: usize = 32;
 
 /// What the instance knows about one gateway link.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -100,6 +104,13 @@ pub struct Link {
     config: Arc<LinkConfig>,
     status: watch::Sender<LinkStatus>,
     session: Mutex<Option<Arc<Session>>>,
+}
+
+/// What a gateway's `GoAway` said: why it closes and when to come back.
+#[derive(Default)]
+struct Parting {
+    reason: Option<String>,
+    reconnect_after: Duration,
 }
 
 /// How a session ended when it was not an error.
@@ -317,8 +328,7 @@ impl Link {
         // Liveness is judged at each tick from a count of frames, so a frame
         // costs no clock read: silent for `liveness` within one tick.
         let (mut frames, mut frames_at_tick, mut silent) = (0u64, 0u64, Duration::ZERO);
-        let mut reconnect_after = Duration::ZERO;
-        let mut close_reason = None;
+        let mut parting = Parting::default();
         let mut closing = false;
         // Made once, not per frame: a wait made afresh each turn registers
         // with the token (under its lock) and builds a timer every time.
@@ -347,54 +357,28 @@ impl Link {
                     return Ok(Ended::Shutdown);
                 }
                 frame = inbound.message() => {
-                    let frame = match frame {
-                        Ok(Some(frame)) => frame,
-                        Ok(None) if closing => return Ok(Ended::Shutdown),
-                        Ok(None) => {
-                            return Ok(Ended::Closed {
-                                reason: close_reason.unwrap_or_else(|| "gateway closed the stream".into()),
-                                reconnect_after,
-                            });
-                        }
-                        Err(s) => return Err(format!("stream error: {:?}: {}", s.code(), s.message())),
-                    };
-                    frames += 1;
-                    match frame.kind {
-                        Some(InKind::Request(request)) => {
-                            let _ = dispatcher.dispatch(caller.clone(), request);
-                            let dropped = dispatcher.dropped_answers();
-                            if dropped >= MAX_DROPPED_ANSWERS {
-                                return Err(format!(
-                                    "the gateway sends requests but does not read its answers ({dropped} dropped)"
-                                ));
+                    // Frames already here are read as one bounded batch,
+                    // without a turn through every other wait per frame.
+                    let mut next = Some(frame);
+                    let mut batch = 0;
+                    while let Some(frame) = next.take() {
+                        let frame = match frame {
+                            Ok(Some(frame)) => frame,
+                            Ok(None) if closing => return Ok(Ended::Shutdown),
+                            Ok(None) => {
+                                return Ok(Ended::Closed {
+                                    reason: parting.reason.unwrap_or_else(|| "gateway closed the stream".into()),
+                                    reconnect_after: parting.reconnect_after,
+                                });
                             }
+                            Err(s) => return Err(format!("stream error: {:?}: {}", s.code(), s.message())),
+                        };
+                        frames += 1;
+                        self.on_frame(frame, session, dispatcher, &caller, &mut parting)?;
+                        batch += 1;
+                        if batch < FRAME_BATCH {
+                            next = inbound.message().now_or_never();
                         }
-                        Some(InKind::Response(response)) => {
-                            let outcome = match response.result {
-                                Some(pb::response::Result::Payload(p)) => Ok(p),
-                                Some(pb::response::Result::Status(s)) => Err(s),
-                                None => Err(pb::Status::new(Code::Internal, "empty response")),
-                            };
-                            if session.pending.complete(response.id, outcome) == Completion::Unknown {
-                                tracing::warn!(gateway = %self.url, id = response.id, "response for a call never sent; dropped");
-                            }
-                        }
-                        Some(InKind::Cancel(cancel)) => {
-                            dispatcher.cancel(cancel.id);
-                        }
-                        Some(InKind::Ping(ping)) => {
-                            let _ = session.tx.try_send(pb::InstanceMessage { kind: Some(Kind::Pong(pb::Pong { nonce: ping.nonce })) });
-                        }
-                        Some(InKind::GoAway(goaway)) => {
-                            // Never parked longer than our own backoff cap,
-                            // whatever the gateway asks.
-                            reconnect_after = Duration::from_millis(goaway.reconnect_after_ms.into())
-                                .min(self.config.reconnect_max);
-                            tracing::info!(gateway = %self.url, reason = %goaway.reason,
-                                reconnect_after_ms = reconnect_after.as_millis() as u64, "gateway says go away");
-                            close_reason = Some(format!("gateway: {}", goaway.reason));
-                        }
-                        Some(InKind::Pong(_)) | Some(InKind::Welcome(_)) | None => {}
                     }
                 }
                 _ = ticker.tick() => {
@@ -409,6 +393,58 @@ impl Link {
                 }
             }
         }
+    }
+
+    /// Acts on one frame from the gateway; `Err` ends the session.
+    fn on_frame(
+        &self,
+        frame: pb::GatewayMessage,
+        session: &Session,
+        dispatcher: &Arc<Dispatcher<pb::InstanceMessage>>,
+        caller: &Caller,
+        parting: &mut Parting,
+    ) -> Result<(), String> {
+        match frame.kind {
+            Some(InKind::Request(request)) => {
+                let _ = dispatcher.dispatch(caller.clone(), request);
+                let dropped = dispatcher.dropped_answers();
+                if dropped >= MAX_DROPPED_ANSWERS {
+                    return Err(format!(
+                        "the gateway sends requests but does not read its answers ({dropped} dropped)"
+                    ));
+                }
+            }
+            Some(InKind::Response(response)) => {
+                let outcome = match response.result {
+                    Some(pb::response::Result::Payload(p)) => Ok(p),
+                    Some(pb::response::Result::Status(s)) => Err(s),
+                    None => Err(pb::Status::new(Code::Internal, "empty response")),
+                };
+                if session.pending.complete(response.id, outcome) == Completion::Unknown {
+                    tracing::warn!(gateway = %self.url, id = response.id, "response for a call never sent; dropped");
+                }
+            }
+            Some(InKind::Cancel(cancel)) => {
+                dispatcher.cancel(cancel.id);
+            }
+            Some(InKind::Ping(ping)) => {
+                let pong = pb::Pong { nonce: ping.nonce };
+                let _ = session.tx.try_send(pb::InstanceMessage {
+                    kind: Some(Kind::Pong(pong)),
+                });
+            }
+            Some(InKind::GoAway(goaway)) => {
+                // Never parked longer than our own backoff cap, whatever
+                // the gateway asks.
+                parting.reconnect_after = Duration::from_millis(goaway.reconnect_after_ms.into())
+                    .min(self.config.reconnect_max);
+                tracing::info!(gateway = %self.url, reason = %goaway.reason,
+                    reconnect_after_ms = parting.reconnect_after.as_millis() as u64, "gateway says go away");
+                parting.reason = Some(format!("gateway: {}", goaway.reason));
+            }
+            Some(InKind::Pong(_)) | Some(InKind::Welcome(_)) | None => {}
+        }
+        Ok(())
     }
 
     /// Calls method `M` on the gateway over this link, with `metadata`
