@@ -619,14 +619,9 @@ impl Drop for Outstanding {
         if !self.answered {
             crate::trace::outcome_of(&self.span, "cancelled");
         }
-        if !self.answered && self.peer.pending.abandon(self.id) {
-            let cancel = pb::Cancel {
-                id: self.id,
-                reason: "call ended".into(),
-            };
-            // Best effort: a full queue means the instance is busy anyway,
-            // and its handler stops at the deadline it was given.
-            let _ = self.peer.send(Kind::Cancel(cancel));
+        if !self.answered {
+            // Told to cancel only if its answer does not come first.
+            self.peer.abandon(self.id);
         }
     }
 }
@@ -732,5 +727,84 @@ impl<'m, M: Method> Call<'m, M> {
     ) -> impl Future<Output = Result<Answer<M::Response>, CallError>> + 'm {
         self.route.instance = Some(instance.into());
         self.one()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use gatemesh_handlers::dispatch::Outbox;
+    use gatemesh_handlers::{Completion, DispatchConfig, Dispatcher};
+    use tokio::sync::{Semaphore, mpsc};
+
+    use super::*;
+    use crate::peer::PeerInfo;
+
+    fn peer() -> (Arc<Peer>, mpsc::Receiver<pb::GatewayMessage>) {
+        let (tx, rx) = mpsc::channel(16);
+        let info = PeerInfo {
+            id: "loser".into(),
+            environment: "prod".into(),
+            version: String::new(),
+            methods: Default::default(),
+            remote_addr: None,
+            connected_since: SystemTime::now(),
+        };
+        let dispatcher = Arc::new(Dispatcher::new(
+            Arc::new(gatemesh_handlers::GatewayRegistry::new().into_handlers()),
+            DispatchConfig::default(),
+            Arc::new(Semaphore::new(1)),
+            Outbox::new(tx.clone(), |response| pb::GatewayMessage {
+                kind: Some(Kind::Response(response)),
+            }),
+        ));
+        let peer = Peer::new(1, info, tx, dispatcher, Duration::from_secs(10));
+        (Arc::new(peer), rx)
+    }
+
+    fn send(peer: &Arc<Peer>, trace: &mut CallTrace) -> Outstanding {
+        let now = Instant::now();
+        let deadline = now + Duration::from_secs(5);
+        Outstanding::start(peer.clone(), "m", Bytes::new(), now, deadline, trace).unwrap()
+    }
+
+    /// The losers of a `first_valid` race have mostly answered already
+    /// when the winner's answer is read: a `Cancel` for them would cost
+    /// both ends a frame for nothing. Only a loser still silent after the
+    /// grace period is told.
+    #[tokio::test]
+    async fn a_loser_whose_answer_is_on_its_way_is_not_told_to_cancel() {
+        let (peer, mut rx) = peer();
+        let mut trace = CallTrace::new("m", Strategy::FirstValid, &Route::default());
+        let answering = send(&peer, &mut trace);
+        let silent = send(&peer, &mut trace);
+        let (answering_id, silent_id) = (answering.id, silent.id);
+        for _ in 0..2 {
+            assert!(matches!(
+                rx.try_recv().unwrap().kind,
+                Some(Kind::Request(_))
+            ));
+        }
+        // Another instance won: both calls are dropped unanswered.
+        drop((answering, silent));
+        assert!(rx.try_recv().is_err(), "nobody is told at once");
+        assert_eq!(peer.in_flight(), 0, "no caller waits for them");
+        assert_eq!(
+            peer.pending.complete(answering_id, Ok(Bytes::new())),
+            Completion::Late
+        );
+        // The read loop's first grace period: nothing is due yet.
+        assert!(peer.send_due_cancels(), "the silent one waits one more");
+        assert!(rx.try_recv().is_err());
+        assert!(!peer.send_due_cancels(), "nothing waits after this one");
+        match rx.try_recv().unwrap().kind {
+            Some(Kind::Cancel(cancel)) => assert_eq!(cancel.id, silent_id),
+            other => panic!("expected the silent call's cancel, got {other:?}"),
+        }
+        assert!(
+            rx.try_recv().is_err(),
+            "no cancel for the one that answered"
+        );
     }
 }

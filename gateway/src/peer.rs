@@ -67,6 +67,10 @@ pub struct Peer {
     stuck_after: Duration,
     pub calls_served: AtomicU64,
     pub errors: AtomicU64,
+    /// Woken when a call is abandoned and none was waiting to be told: the
+    /// read loop then tells the instance, after a grace period, of those
+    /// whose answer has not come ([`Peer::abandon`]).
+    pub(crate) abandoned: tokio::sync::Notify,
 }
 
 impl Peer {
@@ -97,6 +101,7 @@ impl Peer {
             stuck_after,
             calls_served: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            abandoned: tokio::sync::Notify::new(),
         }
     }
 
@@ -237,6 +242,33 @@ impl Peer {
 
     pub(crate) fn take_goodbye(&self) -> Option<pb::GoAway> {
         self.closing.lock().goaway.take()
+    }
+
+    /// The caller of `id` gave up. The instance is told to cancel only if
+    /// its answer has not come within a grace period: most answers are
+    /// already on the wire when a `first_valid` race is won, and a
+    /// `Cancel` for them costs both ends a frame for nothing.
+    pub(crate) fn abandon(&self, id: u64) {
+        let (_, first) = self.pending.abandon_later(id);
+        if first {
+            self.abandoned.notify_one();
+        }
+    }
+
+    /// Tells the instance to cancel the abandoned calls that are due; returns
+    /// whether others wait for the next grace period.
+    pub(crate) fn send_due_cancels(&self) -> bool {
+        let (due, more) = self.pending.rotate_abandoned();
+        for id in due {
+            let cancel = pb::Cancel {
+                id,
+                reason: "call ended".into(),
+            };
+            // Best effort: a full queue means the instance is busy anyway,
+            // and its handler stops at the deadline it was given.
+            let _ = self.send(Kind::Cancel(cancel));
+        }
+        more
     }
 
     /// Calls sent to this instance and not yet answered.

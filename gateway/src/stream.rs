@@ -28,6 +28,10 @@ const MAX_VIOLATIONS: u32 = 16;
 /// Frames read in one go when they are already there, before the loop
 /// turns through the close and the ticker again.
 const FRAME_BATCH: usize = 32;
+/// How long an abandoned call's answer may take before the instance is
+/// told to cancel it: one to two of these. Long enough for an answer
+/// already on the wire, short beside any handler worth cancelling.
+const CANCEL_GRACE: Duration = Duration::from_millis(1);
 const MAX_ID_LEN: usize = 128;
 const MAX_LABEL_LEN: usize = 64;
 const MAX_METHODS: usize = 1024;
@@ -239,6 +243,13 @@ async fn read_loop(
     // with the token, under its lock, for every frame.
     let closed = peer.closed_token().cancelled();
     tokio::pin!(closed);
+    // Abandoned calls are told to cancel one grace period or two later,
+    // if their answer has not come by then.
+    let abandoned = peer.abandoned.notified();
+    tokio::pin!(abandoned);
+    let cancels = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(cancels);
+    let mut cancels_armed = false;
     loop {
         tokio::select! {
             biased;
@@ -276,6 +287,19 @@ async fn read_loop(
                     if batch < FRAME_BATCH && !peer.is_closed() {
                         next = inbound.message().now_or_never();
                     }
+                }
+            }
+            _ = &mut abandoned => {
+                abandoned.set(peer.abandoned.notified());
+                if !cancels_armed {
+                    cancels.as_mut().reset(tokio::time::Instant::now() + CANCEL_GRACE);
+                    cancels_armed = true;
+                }
+            }
+            _ = &mut cancels, if cancels_armed => {
+                cancels_armed = peer.send_due_cancels();
+                if cancels_armed {
+                    cancels.as_mut().reset(tokio::time::Instant::now() + CANCEL_GRACE);
                 }
             }
             _ = ticker.tick() => {

@@ -4,7 +4,7 @@
 //! slot of that id on that stream, so no peer can ever complete another
 //! peer's call. When the stream ends every open slot fails at once.
 
-use foldhash::HashMap;
+use foldhash::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
@@ -39,6 +39,12 @@ pub struct Pending {
 struct Inner {
     slots: HashMap<u64, oneshot::Sender<Outcome>>,
     closed: Option<pb::Status>,
+    /// Calls whose caller gave up, whose peer has not been told yet: their
+    /// answer may already be on the wire, which makes a `Cancel` pure
+    /// waste. Two generations: `abandoned` since the last rotation, and
+    /// `abandoned_before` from the one before, which are due.
+    abandoned: HashSet<u64>,
+    abandoned_before: HashSet<u64>,
 }
 
 impl Default for Pending {
@@ -72,7 +78,19 @@ impl Pending {
 
     /// Hands an answer to the call that awaits it.
     pub fn complete(&self, id: u64, outcome: Outcome) -> Completion {
-        let slot = self.remove(id);
+        let slot = {
+            let mut inner = self.inner.lock();
+            let slot = inner.slots.remove(&id);
+            if slot.is_some() {
+                if inner.slots.is_empty() {
+                    self.idle.notify_waiters();
+                }
+            } else if !inner.abandoned.remove(&id) {
+                // The answer came in time: the peer need not be told.
+                inner.abandoned_before.remove(&id);
+            }
+            slot
+        };
         match slot {
             Some(tx) => match tx.send(outcome) {
                 Ok(()) => Completion::Delivered,
@@ -81,6 +99,36 @@ impl Pending {
             None if id != 0 && id < self.next_id.load(Ordering::Relaxed) => Completion::Late,
             None => Completion::Unknown,
         }
+    }
+
+    /// The caller no longer waits for `id`, and its peer is to be told only
+    /// if no answer comes first: see [`Self::rotate_abandoned`]. Returns
+    /// whether it was still open, and whether it is the first call waiting
+    /// to be told (so whoever sends the cancels must be woken).
+    pub fn abandon_later(&self, id: u64) -> (bool, bool) {
+        let mut inner = self.inner.lock();
+        if inner.slots.remove(&id).is_none() {
+            return (false, false);
+        }
+        if inner.slots.is_empty() {
+            self.idle.notify_waiters();
+        }
+        let first = inner.abandoned.is_empty() && inner.abandoned_before.is_empty();
+        inner.abandoned.insert(id);
+        (true, first)
+    }
+
+    /// Called once per grace period while calls wait to be told: returns
+    /// the calls abandoned before the previous rotation whose answer has
+    /// still not come (their peer must now be told to cancel), and whether
+    /// more wait for the next rotation. Each abandoned call so gets between
+    /// one and two periods for its answer to arrive.
+    pub fn rotate_abandoned(&self) -> (Vec<u64>, bool) {
+        let mut inner = self.inner.lock();
+        let inner = &mut *inner;
+        let due: Vec<u64> = inner.abandoned_before.drain().collect();
+        std::mem::swap(&mut inner.abandoned, &mut inner.abandoned_before);
+        (due, !inner.abandoned_before.is_empty())
     }
 
     /// The caller no longer waits for `id`. Returns whether it was still open
@@ -116,6 +164,8 @@ impl Pending {
         let slots = {
             let mut inner = self.inner.lock();
             inner.closed.get_or_insert(status);
+            inner.abandoned.clear();
+            inner.abandoned_before.clear();
             std::mem::take(&mut inner.slots)
         };
         self.idle.notify_waiters();
@@ -166,6 +216,31 @@ mod tests {
         assert_eq!(pending.complete(id2, Ok(Bytes::new())), Completion::Late);
         assert!(pending.is_empty());
         drop(rx);
+    }
+
+    #[test]
+    fn an_abandoned_call_is_due_for_a_cancel_only_if_no_answer_comes() {
+        let pending = Pending::new();
+        let (answered, _rx_a) = pending.start().unwrap();
+        let (silent, _rx_s) = pending.start().unwrap();
+        assert_eq!(pending.abandon_later(answered), (true, true));
+        assert_eq!(pending.abandon_later(silent), (true, false));
+        assert_eq!(pending.abandon_later(silent), (false, false), "once");
+        assert!(pending.is_empty(), "no caller waits for either");
+        // A first period: nothing is due yet, both wait one more.
+        assert_eq!(pending.rotate_abandoned(), (vec![], true));
+        // One answer comes in time: late, and never to be cancelled.
+        assert_eq!(
+            pending.complete(answered, Ok(Bytes::new())),
+            Completion::Late
+        );
+        assert_eq!(pending.rotate_abandoned(), (vec![silent], false));
+        // All told: the next abandoned call is a first again.
+        assert_eq!(pending.rotate_abandoned(), (vec![], false));
+        let (next, _rx_n) = pending.start().unwrap();
+        assert_eq!(pending.abandon_later(next), (true, true));
+        pending.close(pb::Status::new(Code::Unavailable, "gone"));
+        assert_eq!(pending.rotate_abandoned(), (vec![], false));
     }
 
     #[test]
