@@ -183,6 +183,39 @@ async fn gateway_handler_errors_and_deadlines_reach_the_admin_caller() {
     );
 }
 
+/// A gateway handler that panics fails that admin call with `INTERNAL`,
+/// naming the method; the admin connection and the next call live on.
+#[tokio::test]
+async fn a_panicking_gateway_handler_fails_only_its_admin_call() {
+    let mut registry = GatewayRegistry::new();
+    registry
+        .method::<GetLeases>(|_ctx: Context, _req| async move {
+            if true {
+                panic!("a handler bug");
+            }
+            Ok(Default::default())
+        })
+        .unwrap();
+    let gateway = Gateway::with_handlers(config(), registry).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gw = TestGateway::serve(gateway, listener);
+    let mut client = admin(&gw).await;
+    let request = pb::CallRequest {
+        method: "GetLeases".into(),
+        ..Default::default()
+    };
+    let status = call(&mut client, request).await.unwrap_err();
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert!(
+        status.message().contains("GetLeases"),
+        "{}",
+        status.message()
+    );
+    // The same connection serves the next call.
+    let answer = call(&mut client, info_call()).await.unwrap();
+    assert!(!payload(&answer.results[0]).is_empty());
+}
+
 /// Instance-served methods still go to the instances.
 #[tokio::test]
 async fn instance_methods_still_go_to_instances() {

@@ -29,8 +29,9 @@ const MAX_VIOLATIONS: u32 = 16;
 /// turns through the close and the ticker again.
 const FRAME_BATCH: usize = 32;
 /// How long an abandoned call's answer may take before the instance is
-/// told to cancel it: one to two of these. Long enough for an answer
-/// already on the wire, short beside any handler worth cancelling.
+/// told to cancel it: one to two of these periods, each rounded up to the
+/// timer's millisecond, so 1 to 4 ms. Long enough for an answer already
+/// on the wire, short beside any handler worth cancelling.
 const CANCEL_GRACE: Duration = Duration::from_millis(1);
 const MAX_ID_LEN: usize = 128;
 const MAX_LABEL_LEN: usize = 64;
@@ -243,7 +244,7 @@ async fn read_loop(
     // with the token, under its lock, for every frame.
     let closed = peer.closed_token().cancelled();
     tokio::pin!(closed);
-    // Abandoned calls are told to cancel one grace period or two later,
+    // Abandoned calls are told to cancel one or two grace periods later,
     // if their answer has not come by then.
     let abandoned = peer.abandoned.notified();
     tokio::pin!(abandoned);
@@ -252,9 +253,35 @@ async fn read_loop(
     let mut cancels_armed = false;
     loop {
         tokio::select! {
+            // Frames last: a stream that always has frames buffered still
+            // lets its cancels, pings and liveness through once per batch.
             biased;
             _ = &mut closed => {
                 return peer.close_reason().unwrap_or(Disconnect::ConnectionLost);
+            }
+            _ = &mut abandoned => {
+                abandoned.set(peer.abandoned.notified());
+                if !cancels_armed {
+                    cancels.as_mut().reset(tokio::time::Instant::now() + CANCEL_GRACE);
+                    cancels_armed = true;
+                }
+            }
+            _ = &mut cancels, if cancels_armed => {
+                cancels_armed = peer.send_due_cancels();
+                if cancels_armed {
+                    cancels.as_mut().reset(tokio::time::Instant::now() + CANCEL_GRACE);
+                }
+            }
+            _ = ticker.tick() => {
+                peer.note_frames();
+                if peer.silent_for() >= liveness {
+                    return Disconnect::HeartbeatTimeout(liveness);
+                }
+                if peer.is_stuck() {
+                    return Disconnect::Stuck;
+                }
+                nonce += 1;
+                let _ = peer.send(Kind::Ping(pb::Ping { nonce }));
             }
             frame = inbound.message() => {
                 // Frames already here are read as one bounded batch,
@@ -288,30 +315,6 @@ async fn read_loop(
                         next = inbound.message().now_or_never();
                     }
                 }
-            }
-            _ = &mut abandoned => {
-                abandoned.set(peer.abandoned.notified());
-                if !cancels_armed {
-                    cancels.as_mut().reset(tokio::time::Instant::now() + CANCEL_GRACE);
-                    cancels_armed = true;
-                }
-            }
-            _ = &mut cancels, if cancels_armed => {
-                cancels_armed = peer.send_due_cancels();
-                if cancels_armed {
-                    cancels.as_mut().reset(tokio::time::Instant::now() + CANCEL_GRACE);
-                }
-            }
-            _ = ticker.tick() => {
-                peer.note_frames();
-                if peer.silent_for() >= liveness {
-                    return Disconnect::HeartbeatTimeout(liveness);
-                }
-                if peer.is_stuck() {
-                    return Disconnect::Stuck;
-                }
-                nonce += 1;
-                let _ = peer.send(Kind::Ping(pb::Ping { nonce }));
             }
         }
     }
