@@ -732,35 +732,14 @@ impl<'m, M: Method> Call<'m, M> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::SystemTime;
-
-    use gatemesh_handlers::dispatch::Outbox;
-    use gatemesh_handlers::{Completion, DispatchConfig, Dispatcher};
-    use tokio::sync::{Semaphore, mpsc};
+    use gatemesh_handlers::Completion;
+    use tokio::sync::mpsc;
 
     use super::*;
-    use crate::peer::PeerInfo;
 
     fn peer() -> (Arc<Peer>, mpsc::Receiver<pb::GatewayMessage>) {
         let (tx, rx) = mpsc::channel(16);
-        let info = PeerInfo {
-            id: "loser".into(),
-            environment: "prod".into(),
-            version: String::new(),
-            methods: Default::default(),
-            remote_addr: None,
-            connected_since: SystemTime::now(),
-        };
-        let dispatcher = Arc::new(Dispatcher::new(
-            Arc::new(gatemesh_handlers::GatewayRegistry::new().into_handlers()),
-            DispatchConfig::default(),
-            Arc::new(Semaphore::new(1)),
-            Outbox::new(tx.clone(), |response| pb::GatewayMessage {
-                kind: Some(Kind::Response(response)),
-            }),
-        ));
-        let peer = Peer::new(1, info, tx, dispatcher, Duration::from_secs(10));
-        (Arc::new(peer), rx)
+        (crate::peer::detached("loser", tx), rx)
     }
 
     fn send(peer: &Arc<Peer>, trace: &mut CallTrace) -> Outstanding {

@@ -277,6 +277,31 @@ impl Peer {
     }
 }
 
+/// A peer on an outbound queue the test reads itself, with no stream and
+/// no handlers, for unit tests of what the gateway sends it.
+#[cfg(test)]
+pub(crate) fn detached(id: &str, tx: mpsc::Sender<pb::GatewayMessage>) -> Arc<Peer> {
+    use gatemesh_handlers::DispatchConfig;
+    use gatemesh_handlers::dispatch::Outbox;
+    let info = PeerInfo {
+        id: id.into(),
+        environment: "prod".into(),
+        version: String::new(),
+        methods: Default::default(),
+        remote_addr: None,
+        connected_since: SystemTime::now(),
+    };
+    let dispatcher = Arc::new(Dispatcher::new(
+        Arc::new(gatemesh_handlers::GatewayRegistry::new().into_handlers()),
+        DispatchConfig::default(),
+        Arc::new(tokio::sync::Semaphore::new(1)),
+        Outbox::new(tx.clone(), |response| pb::GatewayMessage {
+            kind: Some(Kind::Response(response)),
+        }),
+    ));
+    Arc::new(Peer::new(1, info, tx, dispatcher, Duration::from_secs(10)))
+}
+
 #[derive(Default)]
 struct Closing {
     reason: Option<Disconnect>,

@@ -487,32 +487,13 @@ impl Drop for Outbound {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, SystemTime};
 
     use futures_util::StreamExt;
-    use gatemesh_handlers::DispatchConfig;
-    use tokio::sync::Semaphore;
 
     use super::*;
 
     fn peer(tx: mpsc::Sender<pb::GatewayMessage>) -> Arc<Peer> {
-        let info = PeerInfo {
-            id: "i".into(),
-            environment: "prod".into(),
-            version: String::new(),
-            methods: Default::default(),
-            remote_addr: None,
-            connected_since: SystemTime::now(),
-        };
-        let dispatcher = Arc::new(Dispatcher::new(
-            Arc::new(gatemesh_handlers::GatewayRegistry::new().into_handlers()),
-            DispatchConfig::default(),
-            Arc::new(Semaphore::new(1)),
-            Outbox::new(tx.clone(), |response| pb::GatewayMessage {
-                kind: Some(Kind::Response(response)),
-            }),
-        ));
-        Arc::new(Peer::new(1, info, tx, dispatcher, Duration::from_secs(10)))
+        crate::peer::detached("i", tx)
     }
 
     fn pong(nonce: u64) -> Kind {

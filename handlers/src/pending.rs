@@ -80,12 +80,8 @@ impl Pending {
     pub fn complete(&self, id: u64, outcome: Outcome) -> Completion {
         let slot = {
             let mut inner = self.inner.lock();
-            let slot = inner.slots.remove(&id);
-            if slot.is_some() {
-                if inner.slots.is_empty() {
-                    self.idle.notify_waiters();
-                }
-            } else if !inner.abandoned.remove(&id) {
+            let slot = self.take(&mut inner, id);
+            if slot.is_none() && !inner.abandoned.remove(&id) {
                 // The answer came in time: the peer need not be told.
                 inner.abandoned_before.remove(&id);
             }
@@ -107,11 +103,8 @@ impl Pending {
     /// to be told (so whoever sends the cancels must be woken).
     pub fn abandon_later(&self, id: u64) -> (bool, bool) {
         let mut inner = self.inner.lock();
-        if inner.slots.remove(&id).is_none() {
+        if self.take(&mut inner, id).is_none() {
             return (false, false);
-        }
-        if inner.slots.is_empty() {
-            self.idle.notify_waiters();
         }
         let first = inner.abandoned.is_empty() && inner.abandoned_before.is_empty();
         inner.abandoned.insert(id);
@@ -134,11 +127,11 @@ impl Pending {
     /// The caller no longer waits for `id`. Returns whether it was still open
     /// (and so whether the peer should be told to cancel).
     pub fn abandon(&self, id: u64) -> bool {
-        self.remove(id).is_some()
+        self.take(&mut self.inner.lock(), id).is_some()
     }
 
-    fn remove(&self, id: u64) -> Option<oneshot::Sender<Outcome>> {
-        let mut inner = self.inner.lock();
+    /// Takes `id`'s slot out, waking [`Self::idle`] if it was the last.
+    fn take(&self, inner: &mut Inner, id: u64) -> Option<oneshot::Sender<Outcome>> {
         let slot = inner.slots.remove(&id);
         if slot.is_some() && inner.slots.is_empty() {
             self.idle.notify_waiters();
