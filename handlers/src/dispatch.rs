@@ -1,7 +1,7 @@
 //! Runs the requests that arrive on one stream on their handlers.
 //!
 //! A handler's first poll runs on the stream's reader: one that answers
-//! without waiting costs no task, no timer and no permit. One that waits
+//! without waiting costs no task and no timer. One that waits
 //! continues in its own task, with its deadline and a cancellation token
 //! that a `Cancel` frame, the deadline or the end of the stream fires; a
 //! handler that ignores the token is dropped after a short grace period.
@@ -9,9 +9,10 @@
 //!
 //! Every frame costs bounded work. A request is admitted only while the
 //! stream has fewer than its share of requests in flight (so one peer's
-//! flood refuses only that peer) and a process-wide permit is free (held
-//! while a waiting handler runs, never while its answer waits for queue
-//! room). Refusals are answered inline without waiting; an answer that
+//! flood refuses only that peer) and a process-wide permit can be taken
+//! for it: taken before the handler's first poll, held while the handler
+//! runs (inline or in its task), never while its answer waits for queue
+//! room. Refusals are answered inline without waiting; an answer that
 //! finds the queue full waits at most until the request's deadline, then
 //! is dropped and counted. A request stays in the running table until its
 //! answer is queued or dropped, so [`Dispatcher::idle`] means "every
@@ -22,9 +23,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use gatemesh_proto::pb;
 use parking_lot::Mutex;
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
@@ -173,14 +175,24 @@ pub struct Dispatcher<F> {
     state: Mutex<State>,
     idle: Notify,
     dropped_answers: AtomicU64,
+    /// Wakers for first polls, reused: see [`Relay`].
+    relays: Mutex<Vec<Arc<Relay>>>,
 }
 
 #[derive(Default)]
 struct State {
-    running: HashMap<u64, CancellationToken>,
+    running: HashMap<u64, Slot>,
     draining: bool,
     /// The stream is gone: whatever starts now is cancelled at once.
     closed: bool,
+}
+
+/// A request that is running, or answered and waiting for queue room.
+struct Slot {
+    /// Fired by the peer's `Cancel`, the deadline or the stream's end.
+    token: CancellationToken,
+    /// The peer sent `Cancel`: it wants no answer, not even an error.
+    cancelled_by_peer: bool,
 }
 
 /// Takes a request out of the running table however its task ends: an
@@ -194,6 +206,38 @@ impl<F: Send + 'static> Drop for Running<F> {
     fn drop(&mut self) {
         self.dispatcher.finish(self.id);
     }
+}
+
+/// The waker of a handler's first poll, which runs on the stream's reader
+/// before the request has a task of its own. A future may register only
+/// the waker of its first poll (a timer set once, a one-time
+/// registration); the relay hands that wake-up on to the task the request
+/// moves to. Kept in a small per-stream pool, so a first poll that
+/// finishes (most do) costs no allocation for it.
+#[derive(Default)]
+struct Relay(AtomicWaker);
+
+impl std::task::Wake for Relay {
+    fn wake(self: Arc<Self>) {
+        self.0.wake();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.wake();
+    }
+}
+
+/// Relays kept for reuse, per stream.
+const RELAY_POOL: usize = 4;
+
+/// One admitted request on its way through the dispatcher.
+struct Request {
+    id: u64,
+    entry: Arc<crate::registry::Entry>,
+    started: Instant,
+    deadline: Instant,
+    timeout: Duration,
+    span: tracing::Span,
 }
 
 impl<F: Send + 'static> Dispatcher<F> {
@@ -214,6 +258,7 @@ impl<F: Send + 'static> Dispatcher<F> {
             state: Mutex::new(State::default()),
             idle: Notify::new(),
             dropped_answers: AtomicU64::new(0),
+            relays: Mutex::new(Vec::new()),
         }
     }
 
@@ -227,18 +272,19 @@ impl<F: Send + 'static> Dispatcher<F> {
     /// answered at once, without waiting, with a typed status; the reason
     /// is returned so the stream can count it.
     ///
-    /// The handler's first poll runs right here, on the stream's reader: a
-    /// handler that answers without waiting (most do: a lookup, a cache)
-    /// costs no task, no timer and no wake-up. One that waits moves to its
-    /// own task with its deadline and cancel. A handler whose first poll
-    /// runs past [`INLINE_BUDGET`] [`SLOW_STRIKES`] times in a row starts in its own task from then
+    /// A process-wide permit is taken before any of the handler's work,
+    /// and held until the handler is done. The handler's first poll runs
+    /// right here, on the stream's reader: a handler that answers without
+    /// waiting (most do: a lookup, a cache) costs no task, no timer and no
+    /// wake-up. One that waits moves to its own task with its deadline and
+    /// cancel. A handler whose first poll runs past [`INLINE_BUDGET`]
+    /// [`SLOW_STRIKES`] times in a row starts in its own task from then
     /// on, so a slow handler stalls the reader at most a few times.
     pub fn dispatch(self: &Arc<Self>, caller: Caller, request: pb::Request) -> Result<(), Refused> {
-        let id = request.id;
-        let entry = match self.admit(&request) {
-            Ok(entry) => entry,
+        let (entry, permit) = match self.admit(&request) {
+            Ok(admitted) => admitted,
             Err((rejection, message)) => {
-                return Err(self.refuse(id, &request.method, rejection, message));
+                return Err(self.refuse(request.id, &request.method, rejection, message));
             }
         };
         let timeout = match request.timeout_ms {
@@ -246,81 +292,72 @@ impl<F: Send + 'static> Dispatcher<F> {
             ms => Duration::from_millis(ms.into()).min(self.config.max_timeout),
         };
         let started = Instant::now();
-        let deadline = started + timeout;
         if let Some(observer) = &self.config.observer {
             observer.started(&request.method);
         }
-        let method = &*entry.name;
         let token = CancellationToken::new();
         // Checked in `admit`; an empty list costs nothing, and with export
         // off a request without trace context gets no span.
         let metadata = crate::Metadata::from_wire(request.metadata).unwrap_or_default();
-        let span = crate::trace::serve_span(method, &caller, &metadata);
-        let ctx = Context::new(caller, deadline, token.clone()).with_metadata(metadata);
+        let span = crate::trace::serve_span(&entry.name, &caller, &metadata);
+        let ctx = Context::new(caller, started + timeout, token.clone()).with_metadata(metadata);
         let mut work =
             Arc::clone(&entry.handler).serve(ctx, &entry.name, request.payload, span.clone());
-        if entry.slow_first_polls.load(Ordering::Relaxed) < SLOW_STRIKES {
-            // A no-op waker: a handler that waits is polled again at once
-            // by its own task, which registers the real one. Nothing can
-            // cancel it meanwhile: cancels come from this same reader.
-            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-            let polled = work.as_mut().poll(&mut cx);
+        let call = Request {
+            id: request.id,
+            entry,
+            started,
+            deadline: started + timeout,
+            timeout,
+            span,
+        };
+        let mut relay = None;
+        if call.entry.slow_first_polls.load(Ordering::Relaxed) < SLOW_STRIKES {
+            let first = self.relays.lock().pop().unwrap_or_default();
+            let waker = std::task::Waker::from(first.clone());
+            let polled = work
+                .as_mut()
+                .poll(&mut std::task::Context::from_waker(&waker));
+            drop(waker);
             let now = Instant::now();
-            if now.duration_since(started) <= INLINE_BUDGET {
-                // Strikes count only in a row: a thread preempted mid-poll
-                // on a busy machine is not a slow handler.
-                if entry.slow_first_polls.load(Ordering::Relaxed) != 0 {
-                    entry.slow_first_polls.store(0, Ordering::Relaxed);
-                }
-            } else if entry.slow_first_polls.fetch_add(1, Ordering::Relaxed) + 1 == SLOW_STRIKES {
-                tracing::info!(
-                    method,
-                    micros = now.duration_since(started).as_micros() as u64,
-                    "handler's first polls ran long; its requests start in their own task from now on"
-                );
-            }
+            self.note_first_poll(&call, now);
             if let std::task::Poll::Ready(result) = polled {
-                let result = if now >= deadline {
-                    self.deadline_passed(method, timeout)
+                drop(work);
+                drop(permit);
+                self.reuse(first);
+                let result = if now >= call.deadline {
+                    self.deadline_passed(&call)
                 } else {
-                    self.outcome(method, result)
+                    self.outcome(&call.entry.name, result)
                 };
-                self.finished(method, &span, Some(&result), now.duration_since(started));
-                let response = pb::Response {
-                    id,
-                    result: Some(result),
-                };
+                self.finished(&call, Some(&result), now.duration_since(started));
                 // Queued now, or by a task that waits for room (at most
-                // until the deadline), so the reader never waits; until
-                // then the request counts as running, for `idle`.
-                if let Err(frame) = self.try_answer(response) {
-                    let running = self.enter(id, &token);
-                    tokio::spawn(async move {
-                        running.dispatcher.wait_answer(frame, deadline).await;
-                        drop(running);
-                    });
+                // until the deadline), so the reader never waits.
+                if let Some(waiting) = self.answer(call.id, result, call.deadline, None) {
+                    tokio::spawn(waiting);
                 }
                 return Ok(());
             }
+            relay = Some(first);
         }
-        // A permit bounds the handlers that wait, process-wide. Admission
-        // saw one free; should another stream have taken it since, this
-        // one runs anyway (over by at most one per reader at that moment)
-        // rather than be refused after it has begun.
-        let permit = self.permits.clone().try_acquire_owned().ok();
-        let running = self.enter(id, &token);
+        let running = self.enter(call.id, &token);
+        let this = Arc::clone(self);
         tokio::spawn(async move {
-            let this = &running.dispatcher;
-            let method = &*entry.name;
             let grace = this.config.cancel_grace;
+            let mut work = std::pin::pin!(std::future::poll_fn(|cx| {
+                if let Some(relay) = &relay {
+                    relay.0.register(cx.waker());
+                }
+                work.as_mut().poll(cx)
+            }));
             let result = tokio::select! {
                 // A handler that returns as soon as it sees a cancel races
                 // the cancel branch; the caller still wants no answer.
-                result = &mut work => (!token.is_cancelled()).then(|| this.outcome(method, result)),
-                _ = tokio::time::sleep_until(deadline) => {
+                result = &mut work => (!token.is_cancelled()).then(|| this.outcome(&call.entry.name, result)),
+                _ = tokio::time::sleep_until(call.deadline) => {
                     token.cancel();
                     let _ = tokio::time::timeout(grace, &mut work).await;
-                    Some(this.deadline_passed(method, timeout))
+                    Some(this.deadline_passed(&call))
                 }
                 _ = token.cancelled() => {
                     // The caller gave up: it wants no answer.
@@ -331,22 +368,43 @@ impl<F: Send + 'static> Dispatcher<F> {
             // The handler is done: its permit goes back before the answer
             // waits for queue room, if it must.
             drop(permit);
-            this.finished(method, &span, result.as_ref(), started.elapsed());
-            if let Some(result) = result {
-                let response = pb::Response {
-                    id,
-                    result: Some(result),
-                };
-                if let Err(frame) = this.try_answer(response) {
-                    this.wait_answer(frame, deadline).await;
-                }
+            this.finished(&call, result.as_ref(), call.started.elapsed());
+            if let Some(result) = result
+                && let Some(waiting) = this.answer(call.id, result, call.deadline, Some(running))
+            {
+                waiting.await;
             }
-            // `running` drops here: the request leaves the table only once
-            // its answer is queued, so a drain that waits for idle never
-            // closes ahead of an answer.
-            drop(running);
         });
         Ok(())
+    }
+
+    /// Counts a first poll that ran past [`INLINE_BUDGET`]; strikes count
+    /// only in a row, since a thread preempted mid-poll on a busy machine
+    /// is not a slow handler.
+    fn note_first_poll(&self, call: &Request, now: Instant) {
+        let strikes = &call.entry.slow_first_polls;
+        if now.duration_since(call.started) <= INLINE_BUDGET {
+            if strikes.load(Ordering::Relaxed) != 0 {
+                strikes.store(0, Ordering::Relaxed);
+            }
+        } else if strikes.fetch_add(1, Ordering::Relaxed) + 1 == SLOW_STRIKES {
+            tracing::info!(
+                method = &*call.entry.name,
+                micros = now.duration_since(call.started).as_micros() as u64,
+                "handler's first polls ran long; its requests start in their own task from now on"
+            );
+        }
+    }
+
+    /// Puts a first poll's relay back in the pool, unless the handler
+    /// kept its waker somewhere.
+    fn reuse(&self, relay: Arc<Relay>) {
+        if Arc::strong_count(&relay) == 1 {
+            let mut pool = self.relays.lock();
+            if pool.len() < RELAY_POOL {
+                pool.push(relay);
+            }
+        }
     }
 
     /// What a handler's result becomes on the wire.
@@ -358,31 +416,29 @@ impl<F: Send + 'static> Dispatcher<F> {
         }
     }
 
-    fn deadline_passed(&self, method: &str, timeout: Duration) -> pb::response::Result {
+    fn deadline_passed(&self, call: &Request) -> pb::response::Result {
         pb::response::Result::Status(pb::Status::new(
             Code::DeadlineExceeded,
-            format!("{method}: deadline of {} ms passed", timeout.as_millis()),
+            format!(
+                "{}: deadline of {} ms passed",
+                call.entry.name,
+                call.timeout.as_millis()
+            ),
         ))
     }
 
     /// Tells the observer and the request's span how it ended.
-    fn finished(
-        &self,
-        method: &str,
-        span: &tracing::Span,
-        result: Option<&pb::response::Result>,
-        elapsed: Duration,
-    ) {
+    fn finished(&self, call: &Request, result: Option<&pb::response::Result>, elapsed: Duration) {
         let outcome = match result {
             Some(pb::response::Result::Payload(_)) => Ok(()),
             Some(pb::response::Result::Status(status)) => Err(status.code()),
             None => Err(Code::Cancelled),
         };
         if let Some(observer) = &self.config.observer {
-            observer.finished(method, outcome, elapsed);
+            observer.finished(&call.entry.name, outcome, elapsed);
         }
         crate::trace::finished(
-            span,
+            &call.span,
             match outcome {
                 Ok(()) => "ok",
                 Err(Code::Cancelled) if result.is_none() => "cancelled",
@@ -456,24 +512,65 @@ impl<F: Send + 'static> Dispatcher<F> {
         ))
     }
 
-    /// Queues an answer without waiting; hands the frame back when the
-    /// queue is full. An answer for a stream that is gone is dropped.
-    fn try_answer(&self, response: pb::Response) -> Result<(), F> {
-        match self.outbox.tx.try_send((self.outbox.frame)(response)) {
+    /// The one way an answer leaves: queued now when there is room, or
+    /// handed back as a future that waits for room until the request's
+    /// deadline (when the caller stops waiting anyway), so the reader
+    /// never waits. Until it is queued or dropped the request counts as
+    /// running, for [`Self::idle`] (`running` is its entry when it has
+    /// one). An answer the peer cancelled is never sent; one for a stream
+    /// that is gone is dropped.
+    fn answer(
+        self: &Arc<Self>,
+        id: u64,
+        result: pb::response::Result,
+        deadline: Instant,
+        running: Option<Running<F>>,
+    ) -> Option<impl Future<Output = ()> + Send + 'static> {
+        let frame = (self.outbox.frame)(pb::Response {
+            id,
+            result: Some(result),
+        });
+        let frame = match self.queue_unless_cancelled(id, frame) {
+            Ok(()) => return None,
+            Err(frame) => frame,
+        };
+        let running = running.unwrap_or_else(|| self.enter(id, &CancellationToken::new()));
+        Some(async move {
+            let this = &running.dispatcher;
+            match tokio::time::timeout_at(deadline, this.outbox.tx.reserve()).await {
+                Ok(Ok(room)) => {
+                    if !this.cancelled_by_peer(id) {
+                        room.send(frame);
+                    }
+                }
+                Ok(Err(_closed)) => {}
+                Err(_deadline) => this.note_dropped(),
+            }
+            drop(running);
+        })
+    }
+
+    /// Queues `frame` without waiting unless the peer cancelled `id` (then
+    /// it is dropped); hands it back when the queue is full. The check and
+    /// the send are one step under the state lock, so once [`Self::cancel`]
+    /// has returned no answer follows the peer's `Cancel`.
+    fn queue_unless_cancelled(&self, id: u64, frame: F) -> Result<(), F> {
+        let state = self.state.lock();
+        if state.running.get(&id).is_some_and(|s| s.cancelled_by_peer) {
+            return Ok(());
+        }
+        match self.outbox.tx.try_send(frame) {
             Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => Ok(()),
             Err(mpsc::error::TrySendError::Full(frame)) => Err(frame),
         }
     }
 
-    /// Waits for queue room at most until `deadline`, when the caller stops
-    /// waiting anyway; then the answer is dropped and counted.
-    async fn wait_answer(&self, frame: F, deadline: Instant) {
-        if tokio::time::timeout_at(deadline, self.outbox.tx.send(frame))
-            .await
-            .is_err()
-        {
-            self.note_dropped();
-        }
+    fn cancelled_by_peer(&self, id: u64) -> bool {
+        self.state
+            .lock()
+            .running
+            .get(&id)
+            .is_some_and(|s| s.cancelled_by_peer)
     }
 
     fn note_dropped(&self) {
@@ -488,12 +585,14 @@ impl<F: Send + 'static> Dispatcher<F> {
         self.dropped_answers.load(Ordering::Relaxed)
     }
 
-    /// Checks a request against the frame rules and the limits, and if it
-    /// may run, records it as running.
+    /// Checks a request against the frame rules and the limits; if it may
+    /// run, takes one of the process-wide permits for it. Taken, not just
+    /// looked at: whatever the number of streams, no more handlers run at
+    /// once than there are permits.
     fn admit(
         &self,
         request: &pb::Request,
-    ) -> Result<Arc<crate::registry::Entry>, (Rejection, String)> {
+    ) -> Result<(Arc<crate::registry::Entry>, OwnedSemaphorePermit), (Rejection, String)> {
         if request.id == 0 {
             return Err((Rejection::BadId, "request id 0 is never valid".into()));
         }
@@ -534,12 +633,13 @@ impl<F: Send + 'static> Dispatcher<F> {
                 ),
             ));
         }
-        // Checked, not taken: a handler that answers on its first poll
-        // never holds one. See `start_task`.
-        if self.permits.available_permits() == 0 {
-            return Err((Rejection::Overloaded, "too many requests in flight".into()));
-        }
-        Ok(entry)
+        drop(state);
+        let permit = self
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| (Rejection::Overloaded, "too many requests in flight".into()))?;
+        Ok((entry, permit))
     }
 
     /// Records `id` as running (a cancel now reaches it) and returns the
@@ -550,7 +650,13 @@ impl<F: Send + 'static> Dispatcher<F> {
         if state.closed {
             token.cancel();
         }
-        state.running.insert(id, token.clone());
+        state.running.insert(
+            id,
+            Slot {
+                token: token.clone(),
+                cancelled_by_peer: false,
+            },
+        );
         Running {
             dispatcher: Arc::clone(self),
             id,
@@ -565,11 +671,13 @@ impl<F: Send + 'static> Dispatcher<F> {
         }
     }
 
-    /// The caller of `id` gave up. Returns whether it was running.
+    /// The peer's `Cancel` for `id`: its handler is told, and no answer
+    /// is sent for it from now on. Returns whether it was running.
     pub fn cancel(&self, id: u64) -> bool {
-        match self.state.lock().running.get(&id) {
-            Some(token) => {
-                token.cancel();
+        match self.state.lock().running.get_mut(&id) {
+            Some(slot) => {
+                slot.cancelled_by_peer = true;
+                slot.token.cancel();
                 true
             }
             None => false,
@@ -586,8 +694,8 @@ impl<F: Send + 'static> Dispatcher<F> {
         let mut state = self.state.lock();
         state.draining = true;
         state.closed = true;
-        for token in state.running.values() {
-            token.cancel();
+        for slot in state.running.values() {
+            slot.token.cancel();
         }
     }
 
@@ -1120,6 +1228,194 @@ mod tests {
         // At the deadline the waiting answers are dropped, not kept.
         d.idle().await;
         assert_eq!(d.dropped_answers(), 3);
+    }
+
+    /// The process-wide limit is taken, not looked at: a hundred requests
+    /// dispatched at the same moment on a hundred streams sharing four
+    /// permits never run more than four handlers, even though each
+    /// handler's first poll (which runs on its stream's reader) holds on
+    /// until every dispatch has either entered a handler or been refused.
+    #[test]
+    fn a_limit_of_four_holds_against_a_hundred_calls_at_once() {
+        const CALLS: usize = 100;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let settled = Arc::new(AtomicUsize::new(0));
+        let release = CancellationToken::new();
+        let mut reg = Registry::new();
+        {
+            let (running, most, settled, release) = (
+                running.clone(),
+                most.clone(),
+                settled.clone(),
+                release.clone(),
+            );
+            reg.method::<FindVpsByLease>(move |_ctx, _req| {
+                let (running, most, settled, release) = (
+                    running.clone(),
+                    most.clone(),
+                    settled.clone(),
+                    release.clone(),
+                );
+                async move {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    settled.fetch_add(1, Ordering::SeqCst);
+                    let until = std::time::Instant::now() + Duration::from_secs(10);
+                    while settled.load(Ordering::SeqCst) < CALLS
+                        && std::time::Instant::now() < until
+                    {
+                        std::thread::yield_now();
+                    }
+                    release.cancelled().await;
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    Ok(FindVpsByLeaseResponse::default())
+                }
+            })
+            .unwrap();
+        }
+        let registry = Arc::new(reg.into_handlers());
+        let permits = Arc::new(Semaphore::new(4));
+        let streams: Vec<_> = (0..CALLS)
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(4);
+                let d = Arc::new(Dispatcher::new(
+                    registry.clone(),
+                    DispatchConfig::default(),
+                    permits.clone(),
+                    Outbox::new(tx, |r| r),
+                ));
+                (d, rx)
+            })
+            .collect();
+        let start = Arc::new(std::sync::Barrier::new(CALLS));
+        std::thread::scope(|scope| {
+            for (d, _) in &streams {
+                let (start, settled, handle) =
+                    (start.clone(), settled.clone(), runtime.handle().clone());
+                scope.spawn(move || {
+                    let _runtime = handle.enter();
+                    start.wait();
+                    if d.dispatch(caller(), request(1, "FindVPSByLease", 60_000))
+                        .is_err()
+                    {
+                        settled.fetch_add(1, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        assert_eq!(settled.load(Ordering::SeqCst), CALLS);
+        assert!(
+            most.load(Ordering::SeqCst) <= 4,
+            "{} handlers ran at once under a limit of 4",
+            most.load(Ordering::SeqCst)
+        );
+        release.cancel();
+        runtime.block_on(async {
+            for (d, _) in &streams {
+                d.idle().await;
+            }
+        });
+        assert_eq!(permits.available_permits(), 4);
+    }
+
+    /// A future that registers the waker of its first poll and never
+    /// again (legal for a one-time registration): the first poll runs on
+    /// the reader, so its waker must reach the task the request moves to.
+    struct RegistersOnce {
+        slot: Arc<Mutex<Option<std::task::Waker>>>,
+        done: Arc<std::sync::atomic::AtomicBool>,
+        registered: bool,
+    }
+
+    impl Future for RegistersOnce {
+        type Output = ();
+
+        fn poll(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<()> {
+            if self.done.load(Ordering::SeqCst) {
+                return std::task::Poll::Ready(());
+            }
+            if !self.registered {
+                *self.slot.lock() = Some(cx.waker().clone());
+                self.registered = true;
+            }
+            std::task::Poll::Pending
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_future_that_registers_its_waker_only_on_its_first_poll_completes() {
+        let slot = Arc::new(Mutex::new(None::<std::task::Waker>));
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut reg = Registry::new();
+        {
+            let (slot, done) = (slot.clone(), done.clone());
+            reg.method::<FindVpsByLease>(move |_ctx, _req| {
+                let once = RegistersOnce {
+                    slot: slot.clone(),
+                    done: done.clone(),
+                    registered: false,
+                };
+                async move {
+                    once.await;
+                    Ok(FindVpsByLeaseResponse {
+                        vps_id: "woken".into(),
+                        ..Default::default()
+                    })
+                }
+            })
+            .unwrap();
+        }
+        let (d, _, mut rx) = setup(reg, 4);
+        send(&d, &(), request(1, "FindVPSByLease", 60_000)).unwrap();
+        // Let the request's task poll it once more (it does not register).
+        tokio::task::yield_now().await;
+        let waker = slot.lock().take().expect("registered on the first poll");
+        done.store(true, Ordering::SeqCst);
+        waker.wake();
+        // Woken by that waker, not rescued by the deadline a minute on.
+        let answer = tokio::time::timeout(Duration::from_secs(1), rx.recv())
+            .await
+            .expect("the wake-up of the first poll reached the request's task")
+            .unwrap();
+        let Some(pb::response::Result::Payload(bytes)) = answer.result else {
+            panic!("expected the handler's answer, got {answer:?}");
+        };
+        assert_eq!(
+            FindVpsByLeaseResponse::decode(bytes).unwrap().vps_id,
+            "woken"
+        );
+    }
+
+    /// The deadline passes, the handler ignores its cancellation and runs
+    /// on through the grace period, and meanwhile the peer sends `Cancel`:
+    /// it wants no answer, so none is sent, not even DEADLINE_EXCEEDED.
+    #[tokio::test(start_paused = true)]
+    async fn no_answer_follows_a_cancel_not_even_deadline_exceeded() {
+        let mut reg = Registry::new();
+        reg.method::<FindVpsByLease>(|_ctx, _req| async move {
+            std::future::pending::<()>().await;
+            Ok(FindVpsByLeaseResponse::default())
+        })
+        .unwrap();
+        let (d, _, mut rx) = setup(reg, 4);
+        send(&d, &(), request(5, "FindVPSByLease", 50)).unwrap();
+        // Past the deadline, inside the cancel grace.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(d.cancel(5), "still running through its grace period");
+        d.idle().await;
+        assert!(
+            rx.try_recv().is_err(),
+            "an answer was sent after the peer's Cancel"
+        );
     }
 
     async fn eventually_idle_permits(permits: &Semaphore, n: usize) {
