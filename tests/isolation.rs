@@ -131,7 +131,9 @@ async fn a_gateways_reconnect_after_is_capped_by_the_instances_own_maximum() {
 #[tokio::test]
 async fn a_gateway_that_floods_and_never_reads_costs_only_its_own_link() {
     let gw = TestGateway::start().await;
-    let flood = fake_gateway(Script::FloodWithoutReading(20_000)).await;
+    // Enough answers (about 35 bytes each) to overflow the HTTP/2 window
+    // the fake gateway grants (1 MiB) and then the link's own queue.
+    let flood = fake_gateway(Script::FloodWithoutReading(60_000)).await;
     let inst = instance(vec![flood, gw.url()]);
     gw.wait_instances(1).await;
     let flood_link = inst.links()[0].clone();

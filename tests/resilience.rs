@@ -32,7 +32,7 @@ async fn a_re_registering_id_replaces_the_live_stream_and_old_cleanup_keeps_the_
         .unwrap();
     assert!(matches!(old.next().await, Some(Kind::Welcome(_))));
     gw.wait_instances(1).await;
-    let old_conn = gw.gateway.instances().get("twin").unwrap().conn_id;
+    let old_conn = gw.gateway.instances().get("twin").unwrap().conn_id();
 
     let new = start_instance(&gw, "twin", "prod", knows("m", "vps-new"));
     new.wait_connected().await;
@@ -51,7 +51,7 @@ async fn a_re_registering_id_replaces_the_live_stream_and_old_cleanup_keeps_the_
     })
     .await;
     let current = gw.gateway.instances().get("twin").unwrap();
-    assert_ne!(current.conn_id, old_conn);
+    assert_ne!(current.conn_id(), old_conn);
     let answer = gw
         .gateway
         .mesh()
@@ -148,7 +148,7 @@ async fn a_blackholed_connection_is_dropped_by_both_sides_and_the_instance_comes
         gatemesh_service::Instance::new(options("far", "prod"), registry).start([proxy.url()]);
     instance.wait_connects(1).await;
     gw.wait_instances(1).await;
-    let first_conn = gw.gateway.instances().get("far").unwrap().conn_id;
+    let first_conn = gw.gateway.instances().get("far").unwrap().conn_id();
 
     proxy.blackhole_existing();
     // The instance notices the silence and dials again (through a fresh,
@@ -156,7 +156,7 @@ async fn a_blackholed_connection_is_dropped_by_both_sides_and_the_instance_comes
     instance.wait_connects(2).await;
     gw.gateway
         .instances()
-        .wait_until(|i| i.get("far").is_some_and(|p| p.conn_id != first_conn))
+        .wait_until(|i| i.get("far").is_some_and(|p| p.conn_id() != first_conn))
         .await;
     let answer = gw
         .gateway

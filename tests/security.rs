@@ -236,7 +236,7 @@ async fn a_duplicate_request_id_gets_invalid_argument() {
     .await;
     let only = gw.gateway.instances().snapshot();
     eventually("the first request ends", || {
-        only[0].dispatcher.in_flight() == 0
+        only[0].conn.dispatcher().in_flight() == 0
     })
     .await;
 }

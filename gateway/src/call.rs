@@ -11,65 +11,28 @@
 //! its pending entries and tells the instances still working to cancel.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use gatemesh_engine::{Outcome, SendError};
+use gatemesh_handlers::MAX_METHOD_NAME_LEN;
 use gatemesh_handlers::dispatch::code_name;
-use gatemesh_handlers::{MAX_METHOD_NAME_LEN, Outcome};
-use gatemesh_proto::pb::gateway_message::Kind;
-use gatemesh_proto::{Method, methods, pb};
+use gatemesh_proto::{Method, methods};
 use prost::Message;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::instances::Targets;
-use crate::peer::SendError;
+pub use crate::route::{Route, Strategy};
 use crate::stats::Stats;
 use crate::trace::CallTrace;
 use crate::{CallError, Instances, Peer};
 
 /// The longest deadline a call can have: `timeout_ms` on the wire is a u32.
 pub const MAX_TIMEOUT: Duration = Duration::from_millis(u32::MAX as u64);
-
-/// How a call picks its instances and its answer.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Strategy {
-    /// Every serving instance; the first valid answer wins.
-    #[default]
-    FirstValid,
-    /// Every serving instance; every instance's outcome.
-    All,
-    /// One instance, the least busy; retried elsewhere if it vanishes.
-    One,
-}
-
-impl Strategy {
-    /// Its metric label and log spelling.
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::FirstValid => "first_valid",
-            Self::All => "all",
-            Self::One => "one",
-        }
-    }
-}
-
-/// A strategy plus the filters and deadline of one call.
-#[derive(Debug, Clone, Default)]
-pub struct Route {
-    pub strategy: Strategy,
-    /// Only this instance.
-    pub instance: Option<String>,
-    /// Only instances with this environment label.
-    pub environment: Option<String>,
-    /// The call's deadline; the gateway's default when `None`.
-    pub timeout: Option<Duration>,
-    /// Sent with every request of the call.
-    pub metadata: gatemesh_handlers::Metadata,
-}
 
 /// A successful answer and who gave it.
 #[derive(Debug, Clone)]
@@ -100,7 +63,6 @@ struct MeshInner {
     stats: Arc<Stats>,
     default_timeout: Duration,
     max_message_bytes: usize,
-    draining: AtomicBool,
     next: AtomicUsize,
 }
 
@@ -117,7 +79,6 @@ impl Mesh {
                 stats,
                 default_timeout,
                 max_message_bytes,
-                draining: AtomicBool::new(false),
                 next: AtomicUsize::new(0),
             }),
         }
@@ -134,11 +95,6 @@ impl Mesh {
 
     pub fn instances(&self) -> &Arc<Instances> {
         &self.inner.instances
-    }
-
-    /// Refuses new calls from now on.
-    pub(crate) fn drain(&self) {
-        self.inner.draining.store(true, Ordering::Relaxed);
     }
 
     /// A call on raw bytes, for callers that know the method only by name
@@ -225,9 +181,6 @@ impl Mesh {
 
     /// The instances a call goes to, or why there are none.
     fn targets(&self, method: &str, payload: &Bytes, route: &Route) -> Result<Targets, CallError> {
-        if self.inner.draining.load(Ordering::Relaxed) {
-            return Err(CallError::Draining);
-        }
         if method.is_empty() || method.len() > MAX_METHOD_NAME_LEN {
             return Err(CallError::InvalidArgument(format!(
                 "method name must be 1 to {MAX_METHOD_NAME_LEN} bytes"
@@ -243,7 +196,8 @@ impl Mesh {
         let instances = &self.inner.instances;
         if let Some(id) = &route.instance {
             let peer = instances
-                .get(id)
+                .for_call(id)
+                .map_err(|_| CallError::Draining)?
                 .ok_or_else(|| CallError::NotConnected(id.clone()))?;
             if !peer.info.methods.contains(method) {
                 return Err(CallError::NotServed {
@@ -264,7 +218,9 @@ impl Mesh {
             }
             return Ok(smallvec::smallvec![peer]);
         }
-        let peers = instances.routable(method, route.environment.as_deref());
+        let peers = instances
+            .routable(method, route.environment.as_deref())
+            .map_err(|_| CallError::Draining)?;
         if peers.is_empty() {
             if methods::known_method(method).is_none() && !instances.anyone_serves(method) {
                 return Err(CallError::UnknownMethod(method.to_string()));
@@ -540,10 +496,6 @@ impl Outstanding {
         deadline: Instant,
         trace: &mut CallTrace,
     ) -> Result<Self, CallError> {
-        let (id, rx) = peer
-            .pending
-            .start()
-            .map_err(|_| CallError::Unreachable(peer.id().clone()))?;
         // Rounded up, as gRPC does: rounded down, the handler's deadline
         // fell up to 1 ms before the caller's, so it could give up on a
         // caller still waiting for it. Counted from the call's start: the
@@ -553,15 +505,9 @@ impl Outstanding {
             .as_nanos()
             .div_ceil(1_000_000);
         let (span, metadata) = trace.request(&peer, method);
-        let request = pb::Request {
-            id,
-            method: method.to_string(),
-            payload,
-            timeout_ms: u32::try_from(left).unwrap_or(u32::MAX).max(1),
-            metadata,
-        };
-        match peer.send(Kind::Request(request)) {
-            Ok(()) => Ok(Self {
+        let timeout_ms = u32::try_from(left).unwrap_or(u32::MAX).max(1);
+        match peer.conn.start_call(method, payload, timeout_ms, metadata) {
+            Ok((id, rx)) => Ok(Self {
                 peer,
                 id,
                 rx,
@@ -570,7 +516,6 @@ impl Outstanding {
                 span,
             }),
             Err(e) => {
-                peer.pending.abandon(id);
                 crate::trace::outcome_of(&span, "not_sent");
                 Err(match e {
                     SendError::Full => CallError::Overloaded(peer.id().clone()),
@@ -621,7 +566,7 @@ impl Drop for Outstanding {
         }
         if !self.answered {
             // Told to cancel only if its answer does not come first.
-            self.peer.abandon(self.id);
+            self.peer.conn.abandon(self.id);
         }
     }
 }
@@ -727,63 +672,5 @@ impl<'m, M: Method> Call<'m, M> {
     ) -> impl Future<Output = Result<Answer<M::Response>, CallError>> + 'm {
         self.route.instance = Some(instance.into());
         self.one()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use gatemesh_handlers::Completion;
-    use tokio::sync::mpsc;
-
-    use super::*;
-
-    fn peer() -> (Arc<Peer>, mpsc::Receiver<pb::GatewayMessage>) {
-        let (tx, rx) = mpsc::channel(16);
-        (crate::peer::detached("loser", tx), rx)
-    }
-
-    fn send(peer: &Arc<Peer>, trace: &mut CallTrace) -> Outstanding {
-        let now = Instant::now();
-        let deadline = now + Duration::from_secs(5);
-        Outstanding::start(peer.clone(), "m", Bytes::new(), now, deadline, trace).unwrap()
-    }
-
-    /// The losers of a `first_valid` race have mostly answered already
-    /// when the winner's answer is read: a `Cancel` for them would cost
-    /// both ends a frame for nothing. Only a loser still silent after the
-    /// grace period is told.
-    #[tokio::test]
-    async fn a_loser_whose_answer_is_on_its_way_is_not_told_to_cancel() {
-        let (peer, mut rx) = peer();
-        let mut trace = CallTrace::new("m", Strategy::FirstValid, &Route::default());
-        let answering = send(&peer, &mut trace);
-        let silent = send(&peer, &mut trace);
-        let (answering_id, silent_id) = (answering.id, silent.id);
-        for _ in 0..2 {
-            assert!(matches!(
-                rx.try_recv().unwrap().kind,
-                Some(Kind::Request(_))
-            ));
-        }
-        // Another instance won: both calls are dropped unanswered.
-        drop((answering, silent));
-        assert!(rx.try_recv().is_err(), "nobody is told at once");
-        assert_eq!(peer.in_flight(), 0, "no caller waits for them");
-        assert_eq!(
-            peer.pending.complete(answering_id, Ok(Bytes::new())),
-            Completion::Late
-        );
-        // The read loop's first grace period: nothing is due yet.
-        assert!(peer.send_due_cancels(), "the silent one waits one more");
-        assert!(rx.try_recv().is_err());
-        assert!(!peer.send_due_cancels(), "nothing waits after this one");
-        match rx.try_recv().unwrap().kind {
-            Some(Kind::Cancel(cancel)) => assert_eq!(cancel.id, silent_id),
-            other => panic!("expected the silent call's cancel, got {other:?}"),
-        }
-        assert!(
-            rx.try_recv().is_err(),
-            "no cancel for the one that answered"
-        );
     }
 }

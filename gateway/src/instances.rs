@@ -100,7 +100,7 @@ impl Instances {
     pub fn remove(&self, peer: &Peer) -> bool {
         let mut map = self.by_id.write();
         match map.get(peer.id()) {
-            Some(current) if current.conn_id == peer.conn_id => {
+            Some(current) if current.conn_id() == peer.conn_id() => {
                 map.peers.remove(peer.id());
                 drop(map);
                 self.changes.send_modify(|g| *g += 1);
@@ -114,15 +114,33 @@ impl Instances {
         self.by_id.read().get(id).cloned()
     }
 
+    /// Whether [`Self::close`] has run: the gateway drains.
+    pub fn is_closed(&self) -> bool {
+        self.by_id.read().closed
+    }
+
+    /// The instance `id` for a new call, or `Closed` once the gateway
+    /// drains; one look under the lock.
+    pub fn for_call(&self, id: &str) -> Result<Option<Arc<Peer>>, Closed> {
+        let map = self.by_id.read();
+        if map.closed {
+            return Err(Closed);
+        }
+        Ok(map.get(id).cloned())
+    }
+
     /// Instances that may take a new call for `method`, optionally only those
-    /// of one environment.
-    pub fn routable(&self, method: &str, environment: Option<&str>) -> Targets {
-        self.by_id
-            .read()
+    /// of one environment; `Closed` once the gateway drains.
+    pub fn routable(&self, method: &str, environment: Option<&str>) -> Result<Targets, Closed> {
+        let map = self.by_id.read();
+        if map.closed {
+            return Err(Closed);
+        }
+        Ok(map
             .values()
             .filter(|p| p.routable(method) && environment.is_none_or(|e| &*p.info.environment == e))
             .cloned()
-            .collect()
+            .collect())
     }
 
     /// Whether any connected instance lists `method`, draining or not.

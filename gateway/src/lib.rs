@@ -11,14 +11,14 @@
 //! - [`auth`]: the shared-secret check on every gRPC call.
 //! - [`tls`]: [`GatewayTls`], TLS and mTLS on the gRPC port, and the
 //!   binding of an instance id to its client certificate.
-//! - [`disconnect`]: [`Disconnect`], why a stream ended, typed from where
-//!   it happens to the log, the metric and the `GoAway`.
 //! - [`peer`]: [`Peer`], one connected instance: its outbound queue, its
 //!   pending calls, its incoming requests.
 //! - [`instances`]: [`Instances`], the registry of connected peers.
 //! - [`listener`]: the gRPC port's accept loop, and the deadline and cap
 //!   on connections that have not authenticated yet.
 //! - [`stream`]: the `RegisterGateway` handshake and per-stream loop.
+//! - [`route`]: [`Route`] and [`Strategy`]: how one call picks its
+//!   instances and its answer.
 //! - [`call`]: [`Mesh`], the typed call API and its routing strategies.
 //! - [`error`]: [`CallError`] and its one mapping to gRPC status codes.
 //! - [`admin`]: the `GatewayAdmin` unary API for callers outside the process.
@@ -41,7 +41,6 @@ pub mod auth;
 pub mod call;
 pub mod config;
 pub mod dhcp;
-pub mod disconnect;
 pub mod dnsmasq;
 pub mod error;
 pub mod health;
@@ -52,6 +51,7 @@ pub mod ipam;
 pub mod listener;
 pub mod metrics;
 pub mod peer;
+pub mod route;
 pub mod server;
 mod state;
 pub mod stats;
@@ -61,8 +61,8 @@ mod trace;
 
 pub use call::{Answer, Mesh, Reply, Route, Strategy};
 pub use config::GatewayConfig;
-pub use disconnect::Disconnect;
 pub use error::CallError;
+pub use gatemesh_engine::Disconnect;
 pub use instances::Instances;
 pub use metrics::Metrics;
 pub use peer::Peer;

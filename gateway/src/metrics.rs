@@ -24,8 +24,9 @@ use tokio::time::Instant;
 
 use crate::Instances;
 use crate::dhcp::DhcpHandle;
+use crate::peer::Peer;
+use crate::stats::DISCONNECT_LABELS;
 use crate::stats::{ReasonLabels, Stats};
-use crate::{Disconnect, peer::Peer};
 use std::sync::OnceLock;
 
 /// The gateway's metric registry.
@@ -43,7 +44,7 @@ pub struct Metrics {
 /// Creates every disconnect reason at zero (the call series are made by
 /// [`Stats`] itself, which keeps handles on them).
 fn precreate(stats: &Stats) {
-    for reason in Disconnect::LABELS {
+    for reason in DISCONNECT_LABELS {
         let _ = stats
             .disconnect_reasons
             .get_or_create(&ReasonLabels { reason });

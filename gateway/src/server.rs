@@ -362,19 +362,15 @@ impl Gateway {
     /// that spreads the instances' returns over the reconnect spread.
     pub async fn drain(&self) {
         let shared = &self.shared;
-        shared.start_draining();
-        shared.mesh.drain();
+        // Closing registration and taking the snapshot are one step: a
+        // stream is either drained here or refused; new calls are refused
+        // from here on too.
+        let peers = shared.instances.close();
         for service in ["", GATEWAY_SERVICE, ADMIN_SERVICE] {
             shared
                 .health
                 .set_service_status(service, ServingStatus::NotServing)
                 .await;
-        }
-        // Closing registration and taking the snapshot are one step: a
-        // stream is either drained here or refused.
-        let peers = shared.instances.close();
-        for peer in &peers {
-            peer.dispatcher.drain();
         }
         let grace = shared.config.drain_grace();
         tracing::info!(
@@ -384,13 +380,8 @@ impl Gateway {
         );
         // Wait on the work itself: every call to an instance answered or
         // ended, every request from an instance answered and queued.
-        let work = async {
-            for peer in &peers {
-                peer.pending.idle().await;
-                peer.dispatcher.idle().await;
-            }
-        };
-        if tokio::time::timeout(grace, work).await.is_err() {
+        let drained = futures_util::future::join_all(peers.iter().map(|p| p.conn.drain(grace)));
+        if drained.await.contains(&false) {
             tracing::warn!(
                 pending = shared.instances.pending_calls(),
                 "drain grace passed with work in flight; closing anyway"

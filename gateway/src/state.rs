@@ -40,8 +40,6 @@ pub(crate) struct Shared {
     pub(crate) tasks: TaskTracker,
     /// The next stream's connection id (ownership checks on cleanup).
     next_conn: AtomicU64,
-    /// Set once when shutdown begins; new streams and calls are refused.
-    draining: AtomicBool,
     /// Set once the gRPC server runs; `/ready` waits for it.
     pub(crate) serving: AtomicBool,
     /// When the gateway started, for uptime.
@@ -87,7 +85,6 @@ impl Shared {
             permits,
             tasks: TaskTracker::new(),
             next_conn: AtomicU64::new(1),
-            draining: AtomicBool::new(false),
             serving: AtomicBool::new(false),
             started: parts.started,
             metrics: parts.metrics,
@@ -101,13 +98,10 @@ impl Shared {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Whether shutdown has begun: the instance table, closed to new
+    /// registrations by the drain, is the one place that says so.
     pub(crate) fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
-    }
-
-    /// Marks the start of shutdown; true the first time.
-    pub(crate) fn start_draining(&self) -> bool {
-        !self.draining.swap(true, Ordering::Relaxed)
+        self.instances.is_closed()
     }
 
     /// What `/health` reports.

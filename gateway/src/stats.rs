@@ -16,8 +16,9 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
-use crate::Disconnect;
-use crate::call::Strategy;
+use gatemesh_engine::{Disconnect, StreamObserver};
+
+use crate::route::Strategy;
 
 #[derive(Debug)]
 pub struct Stats {
@@ -119,6 +120,57 @@ pub(crate) struct ReasonLabels {
     pub(crate) reason: &'static str,
 }
 
+/// Every label [`disconnect_label`] can return, for metrics present from
+/// the start.
+pub const DISCONNECT_LABELS: [&str; 9] = [
+    "closed_by_instance",
+    "heartbeat_timeout",
+    "stuck",
+    "protocol_violations",
+    "frame_too_large",
+    "stream_error",
+    "replaced",
+    "shutdown",
+    "connection_lost",
+];
+
+/// The `reason` label of a disconnect: a small fixed set. An instance
+/// that floods requests and never reads their answers is `stuck`, as one
+/// whose queue stays full is.
+pub fn disconnect_label(reason: &Disconnect) -> &'static str {
+    let i = match reason {
+        Disconnect::PeerClosed => 0,
+        Disconnect::HeartbeatTimeout(_) => 1,
+        Disconnect::Stuck | Disconnect::NotReading { .. } => 2,
+        Disconnect::Violations { .. } => 3,
+        Disconnect::FrameTooLarge(_) => 4,
+        Disconnect::StreamError { .. } => 5,
+        Disconnect::Replaced => 6,
+        Disconnect::Shutdown { .. } => 7,
+        Disconnect::ConnectionLost => 8,
+    };
+    DISCONNECT_LABELS[i]
+}
+
+/// What the streams tell the counters.
+impl StreamObserver for Stats {
+    fn violation(&self) {
+        Self::bump(&self.violations);
+    }
+
+    fn late_response(&self) {
+        Self::bump(&self.late_responses);
+    }
+
+    fn stray_cancel(&self) {
+        Self::bump(&self.stray_cancels);
+    }
+
+    fn queue_full(&self) {
+        Self::bump(&self.queue_full);
+    }
+}
+
 /// A method's metric label: catalogue methods by name, anything else as
 /// `other`, so a caller cannot grow the series without bound.
 pub fn method_label(method: &str) -> &'static str {
@@ -165,7 +217,7 @@ impl Stats {
         Self::bump(&self.disconnects);
         self.disconnect_reasons
             .get_or_create(&ReasonLabels {
-                reason: reason.label(),
+                reason: disconnect_label(reason),
             })
             .inc();
     }
@@ -181,7 +233,7 @@ impl Stats {
             .map_or(0, |c| c.get())
     }
 
-    /// Disconnects with this [`Disconnect::label`].
+    /// Disconnects with this [`disconnect_label`].
     pub fn disconnects_by(&self, label: &'static str) -> u64 {
         self.disconnect_reasons
             .get(&ReasonLabels { reason: label })
@@ -192,6 +244,35 @@ impl Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn disconnect_labels_are_distinct() {
+        let all = [
+            Disconnect::PeerClosed,
+            Disconnect::HeartbeatTimeout(Duration::ZERO),
+            Disconnect::Stuck,
+            Disconnect::Violations {
+                count: 1,
+                last: String::new(),
+            },
+            Disconnect::FrameTooLarge(String::new()),
+            Disconnect::StreamError {
+                code: tonic::Code::Unknown,
+                message: String::new(),
+            },
+            Disconnect::Replaced,
+            Disconnect::Shutdown {
+                reconnect_after_ms: 1,
+            },
+            Disconnect::ConnectionLost,
+        ];
+        let labels: std::collections::HashSet<_> = all.iter().map(disconnect_label).collect();
+        assert_eq!(labels.len(), all.len());
+        assert_eq!(
+            disconnect_label(&Disconnect::NotReading { dropped: 1 }),
+            "stuck"
+        );
+    }
 
     #[test]
     fn unknown_methods_share_one_label() {

@@ -135,7 +135,7 @@ impl CallTrace {
             otel.status_code = Empty,
         );
         let metadata = trace::outgoing(self.metadata.clone(), &span);
-        self.requests.push((peer.conn_id, span.clone()));
+        self.requests.push((peer.conn_id(), span.clone()));
         (span, metadata)
     }
 
@@ -144,7 +144,7 @@ impl CallTrace {
         if self.span.is_none() {
             return;
         }
-        if let Some((_, span)) = self.requests.iter().find(|(c, _)| *c == peer.conn_id) {
+        if let Some((_, span)) = self.requests.iter().find(|(c, _)| *c == peer.conn_id()) {
             outcome_of(span, outcome);
         }
         if outcome == "won" {

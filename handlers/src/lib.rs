@@ -1,5 +1,5 @@
 //! Handlers: what a developer implements to serve a mesh method, and the
-//! per-stream machinery that both ends of the stream share.
+//! dispatcher that runs the requests a stream brings on them.
 //!
 //! - [`handler`]: the [`RequestHandler`] trait and the [`Context`] it gets.
 //! - [`typed`]: [`MethodHandler`], the typed layer over a [`Method`](gatemesh_proto::Method).
@@ -9,8 +9,6 @@
 //! - [`error`]: [`HandlerError`], a gRPC code and a message.
 //! - [`dispatch`]: [`Dispatcher`], runs incoming requests with deadline,
 //!   cancellation and a concurrency limit.
-//! - [`pending`]: [`Pending`], the table of this side's outgoing calls
-//!   awaiting their answer.
 //! - [`metadata`]: [`Metadata`], the bounded, validated key/value pairs
 //!   that travel with a call.
 //! - [`trace`]: W3C trace context in that metadata, and the span a served
@@ -22,7 +20,6 @@ pub mod dispatch;
 pub mod error;
 pub mod handler;
 pub mod metadata;
-pub mod pending;
 pub mod registry;
 mod serve;
 pub mod trace;
@@ -32,7 +29,6 @@ pub use dispatch::{DispatchConfig, DispatchObserver, Dispatcher};
 pub use error::HandlerError;
 pub use handler::{Caller, Context, RequestHandler};
 pub use metadata::{Metadata, MetadataError};
-pub use pending::{Completion, Outcome, Pending};
 pub use registry::{GatewayRegistry, Handlers, InstanceRegistry, Registry, RegistryError};
 pub use typed::MethodHandler;
 

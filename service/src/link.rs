@@ -1,21 +1,27 @@
-//! One gateway's link: dial, hello, serve frames until the stream ends, and
-//! dial again after a backoff. Each gateway has its own link and its own
-//! reconnect state.
+//! One gateway's link: dial, hello, run the stream engine until the stream
+//! ends, and dial again after a backoff. Each gateway has its own link and
+//! its own reconnect state. The frames, the queue, the calls, the
+//! heartbeats, the drain and the cleanup are the engine's; the link adds
+//! the dialing, the handshake, what a `GoAway` says, and the reconnect.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures_util::FutureExt as _;
-use gatemesh_handlers::dispatch::Outbox;
-use gatemesh_handlers::{Caller, Completion, DispatchConfig, Dispatcher, Handlers, Pending};
+use futures_util::{FutureExt as _, StreamExt as _};
+use gatemesh_engine::{
+    AtInstance, Conn, ConnConfig, Disconnect, End, FromGateway, Heartbeat, Outbound, SendError,
+    Session, StreamObserver,
+};
+use gatemesh_handlers::{Caller, DispatchConfig, Handlers};
 use gatemesh_proto::pb::gateway_message::Kind as InKind;
 use gatemesh_proto::pb::instance_message::Kind;
 use gatemesh_proto::{GatewayMethod, PROTOCOL_VERSION, SECRET_METADATA_KEY, pb};
 use gatemesh_runtime::{Backoff, Secret};
 use parking_lot::Mutex;
 use prost::Message;
-use tokio::sync::{Semaphore, mpsc, watch};
-use tokio::time::Instant;
+use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::Endpoint;
@@ -27,18 +33,19 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A connection that stays up this long resets the reconnect backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(30);
 const QUEUE_CAPACITY: usize = 1024;
+/// A queue to the gateway that stays full this long means it does not read.
+const STUCK_AFTER: Duration = Duration::from_secs(10);
 /// The largest frame read from a gateway: the largest payload a gateway
 /// may allow (`GATEWAY_MAX_MESSAGE_BYTES`) plus room for the envelope.
 const MAX_FRAME: usize = 256 * 1024 * 1024 + 64 * 1024;
 /// Used until the gateway's welcome says otherwise.
 const DEFAULT_LIVENESS: Duration = Duration::from_secs(15);
-/// Answers and refusals dropped because the gateway does not read, after
-/// which the link is dropped and dialled again: a gateway that floods
-/// requests and never reads costs this link, bounded, and nothing else.
-const MAX_DROPPED_ANSWERS: u64 = 256;
-/// Frames read in one go when they are already there, before the session
-/// turns through its other waits (shutdown, drain, liveness) again.
-const FRAME_BATCH: usize = 32;
+/// After a drain has ended this instance's half of the stream, how long
+/// the gateway has to end the other half before the link lets go.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// Stream ids, unique in the process (the engine's ownership checks).
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
 /// What the instance knows about one gateway link.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -93,24 +100,18 @@ pub(crate) struct LinkConfig {
     pub(crate) tls: ClientTls,
 }
 
-/// The live half of a connected link, for calls to the gateway.
-struct Session {
-    tx: mpsc::Sender<pb::InstanceMessage>,
-    pending: Pending,
-}
+/// The instance counts nothing of its streams beyond what the
+/// dispatcher's observer sees.
+struct Uncounted;
+
+impl StreamObserver for Uncounted {}
 
 pub struct Link {
     url: String,
     config: Arc<LinkConfig>,
     status: watch::Sender<LinkStatus>,
-    session: Mutex<Option<Arc<Session>>>,
-}
-
-/// What a gateway's `GoAway` said: why it closes and when to come back.
-#[derive(Default)]
-struct Parting {
-    reason: Option<String>,
-    reconnect_after: Duration,
+    /// The stream while it is registered, for calls to the gateway.
+    session: Mutex<Option<Arc<Conn<AtInstance>>>>,
 }
 
 /// How a session ended when it was not an error.
@@ -157,13 +158,29 @@ impl Link {
             STABLE_AFTER,
         );
         while !shutdown.is_cancelled() {
-            let (error, reconnect_after) = match self.session(&shutdown, &mut backoff).await {
-                Ok(Ended::Shutdown) => break,
-                Ok(Ended::Closed {
+            // A bug that panics in a session costs that session, not the
+            // link: the engine has cleaned the stream up, and the link
+            // dials again.
+            let session = AssertUnwindSafe(self.session(&shutdown, &mut backoff)).catch_unwind();
+            let (error, reconnect_after) = match session.await {
+                Ok(Ok(Ended::Shutdown)) => break,
+                Ok(Ok(Ended::Closed {
                     reason,
                     reconnect_after,
-                }) => (reason, reconnect_after),
-                Err(error) => (error, Duration::ZERO),
+                })) => (reason, reconnect_after),
+                Ok(Err(error)) => (error, Duration::ZERO),
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .copied()
+                        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                        .unwrap_or("a non-text panic");
+                    tracing::error!(gateway = %self.url, panic = what, "the link's session panicked");
+                    (
+                        format!("internal error: the session panicked: {what}"),
+                        Duration::ZERO,
+                    )
+                }
             };
             let delay = backoff.next_delay().max(reconnect_after);
             self.status.send_modify(|s| {
@@ -179,72 +196,16 @@ impl Link {
         self.status.send_modify(|s| s.connected = false);
     }
 
-    /// One connection, from dial to end. Cleans up whatever way it ends,
-    /// including the future being dropped (the instance is killed).
+    /// One connection, from dial to end; the engine cleans up whatever
+    /// way it ends, including the future being dropped (the instance is
+    /// killed).
     async fn session(
         &self,
         shutdown: &CancellationToken,
         backoff: &mut Backoff,
     ) -> Result<Ended, String> {
-        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        let guard = SessionGuard {
-            link: self,
-            session: Arc::new(Session {
-                tx: tx.clone(),
-                pending: Pending::new(),
-            }),
-            dispatcher: Arc::new(Dispatcher::new(
-                self.config.registry.clone(),
-                self.config.dispatch.clone(),
-                self.config.permits.clone(),
-                Outbox::new(tx.clone(), |response| pb::InstanceMessage {
-                    kind: Some(Kind::Response(response)),
-                }),
-            )),
-            ended: CancellationToken::new(),
-        };
-        // Handlers still running hold senders of `rx`; ending the request
-        // stream with the session closes our half of the stream regardless,
-        // after the frames already queued (answers of a drain) are sent.
-        let outbound = Outbound {
-            rx,
-            ended: Box::pin(guard.ended.clone().cancelled_owned()),
-            is_ended: false,
-        };
-        self.serve(
-            shutdown,
-            backoff,
-            &guard.session,
-            outbound,
-            &guard.dispatcher,
-            &guard.ended,
-        )
-        .await
-    }
-
-    async fn serve(
-        &self,
-        shutdown: &CancellationToken,
-        backoff: &mut Backoff,
-        session: &Arc<Session>,
-        outbound: impl futures_util::Stream<Item = pb::InstanceMessage> + Send + 'static,
-        dispatcher: &Arc<Dispatcher<pb::InstanceMessage>>,
-        ended: &CancellationToken,
-    ) -> Result<Ended, String> {
-        let mut endpoint =
-            Endpoint::from_shared(self.url.clone()).map_err(|e| format!("bad gateway URL: {e}"))?;
         let https = self.url.starts_with("https://");
-        if https {
-            endpoint = endpoint
-                .tls_config(self.config.tls.client_config())
-                .map_err(|e| format!("TLS settings: {}", gatemesh_runtime::error_chain(&e)))?;
-        }
-        let endpoint = endpoint
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(20))
-            .keep_alive_while_idle(true);
+        let endpoint = self.endpoint(https)?;
         let channel = tokio::select! {
             channel = endpoint.connect() => channel.map_err(|e| {
                 let hint = if https && self.config.tls.ca_pem.is_none() {
@@ -259,10 +220,24 @@ impl Link {
         let mut client = pb::gateway_client::GatewayClient::new(channel)
             .max_decoding_message_size(MAX_FRAME)
             .max_encoding_message_size(usize::MAX);
-        let hello = pb::InstanceMessage {
+        let (conn, rx) = Conn::<AtInstance>::new(ConnConfig {
+            id: NEXT_CONN.fetch_add(1, Ordering::Relaxed),
+            queue_capacity: QUEUE_CAPACITY,
+            stuck_after: STUCK_AFTER,
+            handlers: self.config.registry.clone(),
+            dispatch: self.config.dispatch.clone(),
+            permits: self.config.permits.clone(),
+            observer: Arc::new(Uncounted),
+        });
+        // The queue is new and empty, so this cannot fail.
+        let _ = conn.send_out(pb::InstanceMessage {
             kind: Some(Kind::Hello(self.config.hello.clone())),
-        };
-        let _ = session.tx.send(hello).await;
+        });
+        // The instance's half ends as the engine's writer says; a status
+        // has no place in a request stream, so it just ends.
+        let outbound = Outbound::new(conn.clone(), rx)
+            .take_while(|frame| std::future::ready(frame.is_ok()))
+            .filter_map(|frame| std::future::ready(frame.ok()));
         let mut request = tonic::Request::new(outbound);
         let secret = self
             .config
@@ -286,7 +261,7 @@ impl Link {
                 Err(s) => Err(format!("handshake failed: {:?}: {}", s.code(), s.message())),
             }
         };
-        let (mut inbound, welcome) = tokio::select! {
+        let (inbound, welcome) = tokio::select! {
             result = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake) => {
                 result.map_err(|_| "no welcome within 10 s".to_string())??
             }
@@ -299,7 +274,7 @@ impl Link {
             ));
         }
         backoff.connected();
-        *self.session.lock() = Some(session.clone());
+        *self.session.lock() = Some(conn.clone());
         self.status.send_modify(|s| {
             s.connected = true;
             s.gateway_id = Some(welcome.gateway_id.clone());
@@ -307,144 +282,94 @@ impl Link {
             s.last_error = None;
         });
         tracing::info!(gateway = %self.url, gateway_id = %welcome.gateway_id, "registered with gateway");
-
-        let caller = Caller::new(welcome.gateway_id.clone(), "gateway");
         // An answer over the gateway's limit would end the whole stream
         // there; that call gets RESOURCE_EXHAUSTED instead.
-        dispatcher
+        conn.dispatcher()
             .set_max_answer_bytes(usize::try_from(welcome.max_message_bytes).unwrap_or(usize::MAX));
-        let interval = Duration::from_millis(welcome.heartbeat_interval_ms.into());
-        let liveness = if interval.is_zero() {
-            DEFAULT_LIVENESS
-        } else {
-            interval * welcome.max_missed_heartbeats.max(1)
+        let session = Session {
+            peer: Caller::new(welcome.gateway_id.clone(), "gateway"),
+            heartbeat: heartbeat(&welcome),
+            max_payload: 0,
         };
-        let check_every = if interval.is_zero() {
-            DEFAULT_LIVENESS / 3
-        } else {
-            interval
-        };
-        let mut ticker = tokio::time::interval_at(Instant::now() + check_every, check_every);
-        // Liveness is judged at each tick from a count of frames, so a frame
-        // costs no clock read: silent for `liveness` within one tick.
-        let (mut frames, mut frames_at_tick, mut silent) = (0u64, 0u64, Duration::ZERO);
         let mut parting = Parting::default();
-        let mut closing = false;
-        // Made once, not per frame: a wait made afresh each turn registers
-        // with the token (under its lock) and builds a timer every time.
-        let shutdown_signal = shutdown.cancelled();
-        tokio::pin!(shutdown_signal);
-        let mut drain_timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
-        loop {
+        let ended = {
+            let serving = gatemesh_engine::serve(
+                conn.clone(),
+                inbound,
+                session,
+                Linked {
+                    link: self,
+                    parting: &mut parting,
+                },
+            );
+            tokio::pin!(serving);
             tokio::select! {
-                _ = &mut shutdown_signal, if drain_timer.is_none() => {
-                    // Stop taking requests: the gateway stops routing here,
-                    // running handlers finish, then the stream closes.
-                    let goodbye = pb::Goodbye { reason: "instance shutting down".into() };
-                    let _ = session.tx.try_send(pb::InstanceMessage { kind: Some(Kind::Goodbye(goodbye)) });
-                    dispatcher.drain();
-                    drain_timer = Some(Box::pin(tokio::time::sleep(self.config.drain_grace)));
-                }
-                _ = dispatcher.idle(), if drain_timer.is_some() && !closing => {
-                    // Every answer is queued: end our half and keep reading
-                    // until the gateway ends its half. Dropping the response
-                    // stream now would reset the whole stream, answers and all.
-                    ended.cancel();
-                    closing = true;
-                }
-                _ = async { drain_timer.as_mut().expect("guarded").await }, if drain_timer.is_some() => {
-                    tracing::warn!(gateway = %self.url, in_flight = dispatcher.in_flight(), "drain grace passed; closing");
-                    return Ok(Ended::Shutdown);
-                }
-                frame = inbound.message() => {
-                    // Frames already here are read as one bounded batch,
-                    // without a turn through every other wait per frame.
-                    let mut next = Some(frame);
-                    let mut batch = 0;
-                    while let Some(frame) = next.take() {
-                        let frame = match frame {
-                            Ok(Some(frame)) => frame,
-                            Ok(None) if closing => return Ok(Ended::Shutdown),
-                            Ok(None) => {
-                                return Ok(Ended::Closed {
-                                    reason: parting.reason.unwrap_or_else(|| "gateway closed the stream".into()),
-                                    reconnect_after: parting.reconnect_after,
-                                });
-                            }
-                            Err(s) => return Err(format!("stream error: {:?}: {}", s.code(), s.message())),
-                        };
-                        frames += 1;
-                        self.on_frame(frame, session, dispatcher, &caller, &mut parting)?;
-                        batch += 1;
-                        if batch < FRAME_BATCH {
-                            next = inbound.message().now_or_never();
-                        }
-                    }
-                }
-                _ = ticker.tick() => {
-                    if frames == frames_at_tick {
-                        silent += check_every;
-                    } else {
-                        (frames_at_tick, silent) = (frames, Duration::ZERO);
-                    }
-                    if silent >= liveness {
-                        return Err(format!("gateway silent for {} ms", liveness.as_millis()));
-                    }
-                }
+                ended = &mut serving => ended,
+                _ = shutdown.cancelled() => self.drain(&conn, serving).await,
             }
+        };
+        match ended {
+            Disconnect::Shutdown { .. } => Ok(Ended::Shutdown),
+            Disconnect::PeerClosed => Ok(Ended::Closed {
+                reason: parting
+                    .reason
+                    .unwrap_or_else(|| "gateway closed the stream".into()),
+                reconnect_after: parting.reconnect_after,
+            }),
+            other => Err(other.to_string()),
         }
     }
 
-    /// Acts on one frame from the gateway; `Err` ends the session.
-    fn on_frame(
-        &self,
-        frame: pb::GatewayMessage,
-        session: &Session,
-        dispatcher: &Arc<Dispatcher<pb::InstanceMessage>>,
-        caller: &Caller,
-        parting: &mut Parting,
-    ) -> Result<(), String> {
-        match frame.kind {
-            Some(InKind::Request(request)) => {
-                let _ = dispatcher.dispatch(caller.clone(), request);
-                let dropped = dispatcher.dropped_answers();
-                if dropped >= MAX_DROPPED_ANSWERS {
-                    return Err(format!(
-                        "the gateway sends requests but does not read its answers ({dropped} dropped)"
-                    ));
-                }
-            }
-            Some(InKind::Response(response)) => {
-                let outcome = match response.result {
-                    Some(pb::response::Result::Payload(p)) => Ok(p),
-                    Some(pb::response::Result::Status(s)) => Err(s),
-                    None => Err(pb::Status::new(Code::Internal, "empty response")),
-                };
-                if session.pending.complete(response.id, outcome) == Completion::Unknown {
-                    tracing::warn!(gateway = %self.url, id = response.id, "response for a call never sent; dropped");
-                }
-            }
-            Some(InKind::Cancel(cancel)) => {
-                dispatcher.cancel(cancel.id);
-            }
-            Some(InKind::Ping(ping)) => {
-                let pong = pb::Pong { nonce: ping.nonce };
-                let _ = session.tx.try_send(pb::InstanceMessage {
-                    kind: Some(Kind::Pong(pong)),
-                });
-            }
-            Some(InKind::GoAway(goaway)) => {
-                // Never parked longer than our own backoff cap, whatever
-                // the gateway asks.
-                parting.reconnect_after = Duration::from_millis(goaway.reconnect_after_ms.into())
-                    .min(self.config.reconnect_max);
-                tracing::info!(gateway = %self.url, reason = %goaway.reason,
-                    reconnect_after_ms = parting.reconnect_after.as_millis() as u64, "gateway says go away");
-                parting.reason = Some(format!("gateway: {}", goaway.reason));
-            }
-            Some(InKind::Pong(_)) | Some(InKind::Welcome(_)) | None => {}
+    fn endpoint(&self, https: bool) -> Result<Endpoint, String> {
+        let mut endpoint =
+            Endpoint::from_shared(self.url.clone()).map_err(|e| format!("bad gateway URL: {e}"))?;
+        if https {
+            endpoint = endpoint
+                .tls_config(self.config.tls.client_config())
+                .map_err(|e| format!("TLS settings: {}", gatemesh_runtime::error_chain(&e)))?;
         }
-        Ok(())
+        Ok(endpoint
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .keep_alive_while_idle(true))
+    }
+
+    /// On shutdown: tell the gateway this instance is draining (it routes
+    /// no new requests here), let running handlers and this instance's own
+    /// calls to the gateway finish within the grace period, end this
+    /// half of the stream, and give the gateway a moment to end the other
+    /// while the engine reads on. Drives `serving` meanwhile, so answers
+    /// keep arriving.
+    async fn drain(
+        &self,
+        conn: &Arc<Conn<AtInstance>>,
+        serving: std::pin::Pin<&mut impl Future<Output = Disconnect>>,
+    ) -> Disconnect {
+        let goodbye = pb::Goodbye {
+            reason: "instance shutting down".into(),
+        };
+        let _ = conn.send_out(pb::InstanceMessage {
+            kind: Some(Kind::Goodbye(goodbye)),
+        });
+        let reading = async {
+            if !conn.drain(self.config.drain_grace).await {
+                tracing::warn!(gateway = %self.url, in_flight = conn.dispatcher().in_flight(),
+                    calls = conn.in_flight(), "drain grace passed; closing");
+            }
+            conn.close(Disconnect::Shutdown {
+                reconnect_after_ms: 0,
+            });
+            tokio::time::sleep(CLOSE_WAIT).await;
+            Disconnect::Shutdown {
+                reconnect_after_ms: 0,
+            }
+        };
+        tokio::select! {
+            ended = serving => ended,
+            ended = reading => ended,
+        }
     }
 
     /// Calls method `M` on the gateway over this link, with `metadata`
@@ -455,38 +380,29 @@ impl Link {
         timeout: Duration,
         metadata: gatemesh_handlers::Metadata,
     ) -> Result<M::Response, GatewayCallError> {
-        let session = self
+        let conn = self
             .session
             .lock()
             .clone()
             .ok_or(GatewayCallError::NotConnected)?;
-        let (id, rx) = session
-            .pending
-            .start()
-            .map_err(|_| GatewayCallError::NotConnected)?;
-        let guard = CancelOnDrop {
-            session: &session,
-            id,
-        };
-        let frame = pb::InstanceMessage {
-            kind: Some(Kind::Request(pb::Request {
-                id,
-                method: M::NAME.to_string(),
-                payload: request.encode_to_vec().into(),
-                timeout_ms: u32::try_from(timeout.as_millis())
-                    .unwrap_or(u32::MAX)
-                    .max(1),
-                metadata: gatemesh_handlers::trace::outgoing_current(metadata),
-            })),
-        };
-        session.tx.try_send(frame).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => GatewayCallError::Overloaded,
-            mpsc::error::TrySendError::Closed(_) => GatewayCallError::Disconnected,
-        })?;
-        let received = tokio::time::timeout(timeout, rx).await;
-        // Abandons the slot and tells the gateway, unless the answer came.
-        drop(guard);
-        match received {
+        let timeout_ms = u32::try_from(timeout.as_millis())
+            .unwrap_or(u32::MAX)
+            .max(1);
+        let (id, rx) = conn
+            .start_call(
+                M::NAME,
+                request.encode_to_vec().into(),
+                timeout_ms,
+                gatemesh_handlers::trace::outgoing_current(metadata),
+            )
+            .map_err(|e| match e {
+                SendError::Full => GatewayCallError::Overloaded,
+                SendError::Closed => GatewayCallError::NotConnected,
+            })?;
+        // Abandons the call and tells the gateway (after a grace) unless
+        // the answer came, however this future ends.
+        let _abandon = Abandon { conn: &conn, id };
+        match tokio::time::timeout(timeout, rx).await {
             Err(_) => Err(GatewayCallError::DeadlineExceeded(timeout)),
             Ok(Err(_)) => Err(GatewayCallError::Disconnected),
             Ok(Ok(Err(status))) => Err(GatewayCallError::Remote {
@@ -500,86 +416,74 @@ impl Link {
     }
 }
 
-/// Tears a session down: the link forgets it, calls waiting on the
-/// gateway fail, running handlers are cancelled, the request stream ends.
-struct SessionGuard<'a> {
-    link: &'a Link,
-    session: Arc<Session>,
-    dispatcher: Arc<Dispatcher<pb::InstanceMessage>>,
-    ended: CancellationToken,
-}
-
-impl Drop for SessionGuard<'_> {
-    fn drop(&mut self) {
-        {
-            let mut current = self.link.session.lock();
-            if current
-                .as_ref()
-                .is_some_and(|s| Arc::ptr_eq(s, &self.session))
-            {
-                *current = None;
-            }
-        }
-        self.session
-            .pending
-            .close(pb::Status::new(Code::Unavailable, "gateway link down"));
-        self.dispatcher.close();
-        self.ended.cancel();
+/// The liveness a gateway's welcome asks for.
+fn heartbeat(welcome: &pb::Welcome) -> Heartbeat {
+    let interval = Duration::from_millis(welcome.heartbeat_interval_ms.into());
+    if interval.is_zero() {
+        return Heartbeat {
+            interval: DEFAULT_LIVENESS / 3,
+            liveness: DEFAULT_LIVENESS,
+            ping: false,
+        };
+    }
+    Heartbeat {
+        interval,
+        liveness: interval * welcome.max_missed_heartbeats.max(1),
+        ping: false,
     }
 }
 
-fn send_cancel(session: &Session, id: u64) {
-    let cancel = pb::Cancel {
-        id,
-        reason: "call ended".into(),
-    };
-    let _ = session.tx.try_send(pb::InstanceMessage {
-        kind: Some(Kind::Cancel(cancel)),
-    });
+/// What a gateway's `GoAway` said: why it closes and when to come back.
+#[derive(Default)]
+struct Parting {
+    reason: Option<String>,
+    reconnect_after: Duration,
 }
 
-/// Cancels a gateway call whose caller dropped the future.
-struct CancelOnDrop<'a> {
-    session: &'a Session,
+/// The link's part of a registered stream.
+struct Linked<'a> {
+    link: &'a Link,
+    parting: &'a mut Parting,
+}
+
+impl End<AtInstance> for Linked<'_> {
+    fn control(&mut self, _: &Arc<Conn<AtInstance>>, frame: FromGateway) -> Result<(), String> {
+        match frame {
+            FromGateway::Welcome(_) => Err("welcome sent twice".into()),
+            FromGateway::GoAway(goaway) => {
+                // Never parked longer than our own backoff cap, whatever
+                // the gateway asks.
+                let parting = &mut *self.parting;
+                parting.reconnect_after = Duration::from_millis(goaway.reconnect_after_ms.into())
+                    .min(self.link.config.reconnect_max);
+                tracing::info!(gateway = %self.link.url, reason = %goaway.reason,
+                    reconnect_after_ms = parting.reconnect_after.as_millis() as u64, "gateway says go away");
+                parting.reason = Some(format!("gateway: {}", goaway.reason));
+                Ok(())
+            }
+        }
+    }
+
+    /// The link forgets the stream (if it is still this one), so no call
+    /// goes to a stream that is gone.
+    fn closed(&mut self, conn: &Arc<Conn<AtInstance>>, _: &Disconnect) {
+        let mut current = self.link.session.lock();
+        if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
+            *current = None;
+            self.link.status.send_modify(|s| s.connected = false);
+        }
+    }
+}
+
+/// Abandons a gateway call whose caller stopped waiting; a no-op once its
+/// answer came.
+struct Abandon<'a> {
+    conn: &'a Conn<AtInstance>,
     id: u64,
 }
 
-impl Drop for CancelOnDrop<'_> {
+impl Drop for Abandon<'_> {
     fn drop(&mut self) {
-        if self.session.pending.abandon(self.id) {
-            send_cancel(self.session, self.id);
-        }
-    }
-}
-
-/// The instance -> gateway half of a session's stream: its queue, read
-/// first; once the session has ended, what is left in it, then the end.
-/// The end is polled (which registers with the token, under its lock) only
-/// when the queue is empty, not for every frame.
-struct Outbound {
-    rx: mpsc::Receiver<pb::InstanceMessage>,
-    ended: std::pin::Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
-    is_ended: bool,
-}
-
-impl futures_util::Stream for Outbound {
-    type Item = pb::InstanceMessage;
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        use std::task::Poll;
-        if self.is_ended {
-            return Poll::Ready(self.rx.try_recv().ok());
-        }
-        if let Poll::Ready(frame) = self.rx.poll_recv(cx) {
-            return Poll::Ready(frame);
-        }
-        if self.ended.as_mut().poll(cx).is_pending() {
-            return Poll::Pending;
-        }
-        self.is_ended = true;
-        Poll::Ready(self.rx.try_recv().ok())
+        self.conn.abandon(self.id);
     }
 }
