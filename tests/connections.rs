@@ -356,6 +356,9 @@ fn http_addr(env: &[(&str, String)]) -> SocketAddr {
 /// unauthenticated connections make room.
 #[test]
 fn at_the_fd_limit_the_cap_keeps_room_for_a_real_instance_and_health() {
+    if !e2e::require(&[e2e::Need::Prlimit]) {
+        return;
+    }
     room_for(1_200);
     let port = free_port();
     let mut env = gateway_env(port, SECRET);
@@ -414,6 +417,9 @@ fn at_the_fd_limit_the_cap_keeps_room_for_a_real_instance_and_health() {
 /// instance registers.
 #[test]
 fn out_of_descriptors_the_accept_loop_backs_off_and_health_says_so() {
+    if !e2e::require(&[e2e::Need::Prlimit]) {
+        return;
+    }
     room_for(1_200);
     let port = free_port();
     let mut env = gateway_env(port, SECRET);

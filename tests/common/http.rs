@@ -82,24 +82,18 @@ pub fn sample(body: &str, name: &str, labels: &str) -> f64 {
 }
 
 /// Runs `promtool check metrics` on `body`; `None` when promtool is not
-/// installed (`.ci/start-services` installs it).
+/// installed and [`super::e2e::require`] lets the test skip that check.
 pub fn promtool(body: &str) -> Option<(bool, String)> {
-    let mut child = match std::process::Command::new("promtool")
+    if !super::e2e::require(&[super::e2e::Need::Promtool]) {
+        return None;
+    }
+    let mut child = std::process::Command::new(super::e2e::find_program("promtool").unwrap())
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-    {
-        Ok(child) => child,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            eprintln!(
-                "SKIPPED: promtool not found (Debian package `prometheus`; .ci/start-services installs it)"
-            );
-            return None;
-        }
-        Err(e) => panic!("run promtool: {e}"),
-    };
+        .unwrap_or_else(|e| panic!("run promtool: {e}"));
     use std::io::Write;
     child
         .stdin
