@@ -336,28 +336,9 @@ async fn grpc_health_serves_and_reflection_lists_the_gateway() {
 
 #[tokio::test]
 async fn instance_health_and_metrics_follow_its_links_and_handlers() {
-    use gatemesh_handlers::Registry;
-    use gatemesh_service::http::HttpState;
-    use gatemesh_service::{Instance, ServiceMetrics};
-
     init_logs();
     let gw = TestGateway::start().await;
-    let mut registry = Registry::new();
-    registry
-        .method::<FindVpsByLease>(knows("aa:aa", "vps-a"))
-        .unwrap();
-    let metrics = Arc::new(ServiceMetrics::for_instance());
-    let mut options = options("inst-a", "prod");
-    options.dispatch.observer = Some(metrics.clone());
-    let instance = Instance::new(options, registry).start([gw.url()]);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http = listener.local_addr().unwrap();
-    let state = HttpState::new(instance.id(), instance.links(), metrics.clone());
-    tokio::spawn(gatemesh_service::http::serve(
-        state,
-        listener,
-        std::future::pending(),
-    ));
+    let (instance, metrics, http) = common::http::serve_instance(&gw, "inst-a", "prod").await;
     instance.wait_connected().await;
     gw.wait_instances(1).await;
 

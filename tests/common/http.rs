@@ -109,3 +109,35 @@ pub fn promtool(body: &str) -> Option<(bool, String)> {
     );
     Some((out.status.success(), text))
 }
+
+/// An instance `id` of `env` on `gateway`, serving FindVPSByLease (it
+/// knows `aa:aa` as `vps-a`), with its `/health` and `/metrics` on an
+/// ephemeral loopback port: the instance, its metrics and that port.
+pub async fn serve_instance(
+    gateway: &super::TestGateway,
+    id: &str,
+    env: &str,
+) -> (
+    gatemesh_service::InstanceHandle,
+    std::sync::Arc<gatemesh_service::ServiceMetrics>,
+    SocketAddr,
+) {
+    use gatemesh_service::{Instance, ServiceMetrics, http::HttpState};
+    let mut registry = gatemesh_handlers::Registry::new();
+    registry
+        .method::<gatemesh_proto::methods::FindVpsByLease>(super::knows("aa:aa", "vps-a"))
+        .unwrap();
+    let metrics = std::sync::Arc::new(ServiceMetrics::for_instance());
+    let mut options = super::options(id, env);
+    options.dispatch.observer = Some(metrics.clone());
+    let instance = Instance::new(options, registry).start([gateway.url()]);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = HttpState::new(instance.id(), instance.links(), metrics.clone());
+    tokio::spawn(gatemesh_service::http::serve(
+        state,
+        listener,
+        std::future::pending(),
+    ));
+    (instance, metrics, addr)
+}
