@@ -413,3 +413,98 @@ fn every_variable_the_cli_reads_is_in_the_readme_cli_section() {
         "README's CLI section does not mention {missing:?}, which `gatemesh` reads"
     );
 }
+
+/// `job_name` -> its `targets` in a Prometheus config's `scrape_configs`,
+/// read line by line: enough for the static configs of
+/// `deploy/prometheus/prometheus.yml`.
+fn scrape_targets(config: &str) -> BTreeMap<String, Vec<String>> {
+    let mut jobs: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut job = None;
+    let scrape_configs = config
+        .lines()
+        .skip_while(|l| !l.starts_with("scrape_configs:"));
+    for line in scrape_configs.map(str::trim) {
+        if let Some(name) = line.strip_prefix("- job_name:") {
+            job = Some(name.trim().to_string());
+        } else if let Some(list) = line.trim_start_matches("- ").strip_prefix("targets:") {
+            let job = job.clone().expect("targets under a job_name");
+            let list = list.trim().trim_start_matches('[').trim_end_matches(']');
+            jobs.entry(job).or_default().extend(
+                list.split(',')
+                    .map(|t| t.trim().trim_matches('"').to_string())
+                    .filter(|t| !t.is_empty()),
+            );
+        }
+    }
+    jobs
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost" || host.starts_with("127.") || host == "::1" || host == "[::1]"
+}
+
+/// The shipped Prometheus config scrapes the ports the env examples open,
+/// on addresses they listen on: a remote target needs a bind address off
+/// loopback (README "Exposure"), and the rules it loads are shipped.
+#[test]
+fn the_scrape_config_reaches_what_the_env_examples_serve() {
+    const CONFIG: &str = "deploy/prometheus/prometheus.yml";
+    let config = read(CONFIG);
+    let jobs = scrape_targets(&config);
+    for (job, env_file, port_var, bind_var) in [
+        (
+            "gatemesh-gateway",
+            GATEWAY_ENV,
+            "GATEWAY_HTTP_PORT",
+            "GATEWAY_HTTP_BIND",
+        ),
+        (
+            "gatemesh-service",
+            SERVICE_ENV,
+            "VPS_HTTP_PORT",
+            "VPS_HTTP_BIND",
+        ),
+    ] {
+        let env = env_example(env_file);
+        let value = |var: &str| {
+            env.get(var)
+                .unwrap_or_else(|| panic!("{env_file} has no {var}"))
+                .value
+                .clone()
+        };
+        let (port, bind) = (value(port_var), value(bind_var));
+        let targets = jobs
+            .get(job)
+            .unwrap_or_else(|| panic!("{CONFIG} has no job {job}: {jobs:?}"));
+        assert!(!targets.is_empty(), "{CONFIG}: job {job} has no target");
+        for target in targets {
+            let (host, target_port) = target
+                .rsplit_once(':')
+                .unwrap_or_else(|| panic!("{CONFIG}: target {target} has no port"));
+            assert_eq!(
+                target_port, port,
+                "{CONFIG}: job {job} scrapes {target}, but {env_file} serves on {port_var}={port}"
+            );
+            assert!(
+                is_loopback(host) || !is_loopback(&bind),
+                "{CONFIG}: job {job} scrapes {target} from another host, but {env_file} \
+                 listens on {bind_var}={bind}, loopback only"
+            );
+        }
+    }
+    // rule_files: the rules it names are shipped beside it.
+    let rule_files: Vec<&str> = config
+        .lines()
+        .skip_while(|l| !l.starts_with("rule_files:"))
+        .skip(1)
+        .map_while(|l| l.trim().strip_prefix("- "))
+        .collect();
+    assert!(!rule_files.is_empty(), "{CONFIG} loads no rule file");
+    for file in rule_files {
+        let path = root().join("deploy/prometheus").join(file);
+        assert!(
+            path.is_file(),
+            "{CONFIG} loads {file}, which deploy/prometheus/ lacks"
+        );
+    }
+}

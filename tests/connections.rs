@@ -159,15 +159,6 @@ fn cpu_ticks(pid: u32) -> u64 {
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
-fn clock_ticks_per_second() -> u64 {
-    let out = Command::new("getconf").arg("CLK_TCK").output().unwrap();
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 /// Makes sure this test process may hold `n` more descriptors: raises its
 /// own soft limit towards the hard one (never lowers it).
 fn room_for(n: u64) {
@@ -320,7 +311,8 @@ impl Cpu {
     /// 85 % measured, depending on how busy the machine is), a backing-off
     /// one about 1 %.
     fn assert_not_spinning(self) {
-        let used = (cpu_ticks(self.pid) - self.ticks) as f64 / clock_ticks_per_second() as f64;
+        let used = (cpu_ticks(self.pid) - self.ticks) as f64
+            / gatemesh_runtime::metrics::clock_ticks_per_second();
         let elapsed = self.started.elapsed();
         let share = used / elapsed.as_secs_f64();
         eprintln!(
@@ -364,6 +356,9 @@ fn http_addr(env: &[(&str, String)]) -> SocketAddr {
 /// unauthenticated connections make room.
 #[test]
 fn at_the_fd_limit_the_cap_keeps_room_for_a_real_instance_and_health() {
+    if !e2e::require(&[e2e::Need::Prlimit]) {
+        return;
+    }
     room_for(1_200);
     let port = free_port();
     let mut env = gateway_env(port, SECRET);
@@ -422,6 +417,9 @@ fn at_the_fd_limit_the_cap_keeps_room_for_a_real_instance_and_health() {
 /// instance registers.
 #[test]
 fn out_of_descriptors_the_accept_loop_backs_off_and_health_says_so() {
+    if !e2e::require(&[e2e::Need::Prlimit]) {
+        return;
+    }
     room_for(1_200);
     let port = free_port();
     let mut env = gateway_env(port, SECRET);

@@ -36,7 +36,7 @@ const MAC_UNKNOWN: &str = "52:54:00:e2:e0:03";
 #[tokio::test]
 async fn dnsmasq_answers_for_each_lease_and_forgets_it_once_gone() {
     init_logs();
-    if !have_dnsmasq() {
+    if !e2e::require(&[e2e::Need::Dnsmasq]) {
         return;
     }
     let dir = TempDir::new("dhcp-e2e");

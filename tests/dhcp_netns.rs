@@ -3,8 +3,8 @@
 //! `udhcpc` as the VM in the other. The lease dnsmasq writes is resolved
 //! through the mesh, and the VM then finds its VPS id in DNS.
 //!
-//! Needs root and `ip netns`; where either is missing the test prints why
-//! and passes.
+//! Needs root, `ip netns`, dnsmasq and busybox: where one is missing the
+//! test says so and skips, or fails under `GATEMESH_REQUIRE_E2E=1`.
 
 mod common;
 mod dnsmasq_support;
@@ -22,8 +22,7 @@ async fn a_real_dhcp_lease_becomes_resolvable_by_vps_id() {
     init_logs();
     let tag = rand_suffix();
     let tag = &tag[tag.len().saturating_sub(6)..];
-    if let Some(reason) = cannot_run(&format!("gmp{tag}")) {
-        eprintln!("SKIP: {reason}");
+    if !e2e::require(NETNS_NEEDS) {
         return;
     }
     let (server, client) = (format!("gms{tag}"), format!("gmc{tag}"));

@@ -1,6 +1,7 @@
 //! The PostgreSQL inventory against a real server (issue 7). The server's
 //! URL comes from GATEMESH_TEST_DATABASE_URL (`.ci/start-services` starts
-//! one and writes it); without it these tests print why and pass.
+//! one and writes it); without it these tests say so and skip, or fail
+//! under `GATEMESH_REQUIRE_E2E=1`.
 
 mod common;
 
@@ -16,13 +17,8 @@ use gatemesh_service::inventory::postgres::{BY_IP, BY_MAC};
 use gatemesh_service::inventory::{Inventory, InventoryError, PostgresInventory, Vps};
 
 fn database_url() -> Option<String> {
-    let url = std::env::var("GATEMESH_TEST_DATABASE_URL").ok();
-    if url.is_none() {
-        eprintln!(
-            "SKIP: GATEMESH_TEST_DATABASE_URL is not set (run .ci/start-services to start PostgreSQL)"
-        );
-    }
-    url
+    e2e::require(&[e2e::Need::Postgres])
+        .then(|| std::env::var("GATEMESH_TEST_DATABASE_URL").unwrap())
 }
 
 /// Ids unique to this run, so tests sharing the table do not collide.

@@ -5,8 +5,8 @@
 //! id then resolves through dnsmasq; after the release and the lease's end
 //! it no longer does.
 //!
-//! Needs root and `ip netns`; where either is missing the test prints why
-//! and passes.
+//! Needs root, `ip netns`, dnsmasq and busybox: where one is missing the
+//! test says so and skips, or fails under `GATEMESH_REQUIRE_E2E=1`.
 
 mod common;
 mod dnsmasq_support;
@@ -85,8 +85,7 @@ async fn an_allocated_address_is_the_vms_lease_and_its_name_until_released() {
     init_logs();
     let tag = rand_suffix();
     let tag = &tag[tag.len().saturating_sub(6)..];
-    if let Some(reason) = cannot_run(&format!("gip{tag}")) {
-        eprintln!("SKIP: {reason}");
+    if !e2e::require(NETNS_NEEDS) {
         return;
     }
     let (server, client) = (format!("gis{tag}"), format!("gic{tag}"));

@@ -98,6 +98,11 @@ async fn endpoints_follow_instances_calls_and_departures() {
     assert!(metrics.contains(
         r#"gatemesh_gateway_instance_in_flight{instance_id="inst-a",environment="prod"} 0"#
     ));
+    for environment in ["prod", "beta"] {
+        assert!(metrics.contains(&format!(
+            "gatemesh_gateway_environment_instances{{environment=\"{environment}\"}} 1\n"
+        )));
+    }
     assert!(metrics.contains("gatemesh_gateway_queue_depth "));
     assert!(metrics.contains("gatemesh_gateway_late_responses_total "));
     assert!(metrics.contains("gatemesh_gateway_protocol_violations_total "));
@@ -145,8 +150,15 @@ async fn endpoints_follow_instances_calls_and_departures() {
     let (_, list) = get_json(http, "/instances").await;
     assert_eq!(list[1]["calls_served"], (N + 1) as u64);
 
-    // The last instance leaving turns the gateway degraded.
+    // An environment whose last instance left is still there, at 0, for
+    // the alert on it.
     a.shutdown().await;
+    gw.wait_instances(1).await;
+    let (_, metrics) = get(http, "/metrics").await;
+    assert!(metrics.contains("gatemesh_gateway_environment_instances{environment=\"prod\"} 0\n"));
+    assert!(metrics.contains("gatemesh_gateway_environment_instances{environment=\"beta\"} 1\n"));
+
+    // The last instance leaving turns the gateway degraded.
     b.shutdown().await;
     gw.wait_instances(0).await;
     let (status, health) = get_json(http, "/health").await;
@@ -161,6 +173,11 @@ async fn endpoints_follow_instances_calls_and_departures() {
         ),
         2.0
     );
+    for environment in ["prod", "beta"] {
+        assert!(metrics.contains(&format!(
+            "gatemesh_gateway_environment_instances{{environment=\"{environment}\"}} 0\n"
+        )));
+    }
     gw.stop().await;
 }
 
@@ -319,28 +336,9 @@ async fn grpc_health_serves_and_reflection_lists_the_gateway() {
 
 #[tokio::test]
 async fn instance_health_and_metrics_follow_its_links_and_handlers() {
-    use gatemesh_handlers::Registry;
-    use gatemesh_service::http::HttpState;
-    use gatemesh_service::{Instance, ServiceMetrics};
-
     init_logs();
     let gw = TestGateway::start().await;
-    let mut registry = Registry::new();
-    registry
-        .method::<FindVpsByLease>(knows("aa:aa", "vps-a"))
-        .unwrap();
-    let metrics = Arc::new(ServiceMetrics::for_instance());
-    let mut options = options("inst-a", "prod");
-    options.dispatch.observer = Some(metrics.clone());
-    let instance = Instance::new(options, registry).start([gw.url()]);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http = listener.local_addr().unwrap();
-    let state = HttpState::new(instance.id(), instance.links(), metrics.clone());
-    tokio::spawn(gatemesh_service::http::serve(
-        state,
-        listener,
-        std::future::pending(),
-    ));
+    let (instance, metrics, http) = common::http::serve_instance(&gw, "inst-a", "prod").await;
     instance.wait_connected().await;
     gw.wait_instances(1).await;
 

@@ -40,29 +40,10 @@ fn has_line(body: &str, line: &str) -> bool {
 
 #[tokio::test]
 async fn promtool_accepts_the_metrics_of_a_live_gateway_and_a_live_instance() {
-    use gatemesh_handlers::Registry;
-    use gatemesh_service::http::HttpState;
-    use gatemesh_service::{Instance, ServiceMetrics};
-
     init_logs();
     let gw = TestGateway::start().await;
     let http = common::http::serve(&gw.gateway).await;
-    let mut registry = Registry::new();
-    registry
-        .method::<FindVpsByLease>(knows("aa:aa", "vps-a"))
-        .unwrap();
-    let metrics = Arc::new(ServiceMetrics::for_instance());
-    let mut options = options("inst-a", "prod");
-    options.dispatch.observer = Some(metrics.clone());
-    let instance = Instance::new(options, registry).start([gw.url()]);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let instance_http = listener.local_addr().unwrap();
-    let state = HttpState::new(instance.id(), instance.links(), metrics);
-    tokio::spawn(gatemesh_service::http::serve(
-        state,
-        listener,
-        std::future::pending(),
-    ));
+    let (instance, _, instance_http) = common::http::serve_instance(&gw, "inst-a", "prod").await;
     gw.wait_instances(1).await;
     let _ = gw
         .gateway

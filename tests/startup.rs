@@ -184,8 +184,7 @@ fn health(addr: std::net::SocketAddr) -> Option<serde_json::Value> {
 #[test]
 fn the_gateway_raises_its_fd_limit_and_health_says_when_it_runs_short() {
     use std::io::BufRead;
-    if Command::new("prlimit").arg("--version").output().is_err() {
-        eprintln!("SKIPPED: prlimit (util-linux) not found");
+    if !common::e2e::require(&[common::e2e::Need::Prlimit]) {
         return;
     }
     let http_port = free_port();

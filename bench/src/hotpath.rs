@@ -133,7 +133,7 @@ pub fn run(options: Options) -> anyhow::Result<String> {
     let gateways = runtime("gateway")?;
     let instances = runtime("instances")?;
     let parties = gateways.block_on(start(instances.handle().clone()))?;
-    let ticks = procfs::ticks_per_second();
+    let ticks = gatemesh_runtime::metrics::clock_ticks_per_second();
     let mut samples: Vec<Scenario> = Vec::new();
     for shape in [Shape::One, Shape::FirstValid3] {
         for &c in &options.concurrency {

@@ -133,7 +133,7 @@ pub async fn run(options: Options) -> anyhow::Result<String> {
     let mut bench = Bench {
         options,
         log_dir,
-        ticks: procfs::ticks_per_second(),
+        ticks: gatemesh_runtime::metrics::clock_ticks_per_second(),
         points: Vec::new(),
         notes: Vec::new(),
         scale: None,

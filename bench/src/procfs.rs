@@ -2,7 +2,8 @@
 
 use std::io;
 
-/// User plus system CPU time of `pid` so far, in seconds.
+/// User plus system CPU time of `pid` so far, in seconds; `ticks_per_s` is
+/// `gatemesh_runtime::metrics::clock_ticks_per_second()`.
 pub fn cpu_seconds(pid: u32, ticks_per_s: f64) -> io::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command name may hold spaces; fields are counted after its ')'.
@@ -31,18 +32,6 @@ pub fn rss_kib(pid: u32) -> io::Result<u64> {
         .ok_or_else(|| io::Error::other("no VmRSS"))
 }
 
-/// Clock ticks per second of `/proc/<pid>/stat` times (`getconf CLK_TCK`;
-/// Linux's USER_HZ is 100 everywhere we know of).
-pub fn ticks_per_second() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,7 +39,9 @@ mod tests {
     #[test]
     fn reads_this_process() {
         let pid = std::process::id();
-        assert!(cpu_seconds(pid, ticks_per_second()).unwrap() >= 0.0);
+        assert!(
+            cpu_seconds(pid, gatemesh_runtime::metrics::clock_ticks_per_second()).unwrap() >= 0.0
+        );
         assert!(rss_kib(pid).unwrap() > 0);
     }
 }

@@ -27,7 +27,10 @@ use crate::dhcp::DhcpHandle;
 use crate::peer::Peer;
 use crate::stats::DISCONNECT_LABELS;
 use crate::stats::{ReasonLabels, Stats};
+use environments::Environments;
 use std::sync::OnceLock;
+
+mod environments;
 
 /// The gateway's metric registry.
 #[derive(Debug)]
@@ -98,6 +101,7 @@ impl Metrics {
             started,
             per_instance: per_instance.clone(),
             http: http.clone(),
+            environments: Environments::default(),
         }));
         crate::dhcp::metrics::register(registry, dhcp);
         let ipam = Arc::new(OnceLock::new());
@@ -143,6 +147,7 @@ struct ScrapeTime {
     started: Instant,
     per_instance: Arc<AtomicBool>,
     http: Arc<HttpStats>,
+    environments: Environments,
 }
 
 fn counter(
@@ -253,6 +258,21 @@ impl Collector for ScrapeTime {
             "Frames waiting in the outbound queues of all instances",
             peers.iter().map(|p| p.queue_depth() as i64).sum(),
         )?;
+        {
+            let mut family = e.encode_descriptor(
+                "environment_instances",
+                "Connected instances per environment; one seen since start stays at 0 after its last instance leaves",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for (environment, n) in self
+                .environments
+                .count(peers.iter().map(|p| &p.info.environment))
+            {
+                ConstGauge::new(n)
+                    .encode(family.encode_family(&[("environment", &*environment)])?)?;
+            }
+        }
         if !self.per_instance.load(Ordering::Relaxed) {
             return Ok(());
         }

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use gatemesh_handlers::{DispatchConfig, GatewayRegistry, RegistryError};
 use gatemesh_proto::pb::gateway_admin_server::GatewayAdminServer;
 use gatemesh_proto::pb::gateway_server::GatewayServer;
-use rand::Rng;
+use rand::RngExt;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tonic_health::ServingStatus;

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use rand::Rng;
+use rand::{Rng, RngExt};
 use tokio::time::Instant;
 
 #[derive(Debug, Clone)]

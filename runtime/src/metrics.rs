@@ -109,9 +109,17 @@ fn to_prometheus_text(open: &str) -> String {
 #[derive(Debug, Default)]
 pub struct ProcessCollector;
 
-/// Linux reports CPU times in clock ticks of `USER_HZ`, 100 on every
-/// architecture it runs on.
-const TICKS_PER_SECOND: f64 = 100.0;
+/// Clock ticks per second of the CPU times in `/proc/<pid>/stat` (the
+/// kernel's `USER_HZ`), as `sysconf(_SC_CLK_TCK)` reports it: what
+/// `getconf CLK_TCK` prints, without running it.
+pub fn clock_ticks_per_second() -> f64 {
+    match nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK) {
+        Ok(Some(ticks)) if ticks > 0 => ticks as f64,
+        // Linux always answers; 100 is what it answers on every
+        // architecture it runs on.
+        _ => 100.0,
+    }
+}
 
 struct ProcessSample {
     cpu_seconds: f64,
@@ -143,9 +151,10 @@ fn process_sample() -> Option<ProcessSample> {
         .trim()
         .parse()
         .ok()?;
+    let ticks = clock_ticks_per_second();
     Some(ProcessSample {
-        cpu_seconds: (utime + stime) as f64 / TICKS_PER_SECOND,
-        start_time_seconds: boot_time as f64 + start_ticks as f64 / TICKS_PER_SECOND,
+        cpu_seconds: (utime + stime) as f64 / ticks,
+        start_time_seconds: boot_time as f64 + start_ticks as f64 / ticks,
         virtual_bytes,
         resident_bytes: resident_kib * 1024,
     })
@@ -299,5 +308,18 @@ mod tests {
             "{started}"
         );
         value("process_cpu_seconds_total");
+    }
+
+    #[test]
+    fn clock_ticks_are_what_getconf_says() {
+        let getconf = std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .expect("getconf runs");
+        let said: f64 = String::from_utf8_lossy(&getconf.stdout)
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(clock_ticks_per_second(), said);
     }
 }

@@ -82,24 +82,18 @@ pub fn sample(body: &str, name: &str, labels: &str) -> f64 {
 }
 
 /// Runs `promtool check metrics` on `body`; `None` when promtool is not
-/// installed (`.ci/start-services` installs it).
+/// installed and [`super::e2e::require`] lets the test skip that check.
 pub fn promtool(body: &str) -> Option<(bool, String)> {
-    let mut child = match std::process::Command::new("promtool")
+    if !super::e2e::require(&[super::e2e::Need::Promtool]) {
+        return None;
+    }
+    let mut child = std::process::Command::new(super::e2e::find_program("promtool").unwrap())
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-    {
-        Ok(child) => child,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            eprintln!(
-                "SKIPPED: promtool not found (Debian package `prometheus`; .ci/start-services installs it)"
-            );
-            return None;
-        }
-        Err(e) => panic!("run promtool: {e}"),
-    };
+        .unwrap_or_else(|e| panic!("run promtool: {e}"));
     use std::io::Write;
     child
         .stdin
@@ -114,4 +108,36 @@ pub fn promtool(body: &str) -> Option<(bool, String)> {
         String::from_utf8_lossy(&out.stderr)
     );
     Some((out.status.success(), text))
+}
+
+/// An instance `id` of `env` on `gateway`, serving FindVPSByLease (it
+/// knows `aa:aa` as `vps-a`), with its `/health` and `/metrics` on an
+/// ephemeral loopback port: the instance, its metrics and that port.
+pub async fn serve_instance(
+    gateway: &super::TestGateway,
+    id: &str,
+    env: &str,
+) -> (
+    gatemesh_service::InstanceHandle,
+    std::sync::Arc<gatemesh_service::ServiceMetrics>,
+    SocketAddr,
+) {
+    use gatemesh_service::{Instance, ServiceMetrics, http::HttpState};
+    let mut registry = gatemesh_handlers::Registry::new();
+    registry
+        .method::<gatemesh_proto::methods::FindVpsByLease>(super::knows("aa:aa", "vps-a"))
+        .unwrap();
+    let metrics = std::sync::Arc::new(ServiceMetrics::for_instance());
+    let mut options = super::options(id, env);
+    options.dispatch.observer = Some(metrics.clone());
+    let instance = Instance::new(options, registry).start([gateway.url()]);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = HttpState::new(instance.id(), instance.links(), metrics.clone());
+    tokio::spawn(gatemesh_service::http::serve(
+        state,
+        listener,
+        std::future::pending(),
+    ));
+    (instance, metrics, addr)
 }

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod e2e;
 pub mod http;
 pub mod process;
 pub mod tls;

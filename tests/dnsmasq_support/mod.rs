@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub const DNSMASQ: &str = "/usr/sbin/dnsmasq";
+pub use crate::common::e2e::DNSMASQ;
 
 /// A fresh directory under the system temp dir, removed on drop.
 pub struct TempDir(pub PathBuf);
@@ -51,16 +51,6 @@ pub fn free_port() -> u16 {
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
-    }
-}
-
-/// Whether a dnsmasq binary is installed; prints why a test skips if not.
-pub fn have_dnsmasq() -> bool {
-    if Path::new(DNSMASQ).exists() {
-        true
-    } else {
-        eprintln!("SKIP: {DNSMASQ} is not installed (apt-get install dnsmasq)");
-        false
     }
 }
 
@@ -245,6 +235,13 @@ pub async fn wait_dns(port: u16, name: &str, expected: &[Ipv4Addr]) {
 // Network namespaces for the tests that run a real DHCP client
 // (dhcp_netns, ipam_netns).
 
+/// What a test with a real DHCP client needs: dnsmasq serving one
+/// namespace, busybox `udhcpc` in the other, and root to make them.
+pub const NETNS_NEEDS: &[crate::common::e2e::Need] = {
+    use crate::common::e2e::Need::*;
+    &[Dnsmasq, Busybox, Ip, NetworkNamespaces]
+};
+
 pub fn run(args: &[&str]) -> std::process::Output {
     Command::new(args[0])
         .args(&args[1..])
@@ -269,26 +266,6 @@ impl Drop for Namespaces {
     fn drop(&mut self) {
         for ns in &self.0 {
             let _ = run(&["ip", "netns", "del", ns]);
-        }
-    }
-}
-
-/// Why this machine cannot run the test, if it cannot.
-pub fn cannot_run(probe: &str) -> Option<String> {
-    for tool in ["/usr/sbin/dnsmasq", "/usr/bin/busybox"] {
-        if !std::path::Path::new(tool).exists() {
-            return Some(format!("{tool} is not installed"));
-        }
-    }
-    match Command::new("ip").args(["netns", "add", probe]).output() {
-        Err(e) => Some(format!("cannot run `ip`: {e}")),
-        Ok(out) if !out.status.success() => Some(format!(
-            "`ip netns add` is not permitted here: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )),
-        Ok(_) => {
-            let _ = run(&["ip", "netns", "del", probe]);
-            None
         }
     }
 }
