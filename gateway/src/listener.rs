@@ -39,7 +39,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -237,19 +237,102 @@ impl Burst {
     }
 }
 
+/// How far an accepted connection has come. It only moves forward, and
+/// ends either authenticated or evicted, never both: the two are decided
+/// by one compare-and-swap each, so the cap can never close a connection
+/// whose request has authenticated, and an evicted connection's request
+/// is refused rather than let in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+enum Progress {
+    /// Accepted; the TLS handshake (if any) is under way.
+    Accepted = 0,
+    /// Tonic took the connection over: after the TLS handshake, or at once
+    /// without TLS.
+    Connected = 1,
+    /// Requests came, none with the secret.
+    Requested = 2,
+    /// A request carried the secret: the deadline and the cap are lifted.
+    Authenticated = 3,
+    /// Closed to make room under the cap.
+    Evicted = 4,
+}
+
+impl Progress {
+    fn from_u8(value: u8) -> Self {
+        match value {
+            0 => Self::Accepted,
+            1 => Self::Connected,
+            2 => Self::Requested,
+            3 => Self::Authenticated,
+            _ => Self::Evicted,
+        }
+    }
+
+    fn settled(self) -> bool {
+        self >= Self::Authenticated
+    }
+}
+
 /// One accepted connection, as [`Connections`] and its [`ConnIo`] see it.
 #[derive(Debug)]
 struct Conn {
     id: u64,
     local: Option<SocketAddr>,
     remote: Option<SocketAddr>,
-    /// Tonic took the connection over: after the TLS handshake, or at once
-    /// without TLS.
-    handshaken: AtomicBool,
-    requested: AtomicBool,
-    authenticated: AtomicBool,
-    /// Cancelled to close the connection for the cap.
-    evict: CancellationToken,
+    /// A [`Progress`]; changed only through [`Conn::step`].
+    progress: AtomicU8,
+    /// Cancelled on eviction, to wake the connection's I/O to fail.
+    evicted: CancellationToken,
+}
+
+impl Conn {
+    fn progress(&self) -> Progress {
+        Progress::from_u8(self.progress.load(Ordering::Acquire))
+    }
+
+    /// Moves to `to` when `allowed` says so of the current progress;
+    /// returns the progress it found.
+    fn step(&self, to: Progress, allowed: impl Fn(Progress) -> bool) -> Result<Progress, Progress> {
+        let mut current = self.progress.load(Ordering::Acquire);
+        loop {
+            let found = Progress::from_u8(current);
+            if !allowed(found) {
+                return Err(found);
+            }
+            match self.progress.compare_exchange_weak(
+                current,
+                to as u8,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Ok(found),
+                Err(now) => current = now,
+            }
+        }
+    }
+
+    /// Forward to `to`, unless already there, past it, or settled.
+    fn reach(&self, to: Progress) {
+        let _ = self.step(to, |p| p < to && !p.settled());
+    }
+
+    /// A request on it carried the secret; false once it was evicted.
+    fn authenticate(&self) -> bool {
+        match self.step(Progress::Authenticated, |p| !p.settled()) {
+            Ok(_) => true,
+            Err(found) => found == Progress::Authenticated,
+        }
+    }
+
+    /// Closes it for the cap; false once it has authenticated.
+    fn evict(&self) -> bool {
+        let evicted = self.step(Progress::Evicted, |p| !p.settled()).is_ok();
+        if evicted {
+            self.evicted.cancel();
+        }
+        evicted
+    }
 }
 
 #[derive(Debug, Default)]
@@ -315,10 +398,8 @@ impl Connections {
                 id: table.next_id,
                 local,
                 remote: Some(remote),
-                handshaken: AtomicBool::new(false),
-                requested: AtomicBool::new(false),
-                authenticated: AtomicBool::new(false),
-                evict: CancellationToken::new(),
+                progress: AtomicU8::new(Progress::Accepted as u8),
+                evicted: CancellationToken::new(),
             });
             table.by_addr.insert((local, remote), conn.clone());
             table.unauthenticated.insert(conn.id, conn.clone());
@@ -326,12 +407,15 @@ impl Connections {
                 let Some((_, oldest)) = table.unauthenticated.pop_first() else {
                     break;
                 };
-                evicted.push(oldest);
+                // One that authenticated a moment ago is on its way out of
+                // this set: it stays open.
+                if oldest.evict() {
+                    evicted.push(oldest);
+                }
             }
             conn
         };
         for old in evicted {
-            old.evict.cancel();
             self.evicted.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(remote = ?old.remote, conn = old.id,
                 "closing the oldest unauthenticated connection to make room");
@@ -350,10 +434,14 @@ impl Connections {
         self.table.lock().by_addr.get(&(local, remote)).cloned()
     }
 
-    fn authenticated(&self, conn: &Conn) {
-        if !conn.authenticated.swap(true, Ordering::Relaxed) {
-            self.table.lock().unauthenticated.remove(&conn.id);
+    /// A request on `conn` carried the secret: it leaves the cap's set.
+    /// False when the cap evicted it first (its request is then refused).
+    fn authenticated(&self, conn: &Conn) -> bool {
+        if !conn.authenticate() {
+            return false;
         }
+        self.table.lock().unauthenticated.remove(&conn.id);
+        true
     }
 
     /// The connection is gone; its entries go if they are still its own.
@@ -532,9 +620,10 @@ pub(crate) fn layer(shared: &Shared) -> InterceptorLayer<Track> {
     })
 }
 
-/// Sees every request before the services do and never refuses one (each
-/// service checks the secret itself); a request that passes the check
-/// lifts its connection's deadline and takes it out of the cap.
+/// Sees every request before the services do and refuses none for its
+/// secret (each service checks that itself); a request that passes the
+/// check lifts its connection's deadline and takes it out of the cap. The
+/// one refusal: a connection the cap evicted a moment before.
 #[derive(Clone)]
 pub(crate) struct Track {
     connections: Arc<Connections>,
@@ -548,13 +637,23 @@ impl tonic::service::Interceptor for Track {
             .extensions()
             .get::<TcpConnectInfo>()
             .and_then(|info| self.connections.lookup(info.local_addr, info.remote_addr?));
-        if let Some(conn) = conn
-            && !conn.authenticated.load(Ordering::Relaxed)
-        {
-            conn.requested.store(true, Ordering::Relaxed);
-            if crate::auth::check_request(&request, &self.secret, self.secret_optional).is_ok() {
-                self.connections.authenticated(&conn);
+        let Some(conn) = conn else {
+            return Ok(request);
+        };
+        let evicted = match conn.progress() {
+            Progress::Authenticated => false,
+            Progress::Evicted => true,
+            _ => {
+                conn.reach(Progress::Requested);
+                crate::auth::check_request(&request, &self.secret, self.secret_optional).is_ok()
+                    && !self.connections.authenticated(&conn)
             }
+        };
+        if evicted {
+            return Err(Status::unavailable(
+                "connection closed to make room under the cap on unauthenticated connections; \
+                 connect again",
+            ));
         }
         Ok(request)
     }
@@ -645,10 +744,20 @@ pub struct ConnIo {
     deadline_after: Duration,
     /// Bytes read so far, up to the preface's length.
     read: usize,
-    /// Both `None` once authenticated.
-    deadline: Option<Pin<Box<Sleep>>>,
-    evicted: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
-    closed: Option<Closed>,
+    watch: Watch,
+}
+
+/// What [`ConnIo`] still watches for.
+enum Watch {
+    /// Unauthenticated: the deadline and the eviction.
+    Limits {
+        deadline: Pin<Box<Sleep>>,
+        evicted: Pin<Box<WaitForCancellationFutureOwned>>,
+    },
+    /// Authenticated: nothing any more.
+    Free,
+    /// Ended; every read and write fails with this.
+    Closed(Closed),
 }
 
 impl ConnIo {
@@ -658,7 +767,10 @@ impl ConnIo {
         connections: Arc<Connections>,
         limits: Limits,
     ) -> Self {
-        let evicted = Box::pin(conn.evict.clone().cancelled_owned());
+        let watch = Watch::Limits {
+            deadline: Box::pin(tokio::time::sleep(limits.deadline)),
+            evicted: Box::pin(conn.evicted.clone().cancelled_owned()),
+        };
         Self {
             stream,
             conn,
@@ -666,16 +778,15 @@ impl ConnIo {
             tls: limits.tls,
             deadline_after: limits.deadline,
             read: 0,
-            deadline: Some(Box::pin(tokio::time::sleep(limits.deadline))),
-            evicted: Some(evicted),
-            closed: None,
+            watch,
         }
     }
 
     fn stage(&self) -> Stage {
-        if self.conn.requested.load(Ordering::Relaxed) {
+        let progress = self.conn.progress();
+        if progress >= Progress::Requested {
             Stage::Unauthenticated
-        } else if self.tls && !self.conn.handshaken.load(Ordering::Relaxed) {
+        } else if self.tls && progress < Progress::Connected {
             Stage::Tls
         } else if !self.tls && self.read < PREFACE_LEN {
             Stage::Preface
@@ -688,33 +799,32 @@ impl ConnIo {
     /// deadline and the eviction so that a silent connection is woken to
     /// fail.
     fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        if let Some(closed) = self.closed {
-            return Err(closed.error());
+        let closed = match &mut self.watch {
+            Watch::Free => return Ok(()),
+            Watch::Closed(closed) => return Err(closed.error()),
+            Watch::Limits { deadline, evicted } => match self.conn.progress() {
+                Progress::Authenticated => None,
+                Progress::Evicted => Some(Closed::Evicted),
+                _ if evicted.as_mut().poll(cx).is_ready() => Some(Closed::Evicted),
+                _ if deadline.as_mut().poll(cx).is_ready() => {
+                    let stage = self.stage();
+                    self.connections
+                        .deadline_passed(&self.conn, stage, self.deadline_after);
+                    Some(Closed::Deadline(stage))
+                }
+                _ => return Ok(()),
+            },
+        };
+        match closed {
+            None => {
+                self.watch = Watch::Free;
+                Ok(())
+            }
+            Some(closed) => {
+                self.watch = Watch::Closed(closed);
+                Err(closed.error())
+            }
         }
-        if self.deadline.is_none() {
-            return Ok(());
-        }
-        if let Some(evicted) = &mut self.evicted
-            && evicted.as_mut().poll(cx).is_ready()
-        {
-            self.closed = Some(Closed::Evicted);
-            return Err(Closed::Evicted.error());
-        }
-        if self.conn.authenticated.load(Ordering::Relaxed) {
-            self.deadline = None;
-            self.evicted = None;
-            return Ok(());
-        }
-        if let Some(deadline) = &mut self.deadline
-            && deadline.as_mut().poll(cx).is_ready()
-        {
-            let stage = self.stage();
-            self.connections
-                .deadline_passed(&self.conn, stage, self.deadline_after);
-            self.closed = Some(Closed::Deadline(stage));
-            return Err(Closed::Deadline(stage).error());
-        }
-        Ok(())
     }
 }
 
@@ -730,7 +840,7 @@ impl Connected for ConnIo {
     /// Tonic asks once it serves the connection, after any TLS handshake:
     /// the handshake stage is over.
     fn connect_info(&self) -> TcpConnectInfo {
-        self.conn.handshaken.store(true, Ordering::Relaxed);
+        self.conn.reach(Progress::Connected);
         self.stream.connect_info()
     }
 }
@@ -862,6 +972,70 @@ mod tests {
         assert!(burst.hit(), "a new burst after a quiet period");
     }
 
+    /// Authentication and eviction race on a busy port: the request of a
+    /// connection arrives as the accept loop makes room. Whichever comes
+    /// first decides, and a connection is never both.
+    #[test]
+    fn the_cap_never_evicts_an_authenticated_connection() {
+        let c = Connections::default();
+        let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let local = Some(addr(1537));
+        let early = c.admit(local, addr(1), 1);
+        // Its request authenticates before the next connection comes.
+        assert!(c.authenticated(&early));
+        let late = c.admit(local, addr(2), 1);
+        let _third = c.admit(local, addr(3), 1);
+        assert_eq!(early.progress(), Progress::Authenticated);
+        assert!(!early.evicted.is_cancelled());
+        // `late` was evicted first; its request, arriving now, is refused.
+        assert_eq!(late.progress(), Progress::Evicted);
+        assert!(!c.authenticated(&late));
+        assert_eq!(late.progress(), Progress::Evicted, "never both");
+        // One authenticated while still in the cap's set is passed over.
+        let c = Connections::default();
+        let raced = c.admit(local, addr(4), 1);
+        assert!(
+            raced.authenticate(),
+            "authenticated, not yet out of the set"
+        );
+        let _next = c.admit(local, addr(5), 1);
+        assert_eq!(raced.progress(), Progress::Authenticated);
+        assert_eq!(c.evicted(), 0);
+    }
+
+    #[test]
+    fn an_evicted_connections_request_is_refused_and_an_authenticated_one_passes() {
+        use tonic::service::Interceptor as _;
+        let c = Arc::new(Connections::default());
+        let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let local = Some(addr(1537));
+        let evicted = c.admit(local, addr(1), 1);
+        let kept = c.admit(local, addr(2), 1);
+        assert_eq!(evicted.progress(), Progress::Evicted);
+        let mut track = Track {
+            connections: c.clone(),
+            secret: gatemesh_runtime::Secret::new("s"),
+            secret_optional: false,
+        };
+        let request = |remote| {
+            let mut request = tonic::Request::new(());
+            request
+                .metadata_mut()
+                .insert(gatemesh_proto::SECRET_METADATA_KEY, "s".parse().unwrap());
+            request.extensions_mut().insert(TcpConnectInfo {
+                local_addr: local,
+                remote_addr: Some(remote),
+            });
+            request
+        };
+        let refused = track.call(request(addr(1))).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unavailable);
+        assert_eq!(evicted.progress(), Progress::Evicted);
+        track.call(request(addr(2))).unwrap();
+        assert_eq!(kept.progress(), Progress::Authenticated);
+        assert_eq!(c.unauthenticated(), 0);
+    }
+
     #[test]
     fn past_the_cap_the_oldest_unauthenticated_connection_is_told_to_close() {
         let c = Connections::default();
@@ -869,13 +1043,14 @@ mod tests {
         let local = Some(addr(1537));
         let first = c.admit(local, addr(1), 2);
         let second = c.admit(local, addr(2), 2);
-        c.authenticated(&first);
+        assert!(c.authenticated(&first));
         let third = c.admit(local, addr(3), 2);
-        assert!(!first.evict.is_cancelled(), "authenticated: exempt");
+        assert_eq!(first.progress(), Progress::Authenticated, "exempt");
         assert_eq!(c.unauthenticated(), 2);
         let fourth = c.admit(local, addr(4), 2);
-        assert!(second.evict.is_cancelled(), "the oldest unauthenticated");
-        assert!(!third.evict.is_cancelled() && !fourth.evict.is_cancelled());
+        assert_eq!(second.progress(), Progress::Evicted, "the oldest");
+        assert!(second.evicted.is_cancelled());
+        assert!(!third.evicted.is_cancelled() && !fourth.evicted.is_cancelled());
         assert_eq!((c.evicted(), c.unauthenticated(), c.open()), (1, 2, 4));
         assert!(c.cap_problem().is_some());
         assert!(c.lookup(local, addr(3)).is_some_and(|x| x.id == third.id));
