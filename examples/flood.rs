@@ -19,10 +19,10 @@ use gatemesh_gateway::{Gateway, GatewayConfig, Mesh};
 use gatemesh_handlers::Registry;
 use gatemesh_proto::methods::FindVpsByLease;
 use gatemesh_proto::pb;
+use gatemesh_proto::pb::instance_message::Kind;
 use gatemesh_proto::pb::{FindVpsByLeaseRequest, FindVpsByLeaseResponse};
 use gatemesh_runtime::Secret;
 use gatemesh_service::{Instance, InstanceOptions};
-use gatemesh_proto::pb::instance_message::Kind;
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt as _;
 
@@ -85,11 +85,7 @@ async fn main() -> anyhow::Result<()> {
 
 /// Calls the polite instance one after another until `running` goes
 /// false (or `limit` passes); returns each call's latency.
-async fn latencies(
-    mesh: &Mesh,
-    limit: Duration,
-    running: Option<&AtomicBool>,
-) -> Vec<Duration> {
+async fn latencies(mesh: &Mesh, limit: Duration, running: Option<&AtomicBool>) -> Vec<Duration> {
     let started = Instant::now();
     let mut latencies = Vec::new();
     while started.elapsed() < limit && running.is_none_or(|r| r.load(Ordering::Relaxed)) {

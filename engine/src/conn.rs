@@ -173,8 +173,10 @@ pub struct Conn<D: Direction> {
     frames_at_tick: AtomicU64,
     /// When (ms after `epoch`) a frame last arrived, as of the last tick.
     last_seen_ms: AtomicU64,
-    /// Since when (ms after `epoch`, plus one) the queue has been full; 0
-    /// when it is not.
+    /// Since when (ms after `epoch`, plus one) the queue has been full
+    /// without the writer taking a frame; 0 when it is not. Set by the
+    /// first refused send, cleared by every send that fits and by the
+    /// writer, so a run of fullness is timed from its own start.
     full_since_ms: AtomicU64,
     stuck_after: Duration,
     /// Woken when a call is abandoned and none was waiting to be told: the
@@ -244,9 +246,7 @@ impl<D: Direction> Conn<D> {
         }
         match self.tx.try_send(frame) {
             Ok(()) => {
-                if self.full_since_ms.load(Ordering::Relaxed) != 0 {
-                    self.full_since_ms.store(0, Ordering::Relaxed);
-                }
+                self.not_full();
                 Ok(())
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -255,6 +255,13 @@ impl<D: Direction> Conn<D> {
                 Err(SendError::Full)
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Closed),
+        }
+    }
+
+    /// The queue has room again (a send fitted, or the writer took a frame).
+    pub(crate) fn not_full(&self) {
+        if self.full_since_ms.load(Ordering::Relaxed) != 0 {
+            self.full_since_ms.store(0, Ordering::Relaxed);
         }
     }
 
@@ -500,6 +507,53 @@ mod tests {
             rx.try_recv().is_err(),
             "no cancel for the one that answered"
         );
+    }
+
+    /// The queue filled once and the writer drained it; much later it is
+    /// full again, of answers (which never pass through `send`). "Stuck"
+    /// is timed from the start of this run of fullness, not the old one.
+    #[tokio::test(start_paused = true)]
+    async fn stuck_is_timed_from_the_current_run_of_fullness() {
+        use futures_util::StreamExt as _;
+        let mut registry = GatewayRegistry::new();
+        registry
+            .method::<gatemesh_proto::methods::GetGatewayInfo>(|_ctx, _req| async {
+                Ok(pb::GetGatewayInfoResponse::default())
+            })
+            .unwrap();
+        let (conn, rx) = Conn::<AtGateway>::new(ConnConfig {
+            id: 1,
+            queue_capacity: 2,
+            stuck_after: Duration::from_secs(10),
+            handlers: Arc::new(registry.into_handlers()),
+            dispatch: DispatchConfig::default(),
+            permits: Arc::new(Semaphore::new(4)),
+            observer: Arc::new(Unobserved),
+        });
+        let mut writer = crate::Outbound::new(conn.clone(), rx);
+        let ping = || Frame::Ping(pb::Ping { nonce: 1 });
+        conn.send(ping()).unwrap();
+        conn.send(ping()).unwrap();
+        assert_eq!(conn.send(ping()), Err(SendError::Full));
+        // The writer catches up.
+        writer.next().await.unwrap().unwrap();
+        writer.next().await.unwrap().unwrap();
+        tokio::time::advance(Duration::from_secs(60)).await;
+        // Two answers fill the queue again.
+        for id in 1..=2 {
+            let request = pb::Request {
+                id,
+                method: "GetGatewayInfo".into(),
+                timeout_ms: 1000,
+                ..Default::default()
+            };
+            conn.dispatcher()
+                .dispatch(gatemesh_handlers::Caller::new("i", "prod"), request)
+                .unwrap();
+        }
+        assert_eq!(conn.queue_depth(), 2);
+        assert!(!conn.is_stuck(), "full for a moment, not for a minute");
+        assert!(!conn.is_closed());
     }
 
     #[tokio::test]

@@ -60,6 +60,7 @@ impl<D: Direction> Stream for Outbound<D> {
                     if !this.conn.is_closed()
                         && let Poll::Ready(Some(frame)) = this.rx.poll_recv(cx)
                     {
+                        this.conn.not_full();
                         return Poll::Ready(Some(Ok(frame)));
                     }
                     if !this.conn.is_closed() && this.closed.as_mut().poll(cx).is_pending() {

@@ -38,129 +38,135 @@ impl pb::gateway_server::Gateway for GatewayService {
         &self,
         request: Request<Streaming<pb::InstanceMessage>>,
     ) -> Result<Response<Outbound<AtGateway>>, Status> {
-        let shared = &self.shared;
         let remote_addr = request.remote_addr();
-        let mtls = shared.config.tls.as_ref().is_some_and(|t| t.is_mtls());
-        let peer_certs = mtls.then(|| request.peer_certs()).flatten();
-        let secret_optional = shared.config.secret_optional_with_cert();
-        if let Err(status) =
-            auth::check_request(&request, &shared.config.api_secret, secret_optional)
-        {
-            Stats::bump(&shared.stats.refused_streams);
-            tracing::warn!(
-                remote = remote_addr.map(tracing::field::display),
-                reason = status.message(),
-                "stream refused"
-            );
-            return Err(status);
-        }
-        if shared.is_draining() {
-            return Err(Status::unavailable("gateway is draining"));
-        }
-        let mut inbound = request.into_inner();
-        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
-            Err(_) => return Err(Status::deadline_exceeded("no hello within 10 s")),
-            Ok(Err(status)) => return Err(status),
-            Ok(Ok(None)) => return Err(Status::cancelled("stream closed before hello")),
-            Ok(Ok(Some(pb::InstanceMessage {
-                kind: Some(InKind::Hello(hello)),
-            }))) => hello,
-            Ok(Ok(Some(_))) => {
-                Stats::bump(&shared.stats.refused_streams);
-                return Err(Status::invalid_argument("the first message must be hello"));
-            }
-        };
-        if let Err(status) = validate_hello(&hello) {
-            Stats::bump(&shared.stats.refused_streams);
-            tracing::warn!(
-                remote = remote_addr.map(tracing::field::display),
-                reason = status.message(),
-                "hello refused"
-            );
-            return Err(status);
-        }
-        if mtls && let Err(status) = tls::check_identity(peer_certs.as_deref(), &hello.instance_id)
-        {
-            Stats::bump(&shared.stats.refused_streams);
-            tracing::warn!(
-                remote = remote_addr.map(tracing::field::display),
-                reason = status.message(),
-                "identity refused"
-            );
-            return Err(status);
-        }
-
-        let info = PeerInfo {
-            id: hello.instance_id.into(),
-            environment: hello.environment.into(),
-            version: hello.version,
-            methods: hello.methods.into_iter().collect(),
-            remote_addr,
-            connected_since: SystemTime::now(),
-        };
-        let config = &shared.config;
-        let (conn, rx) = Conn::new(ConnConfig {
-            id: shared.next_conn_id(),
-            queue_capacity: config.queue_capacity,
-            stuck_after: config.stuck_timeout(),
-            handlers: shared.registry.clone(),
-            dispatch: shared.dispatch.clone(),
-            permits: shared.permits.clone(),
-            observer: shared.stats.clone(),
-        });
-        let peer = Arc::new(Peer::new(info, conn.clone()));
-        let welcome = pb::Welcome {
-            gateway_id: shared.gateway_id.clone(),
-            heartbeat_interval_ms: config.heartbeat_interval_ms as u32,
-            protocol_version: PROTOCOL_VERSION,
-            max_missed_heartbeats: config.max_missed_heartbeats,
-            methods: shared.registry.methods(),
-            max_message_bytes: config.max_message_bytes as u64,
-        };
-        // The queue is new and empty, so this cannot fail.
-        let _ = conn.send_out(pb::GatewayMessage {
-            kind: Some(Kind::Welcome(welcome)),
-        });
-        let outbound = Outbound::new(conn.clone(), rx);
-
-        match shared.instances.insert(peer.clone()) {
-            Err(_closed) => return Err(Status::unavailable("gateway is draining")),
-            Ok(Some(old)) => {
-                Stats::bump(&shared.stats.replaced);
-                tracing::info!(instance = %old.id(), old_conn = old.conn_id(), new_conn = peer.conn_id(),
-                    "instance re-registered; closing its older stream");
-                old.close(Disconnect::Replaced);
-            }
-            Ok(None) => {}
-        }
-        Stats::bump(&shared.stats.registrations);
-        tracing::info!(
-            instance = %peer.info.id,
-            environment = %peer.info.environment,
-            version = %peer.info.version,
-            methods = %sorted(&peer.info.methods).join(","),
-            remote = remote_addr.map(tracing::field::display),
-            conn = peer.conn_id(),
-            "instance registered"
-        );
-        let session = Session {
-            peer: Caller::new(peer.info.id.clone(), peer.info.environment.clone()),
-            heartbeat: Heartbeat {
-                interval: config.heartbeat_interval(),
-                liveness: config.liveness_timeout(),
-                ping: true,
-            },
-            max_payload: config.max_message_bytes,
-        };
-        let end = Registered {
-            shared: shared.clone(),
-            peer,
-        };
-        shared
-            .tasks
-            .spawn(gatemesh_engine::serve(conn, inbound, session, end));
-        Ok(Response::new(outbound))
+        let (hello, inbound) = handshake(&self.shared, request).await?;
+        register(&self.shared, hello, remote_addr, inbound).map(Response::new)
     }
+}
+
+/// The secret, then a valid hello within [`HELLO_TIMEOUT`], then (under
+/// mTLS) the hello's id against the client certificate. Every refusal is
+/// counted and logged with the peer's address.
+async fn handshake(
+    shared: &Shared,
+    request: Request<Streaming<pb::InstanceMessage>>,
+) -> Result<(pb::Hello, Streaming<pb::InstanceMessage>), Status> {
+    let remote_addr = request.remote_addr();
+    let refused = |status: Status, what: &str| {
+        Stats::bump(&shared.stats.refused_streams);
+        tracing::warn!(
+            remote = remote_addr.map(tracing::field::display),
+            reason = status.message(),
+            "{what}"
+        );
+        status
+    };
+    let mtls = shared.config.tls.as_ref().is_some_and(|t| t.is_mtls());
+    let peer_certs = mtls.then(|| request.peer_certs()).flatten();
+    let secret_optional = shared.config.secret_optional_with_cert();
+    auth::check_request(&request, &shared.config.api_secret, secret_optional)
+        .map_err(|status| refused(status, "stream refused"))?;
+    if shared.is_draining() {
+        return Err(Status::unavailable("gateway is draining"));
+    }
+    let mut inbound = request.into_inner();
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+        Err(_) => return Err(Status::deadline_exceeded("no hello within 10 s")),
+        Ok(Err(status)) => return Err(status),
+        Ok(Ok(None)) => return Err(Status::cancelled("stream closed before hello")),
+        Ok(Ok(Some(pb::InstanceMessage {
+            kind: Some(InKind::Hello(hello)),
+        }))) => hello,
+        Ok(Ok(Some(_))) => {
+            Stats::bump(&shared.stats.refused_streams);
+            return Err(Status::invalid_argument("the first message must be hello"));
+        }
+    };
+    validate_hello(&hello).map_err(|status| refused(status, "hello refused"))?;
+    if mtls {
+        tls::check_identity(peer_certs.as_deref(), &hello.instance_id)
+            .map_err(|status| refused(status, "identity refused"))?;
+    }
+    Ok((hello, inbound))
+}
+
+/// Makes the instance's stream, welcomes it, puts it in the table (closing
+/// an older stream of the same id) and starts the engine's read loop.
+fn register(
+    shared: &Arc<Shared>,
+    hello: pb::Hello,
+    remote_addr: Option<std::net::SocketAddr>,
+    inbound: Streaming<pb::InstanceMessage>,
+) -> Result<Outbound<AtGateway>, Status> {
+    let info = PeerInfo {
+        id: hello.instance_id.into(),
+        environment: hello.environment.into(),
+        version: hello.version,
+        methods: hello.methods.into_iter().collect(),
+        remote_addr,
+        connected_since: SystemTime::now(),
+    };
+    let config = &shared.config;
+    let (conn, rx) = Conn::new(ConnConfig {
+        id: shared.next_conn_id(),
+        queue_capacity: config.queue_capacity,
+        stuck_after: config.stuck_timeout(),
+        handlers: shared.registry.clone(),
+        dispatch: shared.dispatch.clone(),
+        permits: shared.permits.clone(),
+        observer: shared.stats.clone(),
+    });
+    let peer = Arc::new(Peer::new(info, conn.clone()));
+    let welcome = pb::Welcome {
+        gateway_id: shared.gateway_id.clone(),
+        heartbeat_interval_ms: config.heartbeat_interval_ms as u32,
+        protocol_version: PROTOCOL_VERSION,
+        max_missed_heartbeats: config.max_missed_heartbeats,
+        methods: shared.registry.methods(),
+        max_message_bytes: config.max_message_bytes as u64,
+    };
+    // The queue is new and empty, so this cannot fail.
+    let _ = conn.send_out(pb::GatewayMessage {
+        kind: Some(Kind::Welcome(welcome)),
+    });
+    let outbound = Outbound::new(conn.clone(), rx);
+    match shared.instances.insert(peer.clone()) {
+        Err(_closed) => return Err(Status::unavailable("gateway is draining")),
+        Ok(Some(old)) => {
+            Stats::bump(&shared.stats.replaced);
+            tracing::info!(instance = %old.id(), old_conn = old.conn_id(), new_conn = peer.conn_id(),
+                "instance re-registered; closing its older stream");
+            old.close(Disconnect::Replaced);
+        }
+        Ok(None) => {}
+    }
+    Stats::bump(&shared.stats.registrations);
+    tracing::info!(
+        instance = %peer.info.id,
+        environment = %peer.info.environment,
+        version = %peer.info.version,
+        methods = %sorted(&peer.info.methods).join(","),
+        remote = remote_addr.map(tracing::field::display),
+        conn = peer.conn_id(),
+        "instance registered"
+    );
+    let session = Session {
+        peer: Caller::new(peer.info.id.clone(), peer.info.environment.clone()),
+        heartbeat: Heartbeat {
+            interval: config.heartbeat_interval(),
+            liveness: config.liveness_timeout(),
+            ping: true,
+        },
+        max_payload: config.max_message_bytes,
+    };
+    let end = Registered {
+        shared: shared.clone(),
+        peer,
+    };
+    shared
+        .tasks
+        .spawn(gatemesh_engine::serve(conn, inbound, session, end));
+    Ok(outbound)
 }
 
 /// The gateway's part of a registered stream.
