@@ -14,13 +14,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use gatemesh_dnsmasq::{DnsmasqError, leases, unix_now};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot};
 
-use super::table::{self, Allocate, Done, Mac, Refusal, Refused, Release, Table};
-use super::{IpamConfig, Pool};
-use crate::dhcp::leases;
-use crate::dnsmasq;
+use crate::IpamConfig;
+use crate::pool::Pool;
+use crate::table::{self, Allocate, Done, IpRefusal, Mac, Refused, Release, Table};
 
 /// Requests applied in one batch at most.
 const MAX_BATCH: usize = 512;
@@ -28,6 +28,9 @@ const MAX_BATCH: usize = 512;
 pub(crate) const QUEUE: usize = 4096;
 /// Reads of the lease file that may be spent waiting for it to settle.
 const LEASE_READS: usize = 5;
+
+/// Addresses held by active IPv4 leases, and their MACs.
+type Leased = HashMap<Ipv4Addr, Mac>;
 
 pub(crate) enum Op {
     Allocate(Allocate),
@@ -45,7 +48,7 @@ pub(crate) struct Job {
 pub struct IpamStats {
     pub allocations: AtomicU64,
     pub releases: AtomicU64,
-    pub refusals: [AtomicU64; Refusal::ALL.len()],
+    pub refusals: [AtomicU64; IpRefusal::ALL.len()],
     pub writes: AtomicU64,
     pub write_failures: AtomicU64,
     pub reloads: AtomicU64,
@@ -57,13 +60,16 @@ pub struct IpamStats {
 }
 
 impl IpamStats {
-    pub fn refused(&self, reason: Refusal) -> u64 {
-        let i = Refusal::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+    pub fn refused(&self, reason: IpRefusal) -> u64 {
+        let i = IpRefusal::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
         self.refusals[i].load(Relaxed)
     }
 
-    pub(crate) fn count_refusal(&self, reason: Refusal) {
-        if let Some(i) = Refusal::ALL.iter().position(|r| *r == reason) {
+    pub(crate) fn count_refusal(&self, reason: IpRefusal) {
+        if let Some(i) = IpRefusal::ALL.iter().position(|r| *r == reason) {
             self.refusals[i].fetch_add(1, Relaxed);
         }
     }
@@ -76,27 +82,14 @@ pub(crate) struct Owner {
     pub(crate) stats: Arc<IpamStats>,
 }
 
-pub(crate) use crate::dhcp::manager::unix_now;
-
 /// The reservations file's table; an absent file is an empty table. Left
 /// temporary files of a write cut short are removed: the rename never
 /// happened, so they hold nothing acknowledged.
 pub(crate) fn load(path: &Path) -> Result<Table, String> {
-    if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
-        let prefix = format!(".{}.", name.to_string_lossy());
-        let dir = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        };
-        if let Ok(entries) = std::fs::read_dir(dir) {
-            for entry in entries.flatten() {
-                let n = entry.file_name().to_string_lossy().to_string();
-                if n.starts_with(&prefix) && n.ends_with(".tmp") {
-                    let _ = std::fs::remove_file(entry.path());
-                }
-            }
-        }
+    // A directory that cannot be swept cannot be written either: the first
+    // write says so, where it is counted and shown.
+    if let Err(e) = gatemesh_dnsmasq::remove_leftovers(path) {
+        tracing::debug!(error = %e, "temporary files of the reservations file not swept");
     }
     match std::fs::read_to_string(path) {
         Ok(text) => table::parse(&text).map_err(|e| format!("{}: {e}", path.display())),
@@ -108,7 +101,7 @@ pub(crate) fn load(path: &Path) -> Result<Table, String> {
 /// Active IPv4 leases' addresses and MACs. dnsmasq rewrites its file in
 /// place, so a read is used once two reads agree (or after a few tries,
 /// the last one): a half-read file could hide a lease.
-fn read_leases(path: &Path) -> HashMap<Ipv4Addr, Mac> {
+fn read_leases(path: &Path) -> Leased {
     let mut last: Option<Vec<u8>> = None;
     for _ in 0..LEASE_READS {
         let bytes = std::fs::read(path).unwrap_or_default();
@@ -142,8 +135,8 @@ impl Owner {
         Ok(())
     }
 
-    fn write(&self, text: String) -> Result<(), dnsmasq::DnsmasqError> {
-        match dnsmasq::write_atomically(&self.config.reservations_file, &text) {
+    fn write(&self, text: String) -> Result<(), DnsmasqError> {
+        match gatemesh_dnsmasq::write_atomically(&self.config.reservations_file, &text) {
             Ok(()) => {
                 self.stats.writes.fetch_add(1, Relaxed);
                 *self.stats.write_error.lock() = None;
@@ -163,7 +156,7 @@ impl Owner {
         let Some(pid_file) = &self.config.pid_file else {
             return;
         };
-        match dnsmasq::reload(pid_file) {
+        match gatemesh_dnsmasq::reload(pid_file) {
             Ok(pid) => {
                 self.stats.reloads.fetch_add(1, Relaxed);
                 *self.stats.reload_error.lock() = None;
@@ -216,7 +209,7 @@ impl Owner {
             Some(path) if batch.iter().any(|j| matches!(j.op, Op::Allocate(_))) => {
                 read_leases(path)
             }
-            _ => HashMap::new(),
+            _ => Leased::new(),
         };
         let current = self.table.read().clone();
         let mut next = (*current).clone();
@@ -242,7 +235,7 @@ impl Owner {
                 for r in &mut results {
                     if r.is_ok() {
                         *r = Err(Refused::new(
-                            Refusal::Persist,
+                            IpRefusal::Persist,
                             format!("the reservation could not be made durable: {e}"),
                         ));
                     }
