@@ -4,9 +4,9 @@
 //! and the IP allocator both go through here, so both follow one set of
 //! rules.
 //!
-//! - [`write`]: [`write_atomically`], an atomic replacement of a file
-//!   dnsmasq reads, and the sweep of the temporary files a write cut short
-//!   left behind.
+//! - [`write`]: [`write_atomically`], a locked, atomic and durable
+//!   replacement of a file dnsmasq reads, and the sweep of the temporary
+//!   files a write cut short left behind.
 //! - [`signal`]: [`reload`], SIGHUP to the pid in dnsmasq's pid file, sent
 //!   only once `/proc` says that process is dnsmasq.
 //! - [`leases`]: the lease-file parser; takes any bytes, never fails.
