@@ -138,6 +138,9 @@ impl Ipam {
         if let Some(e) = &*self.stats.reload_error.lock() {
             problems.push(format!("dnsmasq reload failed: {e}"));
         }
+        if let Some(e) = &*self.stats.lease_error.lock() {
+            problems.push(format!("lease file unreadable: {e}"));
+        }
         (!problems.is_empty()).then(|| problems.join("; "))
     }
 
@@ -290,6 +293,7 @@ impl Ipam {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     /// A fresh directory, removed on drop.
     struct Dir(tempfile::TempDir);
@@ -458,6 +462,86 @@ mod tests {
             .unwrap();
         assert_eq!(ok.reservation.unwrap().ip, "10.1.0.10");
         assert_eq!(ipam.problem(), None);
+    }
+
+    /// A lease file whose lease for 10.1.0.10 (another MAC's) comes a
+    /// moment after `head`, as dnsmasq rewrites it in place: truncated,
+    /// then written line by line.
+    async fn allocate_while_the_lease_file_is_rewritten(
+        name: &str,
+        head: &str,
+        rest_after: Duration,
+    ) -> pb::AllocateIpResponse {
+        let dir = Dir::new(name);
+        let leases = dir.join("dnsmasq.leases");
+        let later = gatemesh_dnsmasq::unix_now() + 3600;
+        let full = format!(
+            "{later} 52:54:00:99:99:01 10.1.0.9 other *\n\
+             {later} 52:54:00:99:99:02 10.1.0.10 other *\n"
+        );
+        std::fs::write(&leases, head.replace("LATER", &later.to_string())).unwrap();
+        let mut config = config(&dir, "10.1.0.10-10.1.0.11");
+        config.leases_file = Some(leases.clone());
+        let ipam = Ipam::start(config).unwrap();
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(rest_after).await;
+            std::fs::write(&leases, full).unwrap();
+        });
+        let answer = ipam
+            .allocate(&caller("prod"), alloc("vps-a", &mac(1)))
+            .await
+            .unwrap();
+        writer.await.unwrap();
+        answer
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_file_read_in_the_middle_of_a_rewrite_is_read_again_a_moment_later() {
+        // Two reads back to back agree on the first line alone.
+        let a = allocate_while_the_lease_file_is_rewritten(
+            "between-lines",
+            "LATER 52:54:00:99:99:01 10.1.0.9 other *\n",
+            crate::settings::LEASE_SETTLE.pause / 2,
+        )
+        .await;
+        assert_eq!(a.reservation.unwrap().ip, "10.1.0.11", "10 is leased");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_file_cut_in_the_middle_of_a_line_is_not_used() {
+        // However long the cut stays, a line without its newline is being
+        // written: what follows it is not there yet.
+        let a = allocate_while_the_lease_file_is_rewritten(
+            "mid-line",
+            "LATER 52:54:00:99:99:01 10.1.0.9 other 01:52",
+            crate::settings::LEASE_SETTLE.pause * 3 / 2,
+        )
+        .await;
+        assert_eq!(a.reservation.unwrap().ip, "10.1.0.11", "10 is leased");
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_lease_file_refuses_allocations_instead_of_ignoring_leases() {
+        let dir = Dir::new("unreadable-leases");
+        let leases = dir.join("dnsmasq.leases");
+        // Reading a directory fails (EISDIR), as an unreadable file would.
+        std::fs::create_dir(&leases).unwrap();
+        let mut config = config(&dir, "10.1.0.10-10.1.0.11");
+        config.leases_file = Some(leases);
+        let ipam = Ipam::start(config).unwrap();
+        let e = ipam
+            .allocate(&caller("prod"), alloc("vps-a", &mac(1)))
+            .await
+            .unwrap_err();
+        assert_eq!(e.reason, IpRefusal::Unavailable, "{e}");
+        assert!(e.message.contains("lease file"), "{e}");
+        assert!(ipam.table().is_empty());
+        assert!(
+            ipam.problem()
+                .unwrap()
+                .starts_with("lease file unreadable: cannot read the lease file"),
+            "/health says why"
+        );
     }
 
     #[tokio::test]

@@ -4,7 +4,9 @@
 //! own (dnsmasq's lease and pid files, the VPS hostname prefix).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
+use gatemesh_dnsmasq::Settle;
 use gatemesh_runtime::ConfigError;
 use gatemesh_runtime::env::ensure;
 use serde::Deserialize;
@@ -95,6 +97,14 @@ impl IpamSettings {
     }
 }
 
+/// How the allocator waits for a lease file dnsmasq is rewriting: the
+/// settle pause of the DHCP manager, and a few reads, since a batch of
+/// requests waits for them.
+pub const LEASE_SETTLE: Settle = Settle {
+    pause: Duration::from_millis(20),
+    attempts: 5,
+};
+
 /// What the allocator runs with.
 #[derive(Debug, Clone)]
 pub struct IpamConfig {
@@ -105,6 +115,8 @@ pub struct IpamConfig {
     /// dnsmasq's lease file: an address leased to another MAC is never
     /// handed out. Unset: leases are not checked.
     pub leases_file: Option<PathBuf>,
+    /// How a read of the lease file waits for dnsmasq to finish a rewrite.
+    pub lease_settle: Settle,
     /// dnsmasq's pid file, for the SIGHUP after each change.
     pub pid_file: Option<PathBuf>,
     /// A release from another environment than the allocator's is allowed.
@@ -121,6 +133,7 @@ impl IpamConfig {
             pool,
             reservations_file: reservations_file.into(),
             leases_file: None,
+            lease_settle: LEASE_SETTLE,
             pid_file: None,
             release_any_environment: false,
             hostname_prefix: "vps-".into(),

@@ -123,7 +123,8 @@ pub enum IpRefusal {
     NotFound,
     /// The reservations file could not be written; nothing changed.
     Persist,
-    /// The allocator is not running.
+    /// The allocator cannot answer now: it is not running, or the lease
+    /// file it must check cannot be read.
     Unavailable,
 }
 
