@@ -13,9 +13,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
-use gatemesh_gateway::dhcp::{DhcpConfig, DhcpManager};
+use gatemesh_dhcp::{DhcpConfig, DhcpManager};
 use gatemesh_gateway::{CallError, Gateway, GatewayConfig};
 use gatemesh_handlers::Registry;
+use gatemesh_node::{MeshResolver, Node, NodeSettings};
 use gatemesh_proto::methods::{AllocateIp, FindVpsByLease, ReleaseIp};
 use gatemesh_proto::pb::{AllocateIpRequest, FindVpsByLeaseRequest, ReleaseIpRequest};
 use gatemesh_runtime::Secret;
@@ -85,7 +86,10 @@ async fn dhcp_flow(gateway: &Gateway) -> anyhow::Result<()> {
     println!("\nDHCP manager: watching {}", leases.display());
     let (manager, handle) = DhcpManager::new(DhcpConfig::new(&leases, &hosts));
     let stop = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn(manager.run(gateway.mesh(), stop.clone().cancelled_owned()));
+    let task = tokio::spawn(manager.run(
+        MeshResolver::new(gateway.mesh()),
+        stop.clone().cancelled_owned(),
+    ));
     handle
         .wait_until(|s| s.resolved == 3 && s.calls >= 5 && s.in_flight == 0 && s.hosts_entries == 3)
         .await;
@@ -172,7 +176,10 @@ IP allocator: pool 10.0.5.10-10.0.5.20, reservations in {}",
     println!("the VM boots and dnsmasq leases it {ip}");
     let (manager, handle) = DhcpManager::new(DhcpConfig::new(&leases, &hosts));
     let stop = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn(manager.run(gateway.mesh(), stop.clone().cancelled_owned()));
+    let task = tokio::spawn(manager.run(
+        MeshResolver::new(gateway.mesh()),
+        stop.clone().cancelled_owned(),
+    ));
     handle
         .wait_until(|s| s.resolved == 1 && s.hosts_entries == 1)
         .await;
@@ -208,9 +215,10 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let mut config = GatewayConfig::with_secret(SECRET);
     config.id = Some("demo-gateway".into());
-    config.ip_pool = Some("10.0.5.10-10.0.5.20".into());
-    config.ip_reservations_file = Some(dir.join("vps.dhcp-hosts"));
-    let (gateway, _) = Gateway::from_config(config)?;
+    let mut settings = NodeSettings::new(config);
+    settings.ipam.ip_pool = Some("10.0.5.10-10.0.5.20".into());
+    settings.ipam.ip_reservations_file = Some(dir.join("vps.dhcp-hosts"));
+    let gateway = Node::start(settings)?.gateway;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(gateway.clone().serve(listener, async {
         let _ = stopped.await;

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use gatemesh_gateway::dhcp::{DhcpConfig, DhcpManager};
+use gatemesh_dhcp::{DhcpConfig, DhcpManager};
 use gatemesh_gateway::{Gateway, GatewayConfig};
 use gatemesh_handlers::Registry;
+use gatemesh_node::MeshResolver;
 use gatemesh_proto::methods::FindVpsByLease;
 use gatemesh_proto::pb::{FindVpsByLeaseRequest, FindVpsByLeaseResponse};
 use gatemesh_runtime::Secret;
@@ -103,7 +104,10 @@ async fn main() -> anyhow::Result<()> {
     let (manager, handle) = DhcpManager::new(dhcp);
     let stop = CancellationToken::new();
     let started = Instant::now();
-    let task = tokio::spawn(manager.run(gateway.mesh(), stop.clone().cancelled_owned()));
+    let task = tokio::spawn(manager.run(
+        MeshResolver::new(gateway.mesh()),
+        stop.clone().cancelled_owned(),
+    ));
     let complete = handle.wait_until(|s| s.hosts_entries == leases).await;
     let elapsed = started.elapsed();
     anyhow::ensure!(complete, "the manager stopped early");

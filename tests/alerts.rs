@@ -16,7 +16,7 @@ use std::process::Command;
 use common::e2e::{self, Need};
 use common::*;
 use dnsmasq_support::TempDir;
-use gatemesh_gateway::{Gateway, GatewayConfig};
+use gatemesh_node::{Node, NodeSettings};
 use tokio::net::TcpListener;
 
 const RULES: &str = "deploy/prometheus/gatemesh.rules.yml";
@@ -267,14 +267,14 @@ async fn live_exposition() -> (BTreeSet<String>, String) {
     init_logs();
     let dir = TempDir::new("alerts-live");
     std::fs::write(dir.join("dnsmasq.leases"), "").unwrap();
-    let mut config: GatewayConfig = config();
-    config.dhcp_leases_file = Some(dir.join("dnsmasq.leases"));
-    config.dhcp_hosts_file = Some(dir.join("vps.hosts"));
-    config.ip_pool = Some("10.98.0.10-10.98.0.20".into());
-    config.ip_reservations_file = Some(dir.join("vps.dhcp-hosts"));
-    let (gateway, dhcp) = Gateway::from_config(config).unwrap();
-    let dhcp = dhcp.expect("the DHCP manager is on");
-    let gw = TestGateway::serve(gateway, TcpListener::bind("127.0.0.1:0").await.unwrap());
+    let mut settings = NodeSettings::new(config());
+    settings.dhcp.dhcp_leases_file = Some(dir.join("dnsmasq.leases"));
+    settings.dhcp.dhcp_hosts_file = Some(dir.join("vps.hosts"));
+    settings.ipam.ip_pool = Some("10.98.0.10-10.98.0.20".into());
+    settings.ipam.ip_reservations_file = Some(dir.join("vps.dhcp-hosts"));
+    let node = Node::start(settings).unwrap();
+    let dhcp = node.dhcp.expect("the DHCP manager is on");
+    let gw = TestGateway::serve(node.gateway, TcpListener::bind("127.0.0.1:0").await.unwrap());
     let http = common::http::serve(&gw.gateway).await;
 
     let (instance, _, instance_http) = common::http::serve_instance(&gw, "inst-a", "prod").await;

@@ -12,7 +12,7 @@ use common::eventually;
 use common::http::{get, get_json, sample};
 use common::process::{Proc, binary, free_port, loopback};
 use dnsmasq_support::TempDir;
-use gatemesh_gateway::dhcp::hosts::HEADER;
+use gatemesh_dhcp::hosts::HEADER;
 
 const SECRET: &str = "dhcp-binary-secret";
 

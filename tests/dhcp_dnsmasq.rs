@@ -5,25 +5,20 @@ mod common;
 mod dnsmasq_support;
 
 use std::net::Ipv4Addr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use common::*;
 use dnsmasq_support::*;
-use gatemesh_gateway::dhcp::{self, DhcpConfig, DhcpManager, hosts};
-use gatemesh_gateway::{Gateway, GatewayConfig};
+use gatemesh_dhcp::{self as dhcp, DhcpConfig, DhcpManager, hosts};
+use gatemesh_dnsmasq::unix_now;
+use gatemesh_gateway::Gateway;
 use gatemesh_handlers::Registry;
+use gatemesh_node::{MeshResolver, Node, NodeSettings};
 use gatemesh_proto::methods::{FindVpsByLease, GetLeases};
 use gatemesh_proto::pb;
 use gatemesh_service::Instance;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 fn lease(expires: u64, mac: &str, ip: &str, hostname: &str) -> String {
     format!("{expires} {mac} {ip} {hostname} *\n")
@@ -58,7 +53,10 @@ async fn dnsmasq_answers_for_each_lease_and_forgets_it_once_gone() {
     config.vanish_grace = Duration::from_millis(100);
     let (manager, handle) = DhcpManager::new(config);
     let stop = CancellationToken::new();
-    let task = tokio::spawn(manager.run(gw.gateway.mesh(), stop.clone().cancelled_owned()));
+    let task = tokio::spawn(manager.run(
+        MeshResolver::new(gw.gateway.mesh()),
+        stop.clone().cancelled_owned(),
+    ));
 
     // dnsmasq is not running yet: the file is written all the same and the
     // failed reload is reported.
@@ -183,11 +181,14 @@ async fn leases_wait_for_an_instance_and_get_leases_reports_them() {
     let mut registry = Registry::new();
     dhcp::register(&mut registry, handle.clone()).unwrap();
     let gateway = Gateway::with_handlers(common::config(), registry).unwrap();
-    gateway.attach_dhcp(handle.clone());
+    gatemesh_node::plug::dhcp(&gateway, &handle);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let gw = TestGateway::serve(gateway, listener);
     let stop = CancellationToken::new();
-    tokio::spawn(manager.run(gw.gateway.mesh(), stop.clone().cancelled_owned()));
+    tokio::spawn(manager.run(
+        MeshResolver::new(gw.gateway.mesh()),
+        stop.clone().cancelled_owned(),
+    ));
 
     // No instance: the lease waits, and the reason is reported.
     write_file(&leases, &lease(0, MAC_KNOWN, "10.78.0.5", "*"));
@@ -196,7 +197,7 @@ async fn leases_wait_for_an_instance_and_get_leases_reports_them() {
             .wait_until(|s| s.leases_seen == 1 && s.calls == 1 && s.in_flight == 0)
             .await
     );
-    let status = gw.gateway.dhcp().unwrap().status();
+    let status = handle.status();
     assert_eq!((status.resolved, status.pending), (0, 1));
     assert!(
         status
@@ -287,9 +288,11 @@ async fn vps_gateway_config_turns_the_manager_on() {
         ("GATEWAY_DHCP_TRUST_HOSTNAMES", "true"),
     ]
     .map(|(k, v)| (k.to_string(), v.to_string()));
-    let config = GatewayConfig::from_vars(vars).unwrap();
-    let (gateway, service) = gatemesh_gateway::Gateway::from_config(config).unwrap();
-    let service = service.expect("enabled by GATEWAY_DHCP_LEASES_FILE");
+    let node = Node::start(NodeSettings::from_vars(vars).unwrap()).unwrap();
+    let service = node
+        .dhcp
+        .as_ref()
+        .expect("enabled by GATEWAY_DHCP_LEASES_FILE");
     write_file(
         &dir.join("leases"),
         &lease(0, MAC_NAMED, "10.79.0.1", "vm-named"),
@@ -300,16 +303,23 @@ async fn vps_gateway_config_turns_the_manager_on() {
             .wait_until(|s| s.resolved == 1 && s.hosts_writes >= 1)
             .await
     );
-    assert!(gateway.dhcp().is_some());
     eventually("the named lease is written", || {
         std::fs::read_to_string(dir.join("hosts"))
             .is_ok_and(|h| h.ends_with("10.79.0.1 vm-named\n"))
     })
     .await;
-    service.stop().await;
+    assert!(
+        node.gateway
+            .metrics()
+            .render()
+            .contains("gatemesh_gateway_dhcp_running 1"),
+        "its metrics are the gateway's"
+    );
+    node.stop().await;
 
-    let (gateway, service) = gatemesh_gateway::Gateway::from_config(common::config()).unwrap();
-    assert!(service.is_none() && gateway.dhcp().is_none());
+    let node = Node::start(NodeSettings::new(common::config())).unwrap();
+    assert!(node.dhcp.is_none() && node.ipam.is_none());
+    assert!(!node.gateway.metrics().render().contains("dhcp_"));
 }
 
 #[tokio::test]
@@ -365,7 +375,10 @@ async fn resolutions_are_bounded_and_a_silent_instance_costs_only_its_deadline()
     config.retry_max = Duration::from_millis(100);
     let (manager, handle) = DhcpManager::new(config);
     let stop = CancellationToken::new();
-    tokio::spawn(manager.run(gw.gateway.mesh(), stop.clone().cancelled_owned()));
+    tokio::spawn(manager.run(
+        MeshResolver::new(gw.gateway.mesh()),
+        stop.clone().cancelled_owned(),
+    ));
 
     assert!(handle.wait_until(|s| s.resolved == 40).await);
     let status = handle.status();

@@ -12,26 +12,21 @@ use std::io::{Seek as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use common::http::{get_json, sample, serve};
 use common::*;
 use dnsmasq_support::*;
-use gatemesh_gateway::dhcp::{self, DhcpConfig, DhcpHandle, DhcpManager, DhcpStatus, hosts};
-use gatemesh_gateway::{Gateway, GatewayConfig};
+use gatemesh_dhcp::{self as dhcp, DhcpConfig, DhcpHandle, DhcpManager, DhcpStatus, hosts};
+use gatemesh_dnsmasq::unix_now;
+use gatemesh_gateway::Gateway;
 use gatemesh_handlers::{HandlerError, Registry};
+use gatemesh_node::{MeshResolver, NodeSettings};
 use gatemesh_proto::methods::GetLeases;
 use gatemesh_proto::pb;
 use gatemesh_service::Instance;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 fn lease(expires: u64, mac: &str, ip: &str, hostname: &str) -> String {
     format!("{expires} {mac} {ip} {hostname} *\n")
@@ -64,11 +59,14 @@ impl Node {
         let mut registry = Registry::new();
         dhcp::register(&mut registry, handle.clone()).unwrap();
         let gateway = Gateway::with_handlers(common::config(), registry).unwrap();
-        gateway.attach_dhcp(handle.clone());
+        gatemesh_node::plug::dhcp(&gateway, &handle);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let gw = TestGateway::serve(gateway, listener);
         let stop = CancellationToken::new();
-        tokio::spawn(manager.run(gw.gateway.mesh(), stop.clone().cancelled_owned()));
+        tokio::spawn(manager.run(
+            MeshResolver::new(gw.gateway.mesh()),
+            stop.clone().cancelled_owned(),
+        ));
         Self {
             gw,
             handle,
@@ -263,7 +261,7 @@ async fn a_tenant_cannot_name_itself() {
             ),
         ];
         vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        GatewayConfig::from_vars(vars).unwrap().dhcp().unwrap()
+        NodeSettings::from_vars(vars).unwrap().dhcp().unwrap()
     };
     assert!(!base(&[]).trust_hostnames);
     assert!(!base(&[("GATEWAY_DHCP_VPS_HOSTNAME_PREFIX", "")]).trust_hostnames);

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use common::*;
 use dnsmasq_support::*;
-use gatemesh_gateway::dhcp::{DhcpConfig, DhcpManager};
+use gatemesh_dhcp::{DhcpConfig, DhcpManager};
+use gatemesh_node::MeshResolver;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test]
@@ -80,7 +81,10 @@ async fn a_real_dhcp_lease_becomes_resolvable_by_vps_id() {
     config.pid_file = Some(pid_file.clone());
     let (manager, handle) = DhcpManager::new(config);
     let stop = CancellationToken::new();
-    let task = tokio::spawn(manager.run(gw.gateway.mesh(), stop.clone().cancelled_owned()));
+    let task = tokio::spawn(manager.run(
+        MeshResolver::new(gw.gateway.mesh()),
+        stop.clone().cancelled_owned(),
+    ));
 
     let mut command = Command::new("ip");
     command.args(["netns", "exec", &server, DNSMASQ]);

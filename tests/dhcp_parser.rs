@@ -2,7 +2,7 @@
 //! panics, never rejects a file for one line, and every line is accounted
 //! for. `fuzz/fuzz_targets/lease_file.rs` checks the same with libFuzzer.
 
-use gatemesh_gateway::dhcp::leases::{self, MAX_EXPIRY, MAX_WARNINGS};
+use gatemesh_dnsmasq::leases::{self, MAX_EXPIRY, MAX_WARNINGS};
 use proptest::prelude::*;
 
 const NOW: u64 = 1_732_240_000;

@@ -16,9 +16,9 @@ use common::http::{get, promtool, sample, serve};
 use common::process::{Proc, binary, free_port, gateway_env};
 use common::{SECRET, TestGateway, config, options};
 use dnsmasq_support::TempDir;
-use gatemesh_gateway::Gateway;
-use gatemesh_gateway::ipam::table;
 use gatemesh_handlers::Registry;
+use gatemesh_ipam::{Ipam, table};
+use gatemesh_node::{Node, NodeSettings};
 use gatemesh_proto::methods::{AllocateIp, ListIPs, ReleaseIp};
 use gatemesh_proto::{SECRET_METADATA_KEY, pb};
 use gatemesh_service::{GatewayCallError, Instance, InstanceHandle};
@@ -195,12 +195,16 @@ async fn two_vps_service_processes_allocate_500_addresses_at_once() {
     }
 }
 
-async fn gateway_with_pool(dir: &TempDir, pool: &str) -> TestGateway {
-    let mut config = config();
-    config.ip_pool = Some(pool.into());
-    config.ip_reservations_file = Some(dir.join("vps.dhcp-hosts"));
-    let (gateway, _) = Gateway::from_config(config).unwrap();
-    TestGateway::serve(gateway, TcpListener::bind("127.0.0.1:0").await.unwrap())
+/// A gateway with the allocator on, as `vps-gateway` composes it; and
+/// the allocator.
+async fn gateway_with_pool(dir: &TempDir, pool: &str) -> (TestGateway, Ipam) {
+    let mut settings = NodeSettings::new(config());
+    settings.ipam.ip_pool = Some(pool.into());
+    settings.ipam.ip_reservations_file = Some(dir.join("vps.dhcp-hosts"));
+    let node = Node::start(settings).unwrap();
+    let ipam = node.ipam.clone().expect("on with GATEWAY_IP_POOL");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    (TestGateway::serve(node.gateway, listener), ipam)
 }
 
 fn caller(gw: &TestGateway, id: &str, env: &str) -> InstanceHandle {
@@ -214,7 +218,7 @@ fn code<T: std::fmt::Debug>(result: Result<T, GatewayCallError>) -> Code {
 #[tokio::test]
 async fn instances_allocate_typed_and_only_their_environment_releases() {
     let dir = TempDir::new("ipam-typed");
-    let gw = gateway_with_pool(&dir, "10.30.0.10-10.30.0.12").await;
+    let (gw, _ipam) = gateway_with_pool(&dir, "10.30.0.10-10.30.0.12").await;
     let prod = caller(&gw, "prod-1", "prod");
     let beta = caller(&gw, "beta-1", "beta");
     prod.wait_connected().await;
@@ -333,7 +337,7 @@ async fn instances_allocate_typed_and_only_their_environment_releases() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_api_and_the_cli_allocate_with_no_environment() {
     let dir = TempDir::new("ipam-admin");
-    let gw = gateway_with_pool(&dir, "10.31.0.10-10.31.0.20").await;
+    let (gw, ipam) = gateway_with_pool(&dir, "10.31.0.10-10.31.0.20").await;
     let url = gw.url();
     let cli = move |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_gatemesh"))
@@ -400,7 +404,7 @@ async fn the_admin_api_and_the_cli_allocate_with_no_environment() {
     .unwrap();
     assert_eq!(status, Some(0), "{stderr}");
     assert!(stdout.contains("vps-cli"), "{stdout}");
-    assert!(gw.gateway.ipam().unwrap().table().is_empty());
+    assert!(ipam.table().is_empty());
 }
 
 /// A `vps-gateway` killed with SIGKILL while allocations stream in: after

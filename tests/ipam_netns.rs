@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::*;
 use dnsmasq_support::*;
-use gatemesh_gateway::Gateway;
+use gatemesh_node::{Node, NodeSettings};
 use gatemesh_proto::methods::{AllocateIp, ReleaseIp};
 use gatemesh_proto::pb;
 use tokio::net::TcpListener;
@@ -136,16 +136,19 @@ async fn an_allocated_address_is_the_vms_lease_and_its_name_until_released() {
     // The gateway as vps-gateway composes it: the allocator and the DHCP
     // manager side by side, both reloading the same dnsmasq. The pool is
     // the top of dnsmasq's range, far from where it would pick on its own.
-    let mut config = config();
-    config.ip_pool = Some("10.216.0.140-10.216.0.149".into());
-    config.ip_pool_exclude = Some("10.216.0.140".into());
-    config.ip_reservations_file = Some(reservations.clone());
-    config.dhcp_leases_file = Some(leases.clone());
-    config.dhcp_hosts_file = Some(hosts_file.clone());
-    config.dnsmasq_pid_file = Some(pid_file.clone());
-    let (gateway, dhcp) = Gateway::from_config(config).unwrap();
-    let dhcp = dhcp.unwrap();
-    let gw = TestGateway::serve(gateway, TcpListener::bind("127.0.0.1:0").await.unwrap());
+    let mut settings = NodeSettings::new(config());
+    settings.ipam.ip_pool = Some("10.216.0.140-10.216.0.149".into());
+    settings.ipam.ip_pool_exclude = Some("10.216.0.140".into());
+    settings.ipam.ip_reservations_file = Some(reservations.clone());
+    settings.dhcp.dhcp_leases_file = Some(leases.clone());
+    settings.dhcp.dhcp_hosts_file = Some(hosts_file.clone());
+    settings.dnsmasq.dnsmasq_pid_file = Some(pid_file.clone());
+    let node = Node::start(settings).unwrap();
+    let (dhcp, ipam) = (node.dhcp.unwrap(), node.ipam.unwrap());
+    let gw = TestGateway::serve(
+        node.gateway,
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    );
     let vps_id = format!("vps-ipam-{tag}");
     let known: &'static str = Box::leak(vps_id.clone().into_boxed_str());
     let instance = start_instance(&gw, "prod-1", "prod", knows(mac, known));
@@ -191,7 +194,6 @@ async fn an_allocated_address_is_the_vms_lease_and_its_name_until_released() {
         .unwrap();
     let ip = answer.reservation.unwrap().ip;
     assert_eq!(ip, "10.216.0.141");
-    let ipam = gw.gateway.ipam().unwrap().clone();
     assert_eq!(
         ipam.stats()
             .reloads

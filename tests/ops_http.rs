@@ -230,7 +230,7 @@ async fn silent_half_sent_and_idle_http_connections_are_closed() {
 
     init_logs();
     let mut config = config();
-    config.http_timeout_ms = 200;
+    config.ops.http_timeout_ms = 200;
     let gw = TestGateway::start_with(config).await;
     let http = common::http::serve(&gw.gateway).await;
     assert_deadlines(http, "gateway").await;

@@ -4,7 +4,7 @@
 
 #![no_main]
 
-use gatemesh_gateway::dhcp::leases;
+use gatemesh_dnsmasq::leases;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

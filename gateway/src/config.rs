@@ -1,15 +1,35 @@
-//! `vps-gateway` settings, read from `GATEWAY_*` environment variables.
+//! The gateway's settings, read from `GATEWAY_*` environment variables:
+//! its own section (the mesh: ports, ids, deadlines, limits, TLS) and the
+//! operator side's ([`OpsSettings`], the HTTP endpoints and the log
+//! format, read as `vps-service` reads them). A binary that runs more
+//! beside the gateway (the node: DHCP, IP allocator) reads its other
+//! sections from the same variables ([`GatewayConfig::from_env`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use gatemesh_runtime::env::{bind_addr, check_label, check_secret, ensure, from_vars, range};
+use gatemesh_runtime::env::{
+    Env, bind_addr, check_label, check_secret, ensure, fields, id_or_hostname, range,
+};
+use gatemesh_runtime::ops::{OpsDefaults, OpsSettings};
 use gatemesh_runtime::{ConfigError, Secret};
 use serde::Deserialize;
 
-use crate::dhcp::{DhcpConfig, Namespace};
 use crate::tls::GatewayTls;
+
+/// What every gateway variable starts with.
+pub const PREFIX: &str = "GATEWAY_";
+
+/// `GATEWAY_HTTP_PORT` when unset: the gateway's endpoints are never off.
+const HTTP_PORT: u16 = 9091;
+
+/// The gateway's defaults for the operator side: on, on loopback (on any
+/// other address `/instances` asks for the secret).
+const OPS_DEFAULTS: OpsDefaults = OpsDefaults {
+    http_port: Some(HTTP_PORT),
+    http_bind: "127.0.0.1",
+};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct GatewayConfig {
@@ -22,29 +42,19 @@ pub struct GatewayConfig {
     /// name resolved at start.
     #[serde(default = "defaults::bind")]
     pub bind: String,
-    /// `GATEWAY_HTTP_PORT`: the operator HTTP endpoints (`/health`,
-    /// `/ready`, `/instances`, `/metrics`), plain HTTP even when gRPC uses TLS.
-    #[serde(default = "defaults::http_port")]
-    pub http_port: u16,
-    /// `GATEWAY_HTTP_BIND`: the address of the HTTP endpoints, loopback by
-    /// default; on any other address `/instances` asks for the secret.
-    #[serde(default = "defaults::http_bind")]
-    pub http_bind: String,
-    /// `GATEWAY_HTTP_TIMEOUT_MS`: an HTTP connection must send a request's
-    /// headers within this, and an idle keep-alive connection is closed
-    /// after it.
-    #[serde(default = "defaults::http_timeout_ms")]
-    pub http_timeout_ms: u64,
     /// `GATEWAY_METRICS_PER_INSTANCE`: the per-instance gauges of
     /// `/metrics`; large fleets turn them off (series grow as instances
     /// times gateways).
     #[serde(default = "defaults::metrics_per_instance")]
     pub metrics_per_instance: bool,
-    /// `GATEWAY_BIND` and `GATEWAY_HTTP_BIND` resolved.
+    /// `GATEWAY_BIND` resolved.
     #[serde(skip, default = "defaults::unresolved")]
     bind_ip: IpAddr,
-    #[serde(skip, default = "defaults::unresolved")]
-    http_bind_ip: IpAddr,
+    /// `GATEWAY_HTTP_PORT`, `GATEWAY_HTTP_BIND`, `GATEWAY_HTTP_TIMEOUT_MS`
+    /// and `GATEWAY_LOG_FORMAT`: the operator endpoints (`/health`,
+    /// `/ready`, `/instances`, `/metrics`) and the logs.
+    #[serde(skip)]
+    pub ops: OpsSettings,
     /// `GATEWAY_ID`: this gateway's name; the hostname when unset.
     #[serde(default)]
     pub id: Option<String>,
@@ -83,9 +93,6 @@ pub struct GatewayConfig {
     /// back after a random delay up to this, so a restart is not a stampede.
     #[serde(default = "defaults::reconnect_spread_ms")]
     pub reconnect_spread_ms: u64,
-    /// `GATEWAY_LOG_FORMAT`: `text` or `json`.
-    #[serde(default)]
-    pub log_format: Option<String>,
     /// `GATEWAY_TLS_CERT`: the gRPC port's certificate chain (PEM); with
     /// `GATEWAY_TLS_KEY` it turns TLS on.
     #[serde(default)]
@@ -107,36 +114,6 @@ pub struct GatewayConfig {
     /// when embedding or testing.
     #[serde(skip)]
     pub tls: Option<GatewayTls>,
-    /// `GATEWAY_DHCP_LEASES_FILE`: dnsmasq's lease file; setting it turns
-    /// the DHCP manager on.
-    #[serde(default)]
-    pub dhcp_leases_file: Option<PathBuf>,
-    /// `GATEWAY_DHCP_HOSTS_FILE`: the `addn-hosts` file the manager writes.
-    #[serde(default)]
-    pub dhcp_hosts_file: Option<PathBuf>,
-    /// `GATEWAY_DNSMASQ_PID_FILE`: dnsmasq's pid file, to SIGHUP it after
-    /// the hosts file changes; no reload when unset.
-    #[serde(default)]
-    pub dnsmasq_pid_file: Option<PathBuf>,
-    /// `GATEWAY_DHCP_RECONCILE_MS`: full re-read of the lease file, a
-    /// safety net under the file watch.
-    #[serde(default = "defaults::dhcp_reconcile_ms")]
-    pub dhcp_reconcile_ms: u64,
-    /// `GATEWAY_DHCP_CONCURRENCY`: lease resolutions in flight at once.
-    #[serde(default = "defaults::dhcp_concurrency")]
-    pub dhcp_concurrency: usize,
-    /// `GATEWAY_DHCP_CALL_TIMEOUT_MS`: deadline of one lease resolution.
-    #[serde(default = "defaults::dhcp_call_timeout_ms")]
-    pub dhcp_call_timeout_ms: u64,
-    /// `GATEWAY_DHCP_RETRY_MAX_MS`: cap of the backoff between attempts
-    /// at a lease nobody knows yet.
-    #[serde(default = "defaults::dhcp_retry_max_ms")]
-    pub dhcp_retry_max_ms: u64,
-    /// `GATEWAY_DHCP_VPS_HOSTNAME_PREFIX`: every name written to the
-    /// hosts file starts with this (the VPS namespace); with
-    /// `GATEWAY_DHCP_TRUST_HOSTNAMES`, also the hostnames taken as names.
-    #[serde(default = "defaults::dhcp_vps_hostname_prefix")]
-    pub dhcp_vps_hostname_prefix: String,
     /// `GATEWAY_CONN_HANDSHAKE_TIMEOUT_MS`: a new gRPC connection must
     /// finish TLS and the HTTP/2 preface and send a request carrying the
     /// secret within this, or it is closed (see [`crate::listener`]).
@@ -147,39 +124,6 @@ pub struct GatewayConfig {
     /// or half the open-file limit when that is lower.
     #[serde(default)]
     pub conn_max_unauthenticated: Option<usize>,
-    /// `GATEWAY_DHCP_VPS_DOMAIN`: when set, every name written also ends
-    /// with `.<domain>`.
-    #[serde(default)]
-    pub dhcp_vps_domain: Option<String>,
-    /// `GATEWAY_DHCP_TRUST_HOSTNAMES`: a lease whose DHCP hostname is in
-    /// the VPS namespace is named by it, without a call. The tenant's VM
-    /// chooses its hostname: trusted networks only. Off by default.
-    #[serde(default)]
-    pub dhcp_trust_hostnames: bool,
-    /// `GATEWAY_DHCP_ENVIRONMENTS`: comma-separated environments whose
-    /// instances may name leases here (e.g. `prod`); unset: any.
-    #[serde(default)]
-    pub dhcp_environments: Option<String>,
-    /// `GATEWAY_DHCP_MAX_LEASES`: leases tracked at most.
-    #[serde(default = "defaults::dhcp_max_leases")]
-    pub dhcp_max_leases: usize,
-    /// `GATEWAY_IP_POOL`: the addresses this gateway allocates to VPSs
-    /// (`10.0.0.50-10.0.0.250`, CIDR blocks and single addresses,
-    /// comma-separated); setting it turns the IP allocator on.
-    #[serde(default)]
-    pub ip_pool: Option<String>,
-    /// `GATEWAY_IP_POOL_EXCLUDE`: addresses of the pool never allocated,
-    /// in the same syntax.
-    #[serde(default)]
-    pub ip_pool_exclude: Option<String>,
-    /// `GATEWAY_IP_RESERVATIONS_FILE`: the dnsmasq `dhcp-hostsfile` the
-    /// allocator writes and keeps its state in.
-    #[serde(default)]
-    pub ip_reservations_file: Option<PathBuf>,
-    /// `GATEWAY_IP_RELEASE_ANY_ENVIRONMENT`: a release from another
-    /// environment than the allocator's is allowed. Off by default.
-    #[serde(default)]
-    pub ip_release_any_environment: bool,
 }
 
 mod defaults {
@@ -188,23 +132,14 @@ mod defaults {
     pub fn bind() -> String {
         "0.0.0.0".into()
     }
-    pub fn http_bind() -> String {
-        "127.0.0.1".into()
-    }
     pub fn unresolved() -> IpAddr {
         IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-    }
-    pub fn http_timeout_ms() -> u64 {
-        5_000
     }
     pub fn metrics_per_instance() -> bool {
         true
     }
     pub fn grpc_port() -> u16 {
         1537
-    }
-    pub fn http_port() -> u16 {
-        9091
     }
     pub fn call_timeout_ms() -> u64 {
         10_000
@@ -236,39 +171,35 @@ mod defaults {
     pub fn reconnect_spread_ms() -> u64 {
         5_000
     }
-    pub fn dhcp_reconcile_ms() -> u64 {
-        30_000
-    }
-    pub fn dhcp_concurrency() -> usize {
-        64
-    }
-    pub fn dhcp_call_timeout_ms() -> u64 {
-        2_000
-    }
-    pub fn dhcp_retry_max_ms() -> u64 {
-        60_000
-    }
-    pub fn dhcp_vps_hostname_prefix() -> String {
-        "vps-".into()
-    }
     pub fn conn_handshake_timeout_ms() -> u64 {
         5_000
-    }
-    pub fn dhcp_max_leases() -> usize {
-        262_144
     }
 }
 
 impl GatewayConfig {
+    /// The names of the gateway's sections, for a binary that checks its
+    /// variables against those and its own (see [`Env::check_known`]).
+    pub fn sections() -> [&'static [&'static str]; 2] {
+        [fields::<Self>(), OpsSettings::fields()]
+    }
+
     /// Reads the settings from `vars` (the process environment in `main`).
     pub fn from_vars(
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let mut config: Self = from_vars("GATEWAY_", vars)?;
+        let env = Env::new(PREFIX, vars);
+        env.check_known(&Self::sections())?;
+        Self::from_env(&env)
+    }
+
+    /// Reads the gateway's sections from `env`, whose unknown names the
+    /// caller has checked across all its sections.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let mut config: Self = env.section()?;
         config.validate()?;
         config.validate_conn()?;
+        config.ops = OpsSettings::from_env(env, OPS_DEFAULTS)?;
         config.bind_ip = bind_addr("GATEWAY_BIND", &config.bind)?;
-        config.http_bind_ip = bind_addr("GATEWAY_HTTP_BIND", &config.http_bind)?;
         config.tls = GatewayTls::from_files(
             config.tls_cert.as_deref(),
             config.tls_key.as_deref(),
@@ -289,12 +220,6 @@ impl GatewayConfig {
             check_label("GATEWAY_ID", id, 128)?;
         }
         range("GATEWAY_GRPC_PORT", self.grpc_port, 1..=65535)?;
-        range("GATEWAY_HTTP_PORT", self.http_port, 1..=65535)?;
-        range(
-            "GATEWAY_HTTP_TIMEOUT_MS",
-            self.http_timeout_ms,
-            100..=600_000,
-        )?;
         range(
             "GATEWAY_CALL_TIMEOUT_MS",
             self.call_timeout_ms,
@@ -337,152 +262,17 @@ impl GatewayConfig {
             self.reconnect_spread_ms,
             0..=600_000,
         )?;
-        if let Some(format) = &self.log_format {
-            ensure(
-                matches!(format.as_str(), "text" | "json"),
-                "GATEWAY_LOG_FORMAT",
-                "`text` or `json`",
-            )?;
-        }
         ensure(
             !self.tls_secret_optional || self.tls_client_ca.is_some(),
             "GATEWAY_TLS_SECRET_OPTIONAL",
             "`true` only with GATEWAY_TLS_CLIENT_CA set (mTLS)",
-        )?;
-        self.validate_ipam()?;
-        self.validate_dhcp()
-    }
-
-    fn validate_ipam(&self) -> Result<(), ConfigError> {
-        let Some(pool) = &self.ip_pool else {
-            ensure(
-                self.ip_reservations_file.is_none() && self.ip_pool_exclude.is_none(),
-                "GATEWAY_IP_POOL",
-                "a pool such as `10.0.0.50-10.0.0.250`, since GATEWAY_IP_RESERVATIONS_FILE or \
-                 GATEWAY_IP_POOL_EXCLUDE is set",
-            )?;
-            return Ok(());
-        };
-        crate::ipam::Pool::parse(pool, "").map_err(|e| {
-            ConfigError(format!(
-                "GATEWAY_IP_POOL: {e}; expected ranges such as `10.0.0.50-10.0.0.250,10.0.1.0/28`"
-            ))
-        })?;
-        let exclude = self.ip_pool_exclude.as_deref().unwrap_or("");
-        crate::ipam::Pool::parse(exclude, "")
-            .map(drop)
-            .or_else(|e| match e {
-                crate::ipam::PoolError::Empty | crate::ipam::PoolError::TooLarge(_) => Ok(()),
-                e => Err(e),
-            })
-            .map_err(|e| ConfigError(format!("GATEWAY_IP_POOL_EXCLUDE: {e}")))?;
-        crate::ipam::Pool::parse(pool, exclude)
-            .map_err(|e| ConfigError(format!("GATEWAY_IP_POOL_EXCLUDE: {e}")))?;
-        let Some(file) = &self.ip_reservations_file else {
-            return Err(ConfigError(
-                "GATEWAY_IP_RESERVATIONS_FILE: expected a path, since GATEWAY_IP_POOL is set"
-                    .into(),
-            ));
-        };
-        ensure(
-            Some(file) != self.dhcp_hosts_file.as_ref()
-                && Some(file) != self.dhcp_leases_file.as_ref(),
-            "GATEWAY_IP_RESERVATIONS_FILE",
-            "a path other than GATEWAY_DHCP_HOSTS_FILE and GATEWAY_DHCP_LEASES_FILE",
         )
-    }
-
-    /// The IP allocator's settings, when `GATEWAY_IP_POOL` turns it on.
-    /// It checks leases in `GATEWAY_DHCP_LEASES_FILE` and reloads dnsmasq
-    /// through `GATEWAY_DNSMASQ_PID_FILE`, as the DHCP manager does.
-    pub fn ipam(&self) -> Option<crate::ipam::IpamConfig> {
-        let pool = crate::ipam::Pool::parse(
-            self.ip_pool.as_deref()?,
-            self.ip_pool_exclude.as_deref().unwrap_or(""),
-        )
-        .ok()?;
-        Some(crate::ipam::IpamConfig {
-            leases_file: self.dhcp_leases_file.clone(),
-            pid_file: self.dnsmasq_pid_file.clone(),
-            release_any_environment: self.ip_release_any_environment,
-            hostname_prefix: self.dhcp_vps_hostname_prefix.clone(),
-            ..crate::ipam::IpamConfig::new(pool, self.ip_reservations_file.clone()?)
-        })
     }
 
     /// Whether a peer holding a verified client certificate may leave the
     /// shared secret out.
     pub fn secret_optional_with_cert(&self) -> bool {
         self.tls_secret_optional && self.tls.as_ref().is_some_and(GatewayTls::is_mtls)
-    }
-
-    fn validate_dhcp(&self) -> Result<(), ConfigError> {
-        if self.dhcp_leases_file.is_none() {
-            return Ok(());
-        }
-        ensure(
-            self.dhcp_hosts_file.is_some(),
-            "GATEWAY_DHCP_HOSTS_FILE",
-            "a path, since GATEWAY_DHCP_LEASES_FILE is set",
-        )?;
-        ensure(
-            self.dhcp_leases_file != self.dhcp_hosts_file,
-            "GATEWAY_DHCP_HOSTS_FILE",
-            "a path other than GATEWAY_DHCP_LEASES_FILE",
-        )?;
-        range(
-            "GATEWAY_DHCP_RECONCILE_MS",
-            self.dhcp_reconcile_ms,
-            10..=86_400_000,
-        )?;
-        ensure(
-            (1..=100_000).contains(&self.dhcp_concurrency),
-            "GATEWAY_DHCP_CONCURRENCY",
-            "1 to 100000",
-        )?;
-        range(
-            "GATEWAY_DHCP_CALL_TIMEOUT_MS",
-            self.dhcp_call_timeout_ms,
-            1..=3_600_000,
-        )?;
-        range(
-            "GATEWAY_DHCP_RETRY_MAX_MS",
-            self.dhcp_retry_max_ms,
-            1..=86_400_000,
-        )?;
-        ensure(
-            self.dhcp_vps_hostname_prefix.len() <= 63
-                && self
-                    .dhcp_vps_hostname_prefix
-                    .starts_with(|c: char| c.is_ascii_alphanumeric())
-                && self
-                    .dhcp_vps_hostname_prefix
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.')),
-            "GATEWAY_DHCP_VPS_HOSTNAME_PREFIX",
-            "up to 63 letters, digits, `-` or `.`, starting with a letter or digit",
-        )?;
-        if let Some(domain) = &self.dhcp_vps_domain {
-            ensure(
-                crate::dhcp::names::is_dns_name(domain.trim_matches('.')),
-                "GATEWAY_DHCP_VPS_DOMAIN",
-                "a DNS name such as `vms.example.net`",
-            )?;
-        }
-        if self.dhcp_environments.is_some() {
-            ensure(
-                self.dhcp_environment_list()
-                    .iter()
-                    .all(|e| !e.is_empty() && e.len() <= 64),
-                "GATEWAY_DHCP_ENVIRONMENTS",
-                "comma-separated environment labels such as `prod` or `prod,beta`",
-            )?;
-        }
-        ensure(
-            (1..=4_194_304).contains(&self.dhcp_max_leases),
-            "GATEWAY_DHCP_MAX_LEASES",
-            "1 to 4194304",
-        )
     }
 
     fn validate_conn(&self) -> Result<(), ConfigError> {
@@ -499,45 +289,8 @@ impl GatewayConfig {
         )
     }
 
-    /// The DHCP manager's settings, when `GATEWAY_DHCP_LEASES_FILE` turns
-    /// it on.
-    pub fn dhcp(&self) -> Option<DhcpConfig> {
-        let config = self;
-        let leases = config.dhcp_leases_file.clone()?;
-        let hosts = config.dhcp_hosts_file.clone()?;
-        Some(DhcpConfig {
-            pid_file: config.dnsmasq_pid_file.clone(),
-            reconcile: Duration::from_millis(config.dhcp_reconcile_ms),
-            concurrency: config.dhcp_concurrency,
-            call_timeout: Duration::from_millis(config.dhcp_call_timeout_ms),
-            retry_max: Duration::from_millis(config.dhcp_retry_max_ms),
-            namespace: Namespace {
-                prefix: config.dhcp_vps_hostname_prefix.clone(),
-                domain: config.dhcp_vps_domain.clone(),
-                environments: config.dhcp_environment_list(),
-            },
-            trust_hostnames: config.dhcp_trust_hostnames,
-            max_leases: config.dhcp_max_leases,
-            ..DhcpConfig::new(leases, hosts)
-        })
-    }
-
-    /// `GATEWAY_DHCP_ENVIRONMENTS` as a list; empty: any environment.
-    pub fn dhcp_environment_list(&self) -> Vec<String> {
-        self.dhcp_environments
-            .iter()
-            .flat_map(|list| list.split(','))
-            .map(|e| e.trim().to_string())
-            .collect()
-    }
-
     pub fn gateway_id(&self) -> String {
-        self.id.clone().unwrap_or_else(|| {
-            hostname::get()
-                .ok()
-                .and_then(|h| h.into_string().ok())
-                .unwrap_or_else(|| "gateway".into())
-        })
+        id_or_hostname(self.id.as_deref(), "gateway")
     }
 
     /// Where the gRPC port listens.
@@ -547,11 +300,12 @@ impl GatewayConfig {
 
     /// Where the operator HTTP endpoints listen.
     pub fn http_addr(&self) -> SocketAddr {
-        SocketAddr::new(self.http_bind_ip, self.http_port)
+        let port = self.ops.http_port.unwrap_or(HTTP_PORT);
+        SocketAddr::new(self.ops.http_bind_ip(), port)
     }
 
     pub fn http_timeout(&self) -> Duration {
-        Duration::from_millis(self.http_timeout_ms)
+        self.ops.http_timeout()
     }
 
     pub fn call_timeout(&self) -> Duration {
@@ -579,12 +333,7 @@ impl GatewayConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn vars(list: &[(&str, &str)]) -> Vec<(String, String)> {
-        list.iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use gatemesh_runtime::env::vars;
 
     #[test]
     fn defaults_and_errors_that_name_the_variable() {
@@ -640,8 +389,8 @@ mod tests {
             error(&[("GATEWAY_GRPC_PROT", "44031")]),
             "GATEWAY_GRPC_PROT: unknown variable; did you mean GATEWAY_GRPC_PORT?"
         );
-        let e = error(&[("GATEWAY_DHCP_LEASE_FILE", "/l")]);
-        assert!(e.ends_with("did you mean GATEWAY_DHCP_LEASES_FILE?"), "{e}");
+        let e = error(&[("GATEWAY_HTTP_PROT", "9100")]);
+        assert!(e.ends_with("did you mean GATEWAY_HTTP_PORT?"), "{e}");
     }
 
     #[test]
@@ -699,12 +448,13 @@ mod tests {
         let c = GatewayConfig::from_vars(vars(&[
             ("GATEWAY_API_SECRET", "s"),
             ("GATEWAY_GRPC_PORT", ""),
-            ("GATEWAY_DHCP_VPS_HOSTNAME_PREFIX", ""),
+            ("GATEWAY_HTTP_BIND", ""),
         ]))
         .unwrap();
         assert_eq!(c.grpc_port, 1537);
         assert_eq!(
-            c.dhcp_vps_hostname_prefix, "vps-",
+            c.http_addr().to_string(),
+            "127.0.0.1:9091",
             "empty is unset: the default"
         );
     }
@@ -743,147 +493,5 @@ mod tests {
         let _ = std::fs::remove_file(&garbage);
         let c = GatewayConfig::from_vars(vars(&[("GATEWAY_API_SECRET", "s")])).unwrap();
         assert!(c.tls.is_none() && !c.secret_optional_with_cert());
-    }
-
-    #[test]
-    fn dhcp_settings() {
-        let c = GatewayConfig::from_vars(vars(&[
-            ("GATEWAY_API_SECRET", "s"),
-            ("GATEWAY_DHCP_LEASES_FILE", "/var/lib/misc/dnsmasq.leases"),
-            ("GATEWAY_DHCP_HOSTS_FILE", "/run/gatemesh/hosts"),
-        ]))
-        .unwrap();
-        assert_eq!(c.dhcp_reconcile_ms, 30_000);
-        assert_eq!(c.dhcp_concurrency, 64);
-        assert_eq!(c.dhcp_vps_hostname_prefix, "vps-");
-        let e = GatewayConfig::from_vars(vars(&[
-            ("GATEWAY_API_SECRET", "s"),
-            ("GATEWAY_DHCP_LEASES_FILE", "/var/lib/misc/dnsmasq.leases"),
-        ]))
-        .unwrap_err()
-        .to_string();
-        assert!(e.starts_with("GATEWAY_DHCP_HOSTS_FILE"), "{e}");
-        let e = GatewayConfig::from_vars(vars(&[
-            ("GATEWAY_API_SECRET", "s"),
-            ("GATEWAY_DHCP_LEASES_FILE", "/l"),
-            ("GATEWAY_DHCP_HOSTS_FILE", "/h"),
-            ("GATEWAY_DHCP_CONCURRENCY", "0"),
-        ]))
-        .unwrap_err()
-        .to_string();
-        assert!(e.starts_with("GATEWAY_DHCP_CONCURRENCY"), "{e}");
-        assert!(!c.dhcp_trust_hostnames, "hostnames are the tenant's words");
-        assert!(c.dhcp_environment_list().is_empty());
-        assert_eq!(c.dhcp_max_leases, 262_144);
-        let dhcp = |extra: &[(&str, &str)]| {
-            let mut all = vec![
-                ("GATEWAY_API_SECRET", "s"),
-                ("GATEWAY_DHCP_LEASES_FILE", "/l"),
-                ("GATEWAY_DHCP_HOSTS_FILE", "/h"),
-            ];
-            all.extend_from_slice(extra);
-            GatewayConfig::from_vars(vars(&all)).map_err(|e| e.to_string())
-        };
-        let c = dhcp(&[
-            ("GATEWAY_DHCP_TRUST_HOSTNAMES", "true"),
-            ("GATEWAY_DHCP_ENVIRONMENTS", "prod, beta"),
-            ("GATEWAY_DHCP_VPS_DOMAIN", "vms.example.net"),
-        ])
-        .unwrap();
-        assert!(c.dhcp_trust_hostnames);
-        assert_eq!(c.dhcp_environment_list(), ["prod", "beta"]);
-        assert!(
-            !dhcp(&[("GATEWAY_DHCP_TRUST_HOSTNAMES", "false")])
-                .unwrap()
-                .dhcp_trust_hostnames
-        );
-        for (var, value) in [
-            ("GATEWAY_DHCP_VPS_DOMAIN", "bad..domain"),
-            ("GATEWAY_DHCP_ENVIRONMENTS", "prod,,beta"),
-            ("GATEWAY_DHCP_MAX_LEASES", "0"),
-            ("GATEWAY_DHCP_VPS_HOSTNAME_PREFIX", "vps_"),
-            ("GATEWAY_DHCP_TRUST_HOSTNAMES", "maybe"),
-        ] {
-            let e = dhcp(&[(var, value)]).unwrap_err();
-            assert!(e.starts_with(var), "{var}={value}: {e}");
-        }
-    }
-
-    #[test]
-    fn ip_allocator_settings() {
-        let ipam = |extra: &[(&str, &str)]| {
-            let mut all = vec![("GATEWAY_API_SECRET", "s")];
-            all.extend_from_slice(extra);
-            GatewayConfig::from_vars(vars(&all)).map_err(|e| e.to_string())
-        };
-        assert!(ipam(&[]).unwrap().ipam().is_none(), "off by default");
-        let c = ipam(&[
-            ("GATEWAY_IP_POOL", "10.0.0.50-10.0.0.250"),
-            ("GATEWAY_IP_POOL_EXCLUDE", "10.0.0.53"),
-            (
-                "GATEWAY_IP_RESERVATIONS_FILE",
-                "/var/lib/gatemesh/vps.dhcp-hosts",
-            ),
-        ])
-        .unwrap();
-        let config = c.ipam().unwrap();
-        assert_eq!(config.pool.size(), 200);
-        assert!(!config.release_any_environment);
-        for (extra, var) in [
-            (
-                vec![("GATEWAY_IP_POOL", "10.0.0.50-10.0.0.250")],
-                "GATEWAY_IP_RESERVATIONS_FILE",
-            ),
-            (
-                vec![("GATEWAY_IP_RESERVATIONS_FILE", "/r")],
-                "GATEWAY_IP_POOL",
-            ),
-            (
-                vec![
-                    ("GATEWAY_IP_POOL", "10.0.0.250-10.0.0.50"),
-                    ("GATEWAY_IP_RESERVATIONS_FILE", "/r"),
-                ],
-                "GATEWAY_IP_POOL",
-            ),
-            (
-                vec![
-                    ("GATEWAY_IP_POOL", "10.0.0.0/8"),
-                    ("GATEWAY_IP_RESERVATIONS_FILE", "/r"),
-                ],
-                "GATEWAY_IP_POOL",
-            ),
-            (
-                vec![
-                    ("GATEWAY_IP_POOL", "10.0.0.1"),
-                    ("GATEWAY_IP_POOL_EXCLUDE", "10.0.0.1"),
-                    ("GATEWAY_IP_RESERVATIONS_FILE", "/r"),
-                ],
-                "GATEWAY_IP_POOL_EXCLUDE",
-            ),
-            (
-                vec![
-                    ("GATEWAY_IP_POOL", "10.0.0.1"),
-                    ("GATEWAY_IP_POOL_EXCLUDE", "nope"),
-                    ("GATEWAY_IP_RESERVATIONS_FILE", "/r"),
-                ],
-                "GATEWAY_IP_POOL_EXCLUDE",
-            ),
-            (
-                vec![
-                    ("GATEWAY_IP_POOL", "10.0.0.1"),
-                    ("GATEWAY_IP_RESERVATIONS_FILE", "/h"),
-                    ("GATEWAY_DHCP_LEASES_FILE", "/l"),
-                    ("GATEWAY_DHCP_HOSTS_FILE", "/h"),
-                ],
-                "GATEWAY_IP_RESERVATIONS_FILE",
-            ),
-            (
-                vec![("GATEWAY_IP_RELEASE_ANY_ENVIRONMENT", "sure")],
-                "GATEWAY_IP_RELEASE_ANY_ENVIRONMENT",
-            ),
-        ] {
-            let e = ipam(&extra).unwrap_err();
-            assert!(e.starts_with(var), "{extra:?}: {e}");
-        }
     }
 }

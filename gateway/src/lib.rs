@@ -1,13 +1,13 @@
-//! The gateway end of gatemesh.
+//! The gateway end of gatemesh, as a library.
 //!
 //! Instances dial in and hold one `RegisterGateway` stream each; the gateway
-//! routes typed calls to them and serves calls they make back.
+//! routes typed calls to them and serves calls they make back. What runs
+//! beside it on a node (the DHCP manager, the IP allocator) plugs in
+//! through [`Gateway`]'s extension points: gateway methods on a
+//! `GatewayRegistry`, health checks, and metrics collectors. The
+//! `vps-gateway` binary that wires them is `gatemesh-node`.
 //!
 //! - [`config`]: [`GatewayConfig`], read from `GATEWAY_*` variables.
-//! - [`dhcp`]: the DHCP manager: dnsmasq leases to VPS ids to a hosts file.
-//! - [`ipam`]: the IP allocator: a pool of addresses reserved for VPS MACs
-//!   as dnsmasq static reservations (`AllocateIP`, `ReleaseIP`, `ListIPs`).
-//! - [`dnsmasq`]: the atomic file write and the SIGHUP both of them use.
 //! - [`auth`]: the shared-secret check on every gRPC call.
 //! - [`tls`]: [`GatewayTls`], TLS and mTLS on the gRPC port, and the
 //!   binding of an instance id to its client certificate.
@@ -26,7 +26,8 @@
 //!   trace context included) each request carries.
 //! - [`info`]: methods the gateway itself serves to instances.
 //! - [`stats`]: counters operators read, and the fixed label sets they use.
-//! - [`metrics`]: [`Metrics`], the Prometheus exposition of those counters.
+//! - [`metrics`]: [`Metrics`], the Prometheus exposition of those counters,
+//!   and the collectors components register.
 //! - [`health`]: what `/health` and `/ready` report, and the checks
 //!   components register.
 //! - [`http`]: the operator HTTP endpoints (`/health`, `/ready`,
@@ -40,14 +41,11 @@ pub mod admin;
 pub mod auth;
 pub mod call;
 pub mod config;
-pub mod dhcp;
-pub mod dnsmasq;
 pub mod error;
 pub mod health;
 pub mod http;
 pub mod info;
 pub mod instances;
-pub mod ipam;
 pub mod listener;
 pub mod metrics;
 pub mod peer;

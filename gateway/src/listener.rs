@@ -570,8 +570,11 @@ impl Collector for ConnMetrics {
 
 /// Wraps `listener` for `serve_with_incoming_shutdown`, and hooks the
 /// health checks of the module into `shared`.
-pub(crate) fn incoming(shared: &Shared, listener: TcpListener) -> Incoming {
-    let connections = shared.metrics.connections.clone();
+pub(crate) fn incoming(
+    shared: &Shared,
+    connections: Arc<Connections>,
+    listener: TcpListener,
+) -> Incoming {
     let fd_limit = fd_soft_limit();
     let limits = Limits::new(&shared.config, fd_limit);
     connections
@@ -612,9 +615,9 @@ pub(crate) fn incoming(shared: &Shared, listener: TcpListener) -> Incoming {
 
 /// The layer that marks connections whose requests authenticate; goes on
 /// the server builder.
-pub(crate) fn layer(shared: &Shared) -> InterceptorLayer<Track> {
+pub(crate) fn layer(shared: &Shared, connections: Arc<Connections>) -> InterceptorLayer<Track> {
     InterceptorLayer::new(Track {
-        connections: shared.metrics.connections.clone(),
+        connections,
         secret: shared.config.api_secret.clone(),
         secret_optional: shared.config.secret_optional_with_cert(),
     })

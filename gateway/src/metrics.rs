@@ -8,6 +8,10 @@
 //! present from the start with all its known label values (catalogue
 //! methods, strategies, outcomes, disconnect reasons), so a rate over a
 //! series that has not moved yet is 0, not absent.
+//!
+//! Other components add their families with
+//! [`Metrics::register_collector`], under the same prefix: the gRPC port's
+//! connection table, and on a node the DHCP manager and the IP allocator.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -15,6 +19,7 @@ use std::sync::{Arc, Weak};
 use gatemesh_runtime::http::HttpStats;
 use gatemesh_runtime::metrics::{BuildInfo, Format, ProcessCollector};
 use gatemesh_runtime::{Served, ServedNames};
+use parking_lot::RwLock;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -23,25 +28,23 @@ use prometheus_client::registry::Registry;
 use tokio::time::Instant;
 
 use crate::Instances;
-use crate::dhcp::DhcpHandle;
 use crate::peer::Peer;
 use crate::stats::DISCONNECT_LABELS;
 use crate::stats::{ReasonLabels, Stats};
 use environments::Environments;
-use std::sync::OnceLock;
+
+/// The prefix of every gateway metric, registered collectors' too.
+const PREFIX: &str = "gatemesh_gateway";
 
 mod environments;
 
 /// The gateway's metric registry.
 #[derive(Debug)]
 pub struct Metrics {
-    registry: Registry,
+    /// Written when a component registers (at start), read per scrape.
+    registry: RwLock<Registry>,
     per_instance: Arc<AtomicBool>,
     http: Arc<HttpStats>,
-    /// The gRPC port's connections (see [`crate::listener`]).
-    pub(crate) connections: Arc<crate::listener::Connections>,
-    /// The IP allocator, once one is attached.
-    pub(crate) ipam: Arc<OnceLock<crate::ipam::Ipam>>,
 }
 
 /// Creates every disconnect reason at zero (the call series are made by
@@ -59,7 +62,6 @@ impl Metrics {
         stats: Arc<Stats>,
         instances: Weak<Instances>,
         started: Instant,
-        dhcp: Arc<OnceLock<DhcpHandle>>,
         served: &Served,
     ) -> Self {
         precreate(&stats);
@@ -67,7 +69,7 @@ impl Metrics {
         let http = Arc::new(HttpStats::default());
         let mut root = Registry::default();
         root.register_collector(Box::new(ProcessCollector));
-        let registry = root.sub_registry_with_prefix("gatemesh_gateway");
+        let registry = root.sub_registry_with_prefix(PREFIX);
         registry.register_collector(Box::new(BuildInfo {
             name: "build_info".into(),
             version: env!("CARGO_PKG_VERSION"),
@@ -103,18 +105,22 @@ impl Metrics {
             http: http.clone(),
             environments: Environments::default(),
         }));
-        crate::dhcp::metrics::register(registry, dhcp);
-        let ipam = Arc::new(OnceLock::new());
-        crate::ipam::metrics::register(registry, ipam.clone());
-        let connections = Arc::new(crate::listener::Connections::default());
-        registry.register_collector(Box::new(crate::listener::ConnMetrics(connections.clone())));
         Self {
-            registry: root,
-            connections,
+            registry: RwLock::new(root),
             per_instance,
             http,
-            ipam,
         }
+    }
+
+    /// Adds a component's families to `/metrics`, each name under the
+    /// `gatemesh_gateway_` prefix (a collector encoding `dhcp_leases`
+    /// shows as `gatemesh_gateway_dhcp_leases`). Collectors are read at
+    /// scrape time, so what they report is never stale; register each once.
+    pub fn register_collector(&self, collector: Box<dyn Collector>) {
+        self.registry
+            .write()
+            .sub_registry_with_prefix(PREFIX)
+            .register_collector(collector);
     }
 
     /// The Prometheus text exposition (format 0.0.4).
@@ -124,7 +130,7 @@ impl Metrics {
 
     /// The exposition in `format` (see [`Format::negotiate`]).
     pub fn render_as(&self, format: Format) -> String {
-        gatemesh_runtime::metrics::render(&self.registry, format)
+        gatemesh_runtime::metrics::render(&self.registry.read(), format)
     }
 
     /// Turns the per-instance gauges (`instance_in_flight`,

@@ -19,6 +19,7 @@ use crate::admin::AdminService;
 use crate::auth::SecretInterceptor;
 use crate::health::{Health, Readiness};
 use crate::http::InstanceView;
+use crate::listener::{ConnMetrics, Connections};
 use crate::metrics::Metrics;
 use crate::state::{Parts, Shared};
 use crate::stats::Stats;
@@ -33,22 +34,19 @@ const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
 /// Room for the envelope around a payload of the maximum size.
 const FRAME_OVERHEAD: usize = 64 * 1024;
 
-/// Why [`Gateway::from_config`] could not build the gateway.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// Two handlers under one method name. (Not called `Registry`: a
-    /// variant of that name would make rustc spell out
-    /// `gatemesh_handlers::Registry` in every error about it.)
-    #[error(transparent)]
-    Handlers(#[from] RegistryError),
-    #[error(transparent)]
-    Ipam(#[from] crate::ipam::IpamError),
-}
-
 /// A gateway: the registry of connected instances and the services around it.
+///
+/// Components that run beside the mesh (a node's DHCP manager, its IP
+/// allocator) plug in through three extension points and nothing else:
+/// gateway methods ([`Gateway::with_handlers`]), health contributors
+/// ([`Gateway::add_health_check`], [`Gateway::add_readiness_check`]) and
+/// metrics ([`Metrics::register_collector`] on [`Gateway::metrics`]).
 #[derive(Clone)]
 pub struct Gateway {
     pub(crate) shared: Arc<Shared>,
+    /// The gRPC port's connections: the accept loop keeps the table,
+    /// `/metrics` reads it.
+    connections: Arc<Connections>,
 }
 
 impl Gateway {
@@ -79,16 +77,11 @@ impl Gateway {
             config.max_message_bytes,
         );
         let started = Instant::now();
-        let dhcp = Arc::new(std::sync::OnceLock::new());
         let served = Arc::new(Served::for_gateway());
-        let metrics = Metrics::new(
-            stats.clone(),
-            Arc::downgrade(&instances),
-            started,
-            dhcp.clone(),
-            &served,
-        );
+        let metrics = Metrics::new(stats.clone(), Arc::downgrade(&instances), started, &served);
         metrics.set_per_instance(config.metrics_per_instance);
+        let connections = Arc::new(Connections::default());
+        metrics.register_collector(Box::new(ConnMetrics(connections.clone())));
         let dispatch = DispatchConfig {
             default_timeout: config.call_timeout(),
             observer: Some(served.clone()),
@@ -106,12 +99,12 @@ impl Gateway {
                 stats,
                 mesh,
                 registry: Arc::new(registry.into_handlers()),
-                dhcp,
                 dispatch,
                 started,
                 metrics,
                 served,
             })),
+            connections,
         })
     }
 
@@ -135,61 +128,6 @@ impl Gateway {
     /// Whether shutdown has begun (new streams and calls are refused).
     pub fn is_draining(&self) -> bool {
         self.shared.is_draining()
-    }
-
-    /// The DHCP manager's status and leases, when this gateway runs one.
-    pub fn dhcp(&self) -> Option<&crate::dhcp::DhcpHandle> {
-        self.shared.dhcp.get()
-    }
-
-    /// The one composition root: a gateway with every component its config
-    /// turns on. With `GATEWAY_DHCP_LEASES_FILE`, the DHCP manager runs on
-    /// the current runtime: `GetLeases` is registered, its state attached
-    /// for [`Self::dhcp`] and `/health`, and the returned service stops it.
-    /// With `GATEWAY_IP_POOL`, the IP allocator starts from its
-    /// reservations file and serves `AllocateIP`, `ReleaseIP` and `ListIPs`.
-    pub fn from_config(
-        config: GatewayConfig,
-    ) -> Result<(Self, Option<crate::dhcp::DhcpService>), StartError> {
-        let mut registry = GatewayRegistry::new();
-        let ipam = match config.ipam() {
-            Some(ipam) => {
-                let ipam = crate::ipam::Ipam::start(ipam)?;
-                crate::ipam::register(&mut registry, ipam.clone())?;
-                Some(ipam)
-            }
-            None => None,
-        };
-        let dhcp = match config.dhcp() {
-            Some(dhcp) => {
-                let (manager, handle) = crate::dhcp::DhcpManager::new(dhcp);
-                crate::dhcp::register(&mut registry, handle.clone())?;
-                Some((manager, handle))
-            }
-            None => None,
-        };
-        let gateway = Self::with_handlers(config, registry)?;
-        if let Some(ipam) = ipam {
-            gateway.attach_ipam(ipam);
-        }
-        let service = dhcp.map(|(manager, handle)| {
-            gateway.attach_dhcp(handle.clone());
-            crate::dhcp::DhcpService::spawn(manager, handle, gateway.mesh())
-        });
-        Ok((gateway, service))
-    }
-
-    /// Makes an allocator visible in `/metrics`, `/health` and through
-    /// [`Self::ipam`]; the first one attached stays.
-    pub fn attach_ipam(&self, ipam: crate::ipam::Ipam) {
-        if self.shared.metrics.ipam.set(ipam.clone()).is_ok() {
-            self.add_health_check("ipam", move || ipam.problem());
-        }
-    }
-
-    /// The IP allocator, when this gateway runs one.
-    pub fn ipam(&self) -> Option<&crate::ipam::Ipam> {
-        self.shared.metrics.ipam.get()
     }
 
     /// A component's health check; a failing one makes `/health` degraded.
@@ -243,14 +181,6 @@ impl Gateway {
         crate::http::serve(self.shared.clone(), listener, shutdown).await
     }
 
-    /// Makes a manager's state visible through [`Self::dhcp`]; the first
-    /// one attached stays.
-    pub fn attach_dhcp(&self, handle: crate::dhcp::DhcpHandle) {
-        if self.shared.dhcp.set(handle.clone()).is_ok() {
-            self.add_health_check("dhcp", move || crate::dhcp::problem(&handle.status()));
-        }
-    }
-
     pub fn config(&self) -> &GatewayConfig {
         &self.shared.config
     }
@@ -260,7 +190,8 @@ impl Gateway {
         &self.shared.served
     }
 
-    /// The Prometheus registry behind `/metrics`.
+    /// The Prometheus registry behind `/metrics`; components add their
+    /// families with [`Metrics::register_collector`].
     pub fn metrics(&self) -> &Metrics {
         &self.shared.metrics
     }
@@ -327,14 +258,17 @@ impl Gateway {
         let server = crate::tls::apply(tonic::transport::Server::builder(), config.tls.as_ref())?
             .http2_keepalive_interval(Some(config.heartbeat_interval()))
             .http2_keepalive_timeout(Some(config.liveness_timeout()))
-            .layer(crate::listener::layer(&self.shared))
+            .layer(crate::listener::layer(
+                &self.shared,
+                self.connections.clone(),
+            ))
             .add_service(gateway)
             .add_service(admin)
             .add_service(health)
             .add_service(reflection)
             .add_service(reflection_alpha)
             .serve_with_incoming_shutdown(
-                crate::listener::incoming(&self.shared, listener),
+                crate::listener::incoming(&self.shared, self.connections.clone(), listener),
                 async {
                     let _ = stop_rx.await;
                 },

@@ -2,8 +2,8 @@
 //! gateway shares. Built once by [`crate::Gateway`]; the stream loop and the
 //! services read it, and each field says who writes it.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 
 use gatemesh_handlers::{DispatchConfig, Handlers};
 use gatemesh_runtime::Served;
@@ -11,7 +11,6 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
-use crate::dhcp::DhcpHandle;
 use crate::health::{Checks, Health, HealthStatus, Readiness};
 use crate::metrics::Metrics;
 use crate::stats::Stats;
@@ -30,8 +29,6 @@ pub(crate) struct Shared {
     pub(crate) mesh: Mesh,
     /// Handlers of the methods the gateway serves to instances.
     pub(crate) registry: Arc<Handlers>,
-    /// The DHCP manager's read side, once one is attached.
-    pub(crate) dhcp: Arc<OnceLock<DhcpHandle>>,
     /// How each stream's dispatcher runs instances' calls to the gateway.
     pub(crate) dispatch: DispatchConfig,
     /// Handlers of instances' calls running at once, over all streams.
@@ -63,7 +60,6 @@ pub(crate) struct Parts {
     pub(crate) stats: Arc<Stats>,
     pub(crate) mesh: Mesh,
     pub(crate) registry: Arc<Handlers>,
-    pub(crate) dhcp: Arc<OnceLock<DhcpHandle>>,
     pub(crate) dispatch: DispatchConfig,
     pub(crate) started: Instant,
     pub(crate) metrics: Metrics,
@@ -80,7 +76,6 @@ impl Shared {
             stats: parts.stats,
             mesh: parts.mesh,
             registry: parts.registry,
-            dhcp: parts.dhcp,
             dispatch: parts.dispatch,
             permits,
             tasks: TaskTracker::new(),

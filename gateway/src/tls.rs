@@ -45,31 +45,20 @@ impl GatewayTls {
         key: Option<&Path>,
         client_ca: Option<&Path>,
     ) -> Result<Option<Self>, ConfigError> {
-        let (cert, key) = match (cert, key) {
-            (None, None) => {
-                if client_ca.is_some() {
-                    return Err(ConfigError(
-                        "GATEWAY_TLS_CLIENT_CA: mTLS needs GATEWAY_TLS_CERT and GATEWAY_TLS_KEY too"
-                            .into(),
-                    ));
-                }
-                return Ok(None);
-            }
-            (Some(_), None) => {
+        let Some(pem::KeyPair { cert_pem, key_pem }) =
+            pem::key_pair(("GATEWAY_TLS_CERT", cert), ("GATEWAY_TLS_KEY", key))?
+        else {
+            if client_ca.is_some() {
                 return Err(ConfigError(
-                    "GATEWAY_TLS_KEY: required when GATEWAY_TLS_CERT is set".into(),
+                    "GATEWAY_TLS_CLIENT_CA: mTLS needs GATEWAY_TLS_CERT and GATEWAY_TLS_KEY too"
+                        .into(),
                 ));
             }
-            (None, Some(_)) => {
-                return Err(ConfigError(
-                    "GATEWAY_TLS_CERT: required when GATEWAY_TLS_KEY is set".into(),
-                ));
-            }
-            (Some(cert), Some(key)) => (cert, key),
+            return Ok(None);
         };
         let tls = Self {
-            cert_pem: pem::certificates("GATEWAY_TLS_CERT", cert)?,
-            key_pem: pem::private_key("GATEWAY_TLS_KEY", key)?,
+            cert_pem,
+            key_pem,
             client_ca_pem: client_ca
                 .map(|ca| pem::certificates("GATEWAY_TLS_CLIENT_CA", ca))
                 .transpose()?,

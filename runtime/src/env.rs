@@ -11,6 +11,13 @@
 //!   lists as `empty_allowed`, where empty is a value of its own (for
 //!   instance "switch this off").
 //! - Numbers are checked against a range after parsing ([`range`]).
+//!
+//! A binary's settings are sections, each owned by the concern it
+//! configures (the mesh, the DHCP manager, the allocator, ...): [`Env`]
+//! holds the binary's variables once, checks them against the union of
+//! its sections' names, and reads each section from the same variables.
+//! (One struct flattening the others would not do: `envy` hands a
+//! flattened struct its values as strings, and numbers then fail.)
 
 use std::net::{IpAddr, ToSocketAddrs};
 use std::ops::RangeInclusive;
@@ -21,8 +28,88 @@ use serde::de::{self, DeserializeOwned, Visitor};
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
-/// Reads `T` from the variables in `vars` that start with `prefix`; an
-/// empty value counts as unset.
+/// The variables of one binary: those that start with its prefix, an
+/// empty value left out (unset).
+#[derive(Debug, Clone)]
+pub struct Env {
+    prefix: String,
+    vars: Vec<(String, String)>,
+}
+
+impl Env {
+    /// The variables of `vars` that start with `prefix`.
+    pub fn new(prefix: &str, vars: impl IntoIterator<Item = (String, String)>) -> Self {
+        Self::with_empty_allowed(prefix, vars, &[])
+    }
+
+    /// [`Env::new`], where an empty value of a variable in `empty_allowed`
+    /// (full names) is kept as an empty string.
+    pub fn with_empty_allowed(
+        prefix: &str,
+        vars: impl IntoIterator<Item = (String, String)>,
+        empty_allowed: &[&str],
+    ) -> Self {
+        let vars = vars
+            .into_iter()
+            .filter(|(k, v)| {
+                k.starts_with(prefix) && (!v.is_empty() || empty_allowed.contains(&&**k))
+            })
+            .collect();
+        Self {
+            prefix: prefix.to_string(),
+            vars,
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Fails on the first variable that names no field of any of
+    /// `sections` (each a [`fields`] list), naming the nearest known
+    /// variable across all of them.
+    pub fn check_known(&self, sections: &[&[&str]]) -> Result<(), ConfigError> {
+        let prefix = &self.prefix;
+        let known: Vec<String> = sections
+            .iter()
+            .flat_map(|fields| fields.iter())
+            .map(|f| format!("{prefix}{}", f.to_uppercase()))
+            .collect();
+        for (name, _) in &self.vars {
+            if known.iter().any(|k| k == name) {
+                continue;
+            }
+            let nearest = known
+                .iter()
+                .min_by_key(|k| strsim::levenshtein(k, name))
+                .map(String::as_str)
+                .unwrap_or("none");
+            return Err(ConfigError(format!(
+                "{name}: unknown variable; did you mean {nearest}?"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Reads one section. The variables of the other sections are no
+    /// concern of `T`'s; whether every variable belongs to some section
+    /// is [`Env::check_known`]'s.
+    pub fn section<T: DeserializeOwned>(&self) -> Result<T, ConfigError> {
+        let prefix = &self.prefix;
+        envy::prefixed(prefix.as_str())
+            .from_iter(self.vars.iter().cloned())
+            .map_err(|e| match e {
+                envy::Error::MissingValue(field) => ConfigError(format!(
+                    "{prefix}{} is required but not set",
+                    field.to_uppercase()
+                )),
+                envy::Error::Custom(message) => ConfigError(name_variable(prefix, &message)),
+            })
+    }
+}
+
+/// Reads `T` from the variables in `vars` that start with `prefix`: a
+/// binary with one section.
 pub fn from_vars<T, I>(prefix: &str, vars: I) -> Result<T, ConfigError>
 where
     T: DeserializeOwned,
@@ -38,44 +125,28 @@ where
     T: DeserializeOwned,
     I: IntoIterator<Item = (String, String)>,
 {
-    let vars: Vec<(String, String)> = vars
-        .into_iter()
-        .filter(|(k, v)| k.starts_with(prefix) && (!v.is_empty() || empty_allowed.contains(&&**k)))
-        .collect();
-    check_known::<T>(prefix, vars.iter().map(|(k, _)| k.as_str()))?;
-    envy::prefixed(prefix).from_iter(vars).map_err(|e| match e {
-        envy::Error::MissingValue(field) => ConfigError(format!(
-            "{prefix}{} is required but not set",
-            field.to_uppercase()
-        )),
-        envy::Error::Custom(message) => ConfigError(name_variable(prefix, &message)),
-    })
+    let env = Env::with_empty_allowed(prefix, vars, empty_allowed);
+    env.check_known(&[fields::<T>()])?;
+    env.section()
 }
 
-/// Fails on the first variable in `names` that is no setting of `T`.
-fn check_known<T: DeserializeOwned>(
-    prefix: &str,
-    names: impl Iterator<Item = impl AsRef<str>>,
-) -> Result<(), ConfigError> {
-    let known: Vec<String> = fields::<T>()
-        .iter()
-        .map(|f| format!("{prefix}{}", f.to_uppercase()))
-        .collect();
-    for name in names {
-        let name = name.as_ref();
-        if !name.starts_with(prefix) || known.iter().any(|k| k == name) {
-            continue;
-        }
-        let nearest = known
-            .iter()
-            .min_by_key(|k| strsim::levenshtein(k, name))
-            .map(String::as_str)
-            .unwrap_or("none");
-        return Err(ConfigError(format!(
-            "{name}: unknown variable; did you mean {nearest}?"
-        )));
-    }
-    Ok(())
+/// `[("NAME", "value"), ...]` as the owned pairs the readers take: for
+/// tests and for embedding a binary's settings in code.
+pub fn vars(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// An id setting's value, or when it is unset the host's name (`fallback`
+/// when that cannot be read): `GATEWAY_ID`, `VPS_INSTANCE_ID`.
+pub fn id_or_hostname(id: Option<&str>, fallback: &str) -> String {
+    id.map(String::from).unwrap_or_else(|| {
+        hostname::get()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| fallback.into())
+    })
 }
 
 /// The field names `T`'s `Deserialize` asks for, as serde declares them.
@@ -221,12 +292,6 @@ mod tests {
         "vps-".into()
     }
 
-    fn vars(list: &[(&str, &str)]) -> Vec<(String, String)> {
-        list.iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
     #[test]
     fn errors_name_the_variable() {
         let err = from_vars::<Example, _>("X_", vars(&[])).unwrap_err();
@@ -253,6 +318,36 @@ mod tests {
         );
         // Other prefixes are not ours to judge.
         from_vars::<Example, _>("X_", vars(&[("X_SECRET", "s"), ("Y_PROT", "9")])).unwrap();
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct Other {
+        #[serde(default)]
+        other_port: Option<u16>,
+    }
+
+    #[test]
+    fn sections_read_the_same_variables_and_unknown_names_are_checked_across_all() {
+        let env = Env::new(
+            "X_",
+            vars(&[("X_SECRET", "s"), ("X_PORT", "9"), ("X_OTHER_PORT", "10")]),
+        );
+        let sections = [fields::<Example>(), fields::<Other>()];
+        env.check_known(&sections).unwrap();
+        let example: Example = env.section().unwrap();
+        let other: Other = env.section().unwrap();
+        assert_eq!((example.port, other.other_port), (Some(9), Some(10)));
+        let env = Env::new("X_", vars(&[("X_SECRET", "s"), ("X_OTHER_PROT", "1")]));
+        assert_eq!(
+            env.check_known(&sections).unwrap_err().to_string(),
+            "X_OTHER_PROT: unknown variable; did you mean X_OTHER_PORT?"
+        );
+        let env = Env::new("X_", vars(&[("X_OTHER_PORT", "many")]));
+        let e = env.section::<Other>().unwrap_err().to_string();
+        assert!(
+            e.starts_with("X_OTHER_PORT: "),
+            "a number, section alone: {e}"
+        );
     }
 
     #[test]

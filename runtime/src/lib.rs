@@ -2,7 +2,10 @@
 //! ends need around the mesh, written once.
 //!
 //! - [`env`]: typed config from environment variables, with errors that name
-//!   the variable.
+//!   the variable: [`env::Env`], one loader for a binary whose settings are
+//!   sections owned by the concerns they configure.
+//! - [`ops`]: [`ops::OpsSettings`], the operator endpoints' and logs'
+//!   settings both binaries read the same way.
 //! - [`secret`]: [`Secret`], compared in constant time, never printed.
 //! - [`pem`]: TLS certificates and keys read from PEM files, checked at
 //!   start so a bad file names its variable.
@@ -30,6 +33,7 @@ pub mod http;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
+pub mod ops;
 pub mod pem;
 pub mod secret;
 pub mod served;

@@ -26,6 +26,34 @@ pub fn private_key(var: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
     Ok(pem)
 }
 
+/// A certificate chain and its private key, both PEM, checked.
+pub struct KeyPair {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+/// A [`KeyPair`] from two settings given both or neither (`(variable,
+/// path)` each): `None` when neither is set; when one is, an error naming
+/// the other.
+pub fn key_pair(
+    (cert_var, cert): (&str, Option<&Path>),
+    (key_var, key): (&str, Option<&Path>),
+) -> Result<Option<KeyPair>, ConfigError> {
+    match (cert, key) {
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(ConfigError(format!(
+            "{key_var}: required when {cert_var} is set"
+        ))),
+        (None, Some(_)) => Err(ConfigError(format!(
+            "{cert_var}: required when {key_var} is set"
+        ))),
+        (Some(cert), Some(key)) => Ok(Some(KeyPair {
+            cert_pem: certificates(cert_var, cert)?,
+            key_pem: private_key(key_var, key)?,
+        })),
+    }
+}
+
 /// Checks that `pem` holds one or more well-formed certificates.
 pub fn check_certificates(var: &str, pem: &[u8]) -> Result<usize, ConfigError> {
     let mut count = 0;

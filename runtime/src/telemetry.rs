@@ -151,6 +151,18 @@ pub fn init(
     })
 }
 
+/// [`init`] as a binary starts it, from the process environment:
+/// `RUST_LOG`, the standard `OTEL_*` variables, and the binary's own log
+/// format setting; `binary` names the service in exported spans.
+pub fn init_from_env(binary: &str, format: Option<&str>) -> Result<Telemetry, ConfigError> {
+    let rust_log = std::env::var("RUST_LOG").ok();
+    init(
+        format,
+        rust_log.as_deref(),
+        &TelemetryConfig::from_vars(std::env::vars(), binary),
+    )
+}
+
 /// Span export only, no log output: for the CLI, whose stderr belongs to
 /// its one-line errors. `Telemetry::default()` when `config` is off.
 pub fn init_export_only(config: &TelemetryConfig) -> Result<Telemetry, ConfigError> {

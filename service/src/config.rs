@@ -1,9 +1,14 @@
-//! `vps-service` settings, read from `VPS_*` environment variables.
+//! `vps-service` settings, read from `VPS_*` environment variables: the
+//! instance's own section and the operator side's ([`OpsSettings`], the
+//! HTTP endpoints and the log format, read as the gateway reads them).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use gatemesh_runtime::env::{bind_addr, check_label, check_secret, ensure, from_vars, range};
+use gatemesh_runtime::env::{
+    Env, check_label, check_secret, ensure, fields, id_or_hostname, range,
+};
+use gatemesh_runtime::ops::{OpsDefaults, OpsSettings};
 use gatemesh_runtime::{ConfigError, Secret};
 use serde::Deserialize;
 
@@ -55,25 +60,11 @@ pub struct ServiceConfig {
     /// `VPS_DRAIN_GRACE_MS`: on shutdown, how long running handlers may finish.
     #[serde(default = "defaults::drain_grace_ms")]
     pub drain_grace_ms: u64,
-    /// `VPS_HTTP_PORT`: the operator endpoints (`/health`, `/metrics`);
-    /// off when unset.
-    #[serde(default)]
-    pub http_port: Option<u16>,
-    /// `VPS_HTTP_BIND`: the address of the operator endpoints, an IP
-    /// address or a host name resolved at start.
-    #[serde(default = "defaults::http_bind")]
-    pub http_bind: String,
-    /// `VPS_HTTP_TIMEOUT_MS`: an HTTP connection must send a request's
-    /// headers within this, and an idle keep-alive connection is closed
-    /// after it.
-    #[serde(default = "defaults::http_timeout_ms")]
-    pub http_timeout_ms: u64,
-    /// `VPS_HTTP_BIND` resolved.
-    #[serde(skip, default = "defaults::unresolved")]
-    http_bind_ip: std::net::IpAddr,
-    /// `VPS_LOG_FORMAT`: `text` or `json`.
-    #[serde(default)]
-    pub log_format: Option<String>,
+    /// `VPS_HTTP_PORT` (off when unset), `VPS_HTTP_BIND`,
+    /// `VPS_HTTP_TIMEOUT_MS` and `VPS_LOG_FORMAT`: the operator endpoints
+    /// (`/health`, `/metrics`) and the logs.
+    #[serde(skip)]
+    pub ops: OpsSettings,
     /// `VPS_TLS_CA`: CA certificates (PEM) that sign the gateways'
     /// certificates; the system's roots when unset.
     #[serde(default)]
@@ -90,16 +81,14 @@ pub struct ServiceConfig {
     pub tls: ClientTls,
 }
 
+/// The instance's defaults for the operator side: off unless
+/// `VPS_HTTP_PORT` is set, on every address.
+const OPS_DEFAULTS: OpsDefaults = OpsDefaults {
+    http_port: None,
+    http_bind: "0.0.0.0",
+};
+
 mod defaults {
-    pub fn http_bind() -> String {
-        "0.0.0.0".into()
-    }
-    pub fn unresolved() -> std::net::IpAddr {
-        std::net::Ipv4Addr::UNSPECIFIED.into()
-    }
-    pub fn http_timeout_ms() -> u64 {
-        5_000
-    }
     pub fn environment() -> String {
         "dev".into()
     }
@@ -127,9 +116,11 @@ impl ServiceConfig {
     pub fn from_vars(
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let mut config: Self = from_vars("VPS_", vars)?;
+        let env = Env::new("VPS_", vars);
+        env.check_known(&[fields::<Self>(), OpsSettings::fields()])?;
+        let mut config: Self = env.section()?;
         config.validate()?;
-        config.http_bind_ip = bind_addr("VPS_HTTP_BIND", &config.http_bind)?;
+        config.ops = OpsSettings::from_env(&env, OPS_DEFAULTS)?;
         config.tls = ClientTls::from_config(&config)?;
         Ok(config)
     }
@@ -192,19 +183,7 @@ impl ServiceConfig {
             self.reconnect_max_ms,
             self.reconnect_base_ms..=3_600_000,
         )?;
-        range("VPS_DRAIN_GRACE_MS", self.drain_grace_ms, 0..=600_000)?;
-        if let Some(port) = self.http_port {
-            range("VPS_HTTP_PORT", port, 1..=65535)?;
-        }
-        range("VPS_HTTP_TIMEOUT_MS", self.http_timeout_ms, 100..=600_000)?;
-        if let Some(format) = &self.log_format {
-            ensure(
-                matches!(format.as_str(), "text" | "json"),
-                "VPS_LOG_FORMAT",
-                "`text` or `json`",
-            )?;
-        }
-        Ok(())
+        range("VPS_DRAIN_GRACE_MS", self.drain_grace_ms, 0..=600_000)
     }
 
     pub fn gateway_urls(&self) -> Vec<String> {
@@ -217,22 +196,16 @@ impl ServiceConfig {
     }
 
     pub fn instance_id(&self) -> String {
-        self.instance_id.clone().unwrap_or_else(|| {
-            hostname::get()
-                .ok()
-                .and_then(|h| h.into_string().ok())
-                .unwrap_or_else(|| "instance".into())
-        })
+        id_or_hostname(self.instance_id.as_deref(), "instance")
     }
 
     /// Where the operator endpoints listen, when `VPS_HTTP_PORT` is set.
     pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
-        self.http_port
-            .map(|port| std::net::SocketAddr::new(self.http_bind_ip, port))
+        self.ops.http_addr()
     }
 
     pub fn http_timeout(&self) -> Duration {
-        Duration::from_millis(self.http_timeout_ms)
+        self.ops.http_timeout()
     }
 
     pub fn reconnect_base(&self) -> Duration {
@@ -247,12 +220,7 @@ impl ServiceConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn vars(list: &[(&str, &str)]) -> Vec<(String, String)> {
-        list.iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use gatemesh_runtime::env::vars;
 
     #[test]
     fn urls_secret_and_errors() {
@@ -263,7 +231,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.gateway_urls(), ["http://a:1537", "http://b:1537"]);
         assert_eq!(c.environment, "dev");
-        assert_eq!(c.http_port, None, "the endpoints are off by default");
+        assert_eq!(c.http_addr(), None, "the endpoints are off by default");
         let e = ServiceConfig::from_vars(vars(&[("VPS_GATEWAY_URL", "http://a")]))
             .unwrap_err()
             .to_string();

@@ -54,23 +54,14 @@ impl ClientTls {
     /// Reads and checks the files named by `VPS_TLS_*`. A certificate
     /// without its key (or the reverse) names what is missing.
     pub(crate) fn from_config(config: &ServiceConfig) -> Result<Self, ConfigError> {
-        let identity = match (&config.tls_cert, &config.tls_key) {
-            (None, None) => None,
-            (Some(_), None) => {
-                return Err(ConfigError(
-                    "VPS_TLS_KEY: required when VPS_TLS_CERT is set".into(),
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(ConfigError(
-                    "VPS_TLS_CERT: required when VPS_TLS_KEY is set".into(),
-                ));
-            }
-            (Some(cert), Some(key)) => Some(ClientIdentity {
-                cert_pem: pem::certificates("VPS_TLS_CERT", cert)?,
-                key_pem: pem::private_key("VPS_TLS_KEY", key)?,
-            }),
-        };
+        let identity = pem::key_pair(
+            ("VPS_TLS_CERT", config.tls_cert.as_deref()),
+            ("VPS_TLS_KEY", config.tls_key.as_deref()),
+        )?
+        .map(|pair| ClientIdentity {
+            cert_pem: pair.cert_pem,
+            key_pem: pair.key_pem,
+        });
         let tls = Self {
             ca_pem: config
                 .tls_ca

@@ -40,7 +40,7 @@ pub fn binary(name: &str) -> PathBuf {
             "--quiet",
             "--bins",
             "-p",
-            "gatemesh-gateway",
+            "gatemesh-node",
             "-p",
             "gatemesh-service",
         ]);

@@ -21,11 +21,9 @@ fn main() -> ExitCode {
 #[tokio::main]
 async fn run() -> anyhow::Result<()> {
     let config = ServiceConfig::from_vars(std::env::vars())?;
-    let rust_log = std::env::var("RUST_LOG").ok();
-    let telemetry = gatemesh_runtime::telemetry::init(
-        config.log_format.as_deref(),
-        rust_log.as_deref(),
-        &gatemesh_runtime::telemetry::TelemetryConfig::from_vars(std::env::vars(), "vps-service"),
+    let telemetry = gatemesh_runtime::telemetry::init_from_env(
+        "vps-service",
+        config.ops.log_format.as_deref(),
     )?;
     gatemesh_runtime::limits::raise_fd_limit_logged();
     let mut unaddressed = Vec::new();

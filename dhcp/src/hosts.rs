@@ -1,9 +1,7 @@
-//! The `addn-hosts` file dnsmasq reads; writing it and the SIGHUP that
-//! makes dnsmasq read it again are [`crate::dnsmasq`]'s.
+//! The `addn-hosts` file dnsmasq reads, as text; writing it and the
+//! SIGHUP that makes dnsmasq read it again are `gatemesh-dnsmasq`'s.
 
 use std::net::IpAddr;
-
-pub use crate::dnsmasq::{DnsmasqError as HostsError, reload, write_atomically};
 
 /// First line of every file the manager writes.
 pub const HEADER: &str = "# written by vps-gateway's DHCP manager; edits are overwritten\n";

@@ -1,6 +1,6 @@
 //! The reservations and the rules that change them, with no I/O: what
 //! `AllocateIP` and `ReleaseIP` do to the table, and the file the table is
-//! (see [`render`] and [`parse`]). The service around it ([`super::service`])
+//! (see [`render`] and [`parse`]). The owner task around it (`crate::owner`)
 //! applies requests one after another, so every rule here is checked
 //! against the state the previous request left.
 
@@ -11,7 +11,7 @@ use std::str::FromStr;
 
 use gatemesh_proto::pb;
 
-use super::Pool;
+use crate::pool::Pool;
 
 /// An Ethernet MAC: unicast, not all zeros. Shown lowercase with colons,
 /// as dnsmasq writes it in its lease file.
@@ -93,10 +93,11 @@ impl From<&Reservation> for pb::IpReservation {
     }
 }
 
-/// Why a request was refused. Made where the rule fails; a log field, a
-/// metric label and a gRPC status at the edge ([`Refusal::code`]).
+/// Why an `AllocateIP`, `ReleaseIP` or `ListIPs` request was refused.
+/// Made where the rule fails; a log field, a metric label and a gRPC
+/// status at the edge ([`IpRefusal::code`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Refusal {
+pub enum IpRefusal {
     BadMac,
     BadIp,
     BadId,
@@ -122,11 +123,12 @@ pub enum Refusal {
     NotFound,
     /// The reservations file could not be written; nothing changed.
     Persist,
-    /// The allocator is not running.
+    /// The allocator cannot answer now: it is not running, or the lease
+    /// file it must check cannot be read.
     Unavailable,
 }
 
-impl Refusal {
+impl IpRefusal {
     pub const ALL: [Self; 15] = [
         Self::BadMac,
         Self::BadIp,
@@ -190,12 +192,12 @@ impl Refusal {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct Refused {
-    pub reason: Refusal,
+    pub reason: IpRefusal,
     pub message: String,
 }
 
 impl Refused {
-    pub fn new(reason: Refusal, message: impl Into<String>) -> Self {
+    pub fn new(reason: IpRefusal, message: impl Into<String>) -> Self {
         Self {
             reason,
             message: message.into(),
@@ -218,13 +220,13 @@ impl TryFrom<pb::AllocateIpRequest> for Allocate {
     fn try_from(r: pb::AllocateIpRequest) -> Result<Self, Refused> {
         if !valid_id(&r.vps_id) {
             return Err(Refused::new(
-                Refusal::BadId,
+                IpRefusal::BadId,
                 format!("vps_id {:?}: {ID_RULE}", clip(&r.vps_id)),
             ));
         }
         if !r.organization_id.is_empty() && !valid_id(&r.organization_id) {
             return Err(Refused::new(
-                Refusal::BadId,
+                IpRefusal::BadId,
                 format!("organization_id {:?}: {ID_RULE}", clip(&r.organization_id)),
             ));
         }
@@ -233,7 +235,7 @@ impl TryFrom<pb::AllocateIpRequest> for Allocate {
             "" => None,
             ip => Some(ip.parse::<Ipv4Addr>().map_err(|_| {
                 Refused::new(
-                    Refusal::BadIp,
+                    IpRefusal::BadIp,
                     format!("ip {:?} is not an IPv4 address", clip(ip)),
                 )
             })?),
@@ -260,13 +262,13 @@ impl TryFrom<pb::ReleaseIpRequest> for Release {
     fn try_from(r: pb::ReleaseIpRequest) -> Result<Self, Refused> {
         if r.vps_id.is_empty() && r.mac.is_empty() {
             return Err(Refused::new(
-                Refusal::NoKey,
+                IpRefusal::NoKey,
                 "name the reservation by vps_id or mac",
             ));
         }
         if !r.vps_id.is_empty() && !valid_id(&r.vps_id) {
             return Err(Refused::new(
-                Refusal::BadId,
+                IpRefusal::BadId,
                 format!("vps_id {:?}: {ID_RULE}", clip(&r.vps_id)),
             ));
         }
@@ -283,7 +285,7 @@ const ID_RULE: &str = "expected 1 to 128 bytes of letters, digits and `._-:@/`";
 fn parse_mac(mac: &str) -> Result<Mac, Refused> {
     mac.parse().map_err(|()| {
         Refused::new(
-            Refusal::BadMac,
+            IpRefusal::BadMac,
             format!(
                 "mac {:?} is not a unicast Ethernet address such as 52:54:00:12:34:56",
                 clip(mac)
@@ -294,7 +296,7 @@ fn parse_mac(mac: &str) -> Result<Mac, Refused> {
 
 /// What a caller's words may cost in a message: 64 characters.
 fn clip(s: &str) -> String {
-    crate::dhcp::names::short(s, 64)
+    gatemesh_dnsmasq::names::short(s, 64)
 }
 
 /// What a successful request did.
@@ -382,7 +384,7 @@ impl Table {
             let held = &self.by_ip[ip];
             if held.mac != req.mac {
                 return Err(Refused::new(
-                    Refusal::Conflict,
+                    IpRefusal::Conflict,
                     format!(
                         "VPS {} already holds {} for MAC {}, not {}",
                         req.vps_id, held.ip, held.mac, req.mac
@@ -391,7 +393,7 @@ impl Table {
             }
             if held.environment != environment {
                 return Err(Refused::new(
-                    Refusal::Environment,
+                    IpRefusal::Environment,
                     format!(
                         "VPS {} holds {} for environment {:?}",
                         req.vps_id, held.ip, held.environment
@@ -400,7 +402,7 @@ impl Table {
             }
             if req.ip.is_some_and(|ip| ip != held.ip) {
                 return Err(Refused::new(
-                    Refusal::Conflict,
+                    IpRefusal::Conflict,
                     format!("VPS {} already holds {}", req.vps_id, held.ip),
                 ));
             }
@@ -412,7 +414,7 @@ impl Table {
         if let Some(ip) = self.by_mac.get(&req.mac) {
             let held = &self.by_ip[ip];
             return Err(Refused::new(
-                Refusal::Conflict,
+                IpRefusal::Conflict,
                 format!(
                     "MAC {} already holds {} for VPS {}",
                     req.mac, held.ip, held.vps_id
@@ -426,19 +428,19 @@ impl Table {
             Some(ip) => {
                 if !pool.contains(ip) {
                     return Err(Refused::new(
-                        Refusal::OutsidePool,
+                        IpRefusal::OutsidePool,
                         format!("{ip} is outside this gateway's pool ({pool})"),
                     ));
                 }
                 if let Some(other) = self.by_ip.get(&ip) {
                     return Err(Refused::new(
-                        Refusal::Taken,
+                        IpRefusal::Taken,
                         format!("{ip} is reserved for VPS {}", other.vps_id),
                     ));
                 }
                 if !free(&ip) {
                     return Err(Refused::new(
-                        Refusal::Leased,
+                        IpRefusal::Leased,
                         format!("{ip} is held by an active lease of another MAC"),
                     ));
                 }
@@ -446,7 +448,7 @@ impl Table {
             }
             None => pool.iter().find(free).ok_or_else(|| {
                 Refused::new(
-                    Refusal::Exhausted,
+                    IpRefusal::Exhausted,
                     format!(
                         "the pool ({pool}) is exhausted: {} of {} addresses reserved, the rest leased",
                         self.used(pool),
@@ -480,7 +482,7 @@ impl Table {
     ) -> Result<Done, Refused> {
         let missing = |what: String| {
             Refused::new(
-                Refusal::NotFound,
+                IpRefusal::NotFound,
                 format!("no address is reserved for {what}"),
             )
         };
@@ -505,14 +507,14 @@ impl Table {
         let ip = match (by_vps, by_mac) {
             (Some(a), Some(b)) if a != b => {
                 return Err(Refused::new(
-                    Refusal::Mismatch,
+                    IpRefusal::Mismatch,
                     format!("vps_id and mac name different reservations ({a} and {b})"),
                 ));
             }
             (Some(ip), _) | (_, Some(ip)) => ip,
             (None, None) => {
                 return Err(Refused::new(
-                    Refusal::NoKey,
+                    IpRefusal::NoKey,
                     "name the reservation by vps_id or mac",
                 ));
             }
@@ -520,7 +522,7 @@ impl Table {
         let held = &self.by_ip[&ip];
         if held.environment != environment && !any_environment {
             return Err(Refused::new(
-                Refusal::Environment,
+                IpRefusal::Environment,
                 format!(
                     "{} was allocated by environment {:?}; only it may release it",
                     ip, held.environment
@@ -548,7 +550,7 @@ const RECORD: &str = "# gatemesh-ipam v1 ";
 /// time) inside the VPS namespace, and not one of dnsmasq's keywords.
 fn hostname<'a>(vps_id: &'a str, prefix: &str) -> Option<&'a str> {
     let lower = vps_id.to_ascii_lowercase();
-    (crate::dhcp::names::is_dns_name(vps_id)
+    (gatemesh_dnsmasq::names::is_dns_name(vps_id)
         && !vps_id.contains('.')
         && vps_id.starts_with(|c: char| c.is_ascii_alphabetic())
         && lower.starts_with(&prefix.to_ascii_lowercase())
@@ -688,49 +690,49 @@ mod tests {
                     mac: "nope".into(),
                     ..ok.clone()
                 },
-                Refusal::BadMac,
+                IpRefusal::BadMac,
             ),
             (
                 pb::AllocateIpRequest {
                     ip: "10.0.0.256".into(),
                     ..ok.clone()
                 },
-                Refusal::BadIp,
+                IpRefusal::BadIp,
             ),
             (
                 pb::AllocateIpRequest {
                     ip: "fd00::1".into(),
                     ..ok.clone()
                 },
-                Refusal::BadIp,
+                IpRefusal::BadIp,
             ),
             (
                 pb::AllocateIpRequest {
                     vps_id: String::new(),
                     ..ok.clone()
                 },
-                Refusal::BadId,
+                IpRefusal::BadId,
             ),
             (
                 pb::AllocateIpRequest {
                     vps_id: "vps 1\nx".into(),
                     ..ok.clone()
                 },
-                Refusal::BadId,
+                IpRefusal::BadId,
             ),
             (
                 pb::AllocateIpRequest {
                     organization_id: "a=b".into(),
                     ..ok.clone()
                 },
-                Refusal::BadId,
+                IpRefusal::BadId,
             ),
         ] {
             assert_eq!(refused(r), why);
             assert_eq!(why.code(), tonic::Code::InvalidArgument);
         }
         let e = Release::try_from(pb::ReleaseIpRequest::default()).unwrap_err();
-        assert_eq!(e.reason, Refusal::NoKey);
+        assert_eq!(e.reason, IpRefusal::NoKey);
     }
 
     #[test]
@@ -762,27 +764,27 @@ mod tests {
         };
         assert_eq!(
             why(&mut t, req("vps-a", MAC2, None), "prod"),
-            Refusal::Conflict
+            IpRefusal::Conflict
         );
         assert_eq!(
             why(&mut t, req("vps-b", MAC1, None), "prod"),
-            Refusal::Conflict
+            IpRefusal::Conflict
         );
         assert_eq!(
             why(&mut t, req("vps-a", MAC1, Some("10.0.0.11")), "prod"),
-            Refusal::Conflict
+            IpRefusal::Conflict
         );
         assert_eq!(
             why(&mut t, req("vps-a", MAC1, None), "beta"),
-            Refusal::Environment
+            IpRefusal::Environment
         );
         assert_eq!(
             why(&mut t, req("vps-b", MAC2, Some("10.0.0.10")), "prod"),
-            Refusal::Taken
+            IpRefusal::Taken
         );
         assert_eq!(
             why(&mut t, req("vps-b", MAC2, Some("10.0.0.13")), "prod"),
-            Refusal::OutsidePool
+            IpRefusal::OutsidePool
         );
         let b = t
             .allocate(
@@ -806,7 +808,7 @@ mod tests {
                 7,
             )
             .unwrap_err();
-        assert_eq!(full.reason, Refusal::Exhausted);
+        assert_eq!(full.reason, IpRefusal::Exhausted);
         assert_eq!(full.reason.code(), tonic::Code::ResourceExhausted);
         assert!(full.message.contains("3 of 3"), "{}", full.message);
     }
@@ -834,7 +836,7 @@ mod tests {
                 1,
             )
             .unwrap_err();
-        assert_eq!(e.reason, Refusal::Leased);
+        assert_eq!(e.reason, IpRefusal::Leased);
         // The lease holder itself may have its address.
         let b = t
             .allocate(
@@ -858,7 +860,7 @@ mod tests {
         t.allocate(&pool, &req("vps-b", MAC2, None), "prod", &none, 1)
             .unwrap();
         let e = t.release(&release_vps("vps-a"), "beta", false).unwrap_err();
-        assert_eq!(e.reason, Refusal::Environment);
+        assert_eq!(e.reason, IpRefusal::Environment);
         assert_eq!(e.reason.code(), tonic::Code::PermissionDenied);
         let both = Release {
             vps_id: Some("vps-a".into()),
@@ -866,7 +868,7 @@ mod tests {
         };
         assert_eq!(
             t.release(&both, "prod", false).unwrap_err().reason,
-            Refusal::Mismatch
+            IpRefusal::Mismatch
         );
         let by_mac = Release {
             vps_id: None,
@@ -880,7 +882,7 @@ mod tests {
             "vps-a"
         );
         let again = t.release(&release_vps("vps-a"), "prod", false).unwrap_err();
-        assert_eq!(again.reason, Refusal::NotFound);
+        assert_eq!(again.reason, IpRefusal::NotFound);
         assert_eq!(again.reason.code(), tonic::Code::NotFound);
         assert!(
             t.release(&release_vps("vps-b"), "beta", true).is_ok(),

@@ -1,24 +1,24 @@
-//! The allocator's `/metrics` families (`gatemesh_gateway_ipam_*`), read
-//! at scrape time; present once an allocator is attached.
+//! The allocator's `/metrics` families, read at scrape time: a collector
+//! whose names (`ipam_*`) the gateway's registry prefixes
+//! (`gatemesh_gateway_ipam_*`).
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, OnceLock};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::registry::Registry;
 
-use super::{Ipam, Refusal};
+use crate::allocator::Ipam;
+use crate::table::IpRefusal;
 
-/// Adds the allocator's families to `registry`.
-pub fn register(registry: &mut Registry, ipam: Arc<OnceLock<Ipam>>) {
-    registry.register_collector(Box::new(IpamMetrics(ipam)));
+/// The allocator's families, for a metrics registry.
+pub fn collector(ipam: Ipam) -> Box<dyn Collector> {
+    Box::new(IpamMetrics(ipam))
 }
 
-struct IpamMetrics(Arc<OnceLock<Ipam>>);
+struct IpamMetrics(Ipam);
 
 impl std::fmt::Debug for IpamMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -28,9 +28,7 @@ impl std::fmt::Debug for IpamMetrics {
 
 impl Collector for IpamMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
-        let Some(ipam) = self.0.get() else {
-            return Ok(());
-        };
+        let ipam = &self.0;
         let e = &mut encoder;
         let s = ipam.stats();
         for (name, help, value) in [
@@ -73,7 +71,7 @@ impl Collector for IpamMetrics {
             None,
             MetricType::Counter,
         )?;
-        for reason in Refusal::ALL {
+        for reason in IpRefusal::ALL {
             ConstCounter::new(s.refused(reason))
                 .encode(family.encode_family(&[("reason", reason.as_str())])?)?;
         }

@@ -1,51 +1,19 @@
-//! The IP allocator: each gateway hands out the addresses of its node's
-//! pool to VPSs, as dnsmasq static reservations, through the gateway-served
-//! `AllocateIP`, `ReleaseIP` and `ListIPs`.
-//!
-//! - [`pool`]: [`Pool`], the configured ranges less the exclusions.
-//! - [`table`]: the reservations and the rules that change them, and the
-//!   file they are (a dnsmasq `dhcp-hostsfile` that also holds the
-//!   allocator's records); no I/O, so tests drive every rule directly.
-//! - `service`: the one task that owns the table: requests in arrival
-//!   order, each batch written atomically and made durable before it is
-//!   answered, one SIGHUP to dnsmasq per change.
-//! - [`metrics`]: the allocator's `/metrics` families.
-//!
-//! Trust: a caller is an authenticated instance (or the admin API, which
-//! holds the secret); its environment comes from the mesh, not from the
-//! request, and is recorded with the reservation. Every field of a request
-//! is validated into a type before the table sees it.
-//!
-//! Wiring, as [`crate::Gateway::from_config`] does it:
-//!
-//! ```ignore
-//! let ipam = Ipam::start(ipam_config)?;
-//! gatemesh_gateway::ipam::register(&mut registry, ipam.clone())?;
-//! let gateway = Gateway::with_handlers(config, registry)?;
-//! gateway.attach_ipam(ipam);
-//! ```
-
-pub mod metrics;
-pub mod pool;
-mod service;
-pub mod table;
+//! [`Ipam`]: how callers reach the allocator's owner task. Requests go
+//! to the task through a bounded queue; reads (the table, the pool, what
+//! `/health` should say) come from the last durable table.
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use gatemesh_handlers::{Caller, Context, GatewayRegistry, HandlerError, RegistryError};
-use gatemesh_proto::methods::{AllocateIp, ListIPs, ReleaseIp};
+use gatemesh_handlers::Caller;
 use gatemesh_proto::pb;
 use parking_lot::RwLock;
 use tokio::sync::{mpsc, oneshot};
 
-pub use pool::{Pool, PoolError};
-pub use service::IpamStats;
-pub use table::{Refusal, Refused, Reservation, Table};
-
-use service::{Job, Op, Owner};
+use crate::owner::{self, IpamStats, Job, Op, Owner};
+use crate::table::{self, IpRefusal, Refused, Table};
+use crate::{IpamConfig, Pool};
 
 /// `ListIPs` page size when the request names none, and the largest.
 const DEFAULT_PAGE: usize = 1000;
@@ -53,40 +21,6 @@ const MAX_PAGE: usize = 5000;
 
 /// The share of the pool in use at which `/health` turns degraded.
 pub const NEARLY_EXHAUSTED_PERCENT: u64 = 90;
-
-/// The allocator's settings; see the `GATEWAY_IP_*` fields of
-/// [`crate::GatewayConfig`].
-#[derive(Debug, Clone)]
-pub struct IpamConfig {
-    pub pool: Pool,
-    /// The `dhcp-hostsfile` dnsmasq reads, which is also the allocator's
-    /// state.
-    pub reservations_file: PathBuf,
-    /// dnsmasq's lease file: an address leased to another MAC is never
-    /// handed out. Unset: leases are not checked.
-    pub leases_file: Option<PathBuf>,
-    /// dnsmasq's pid file, for the SIGHUP after each change.
-    pub pid_file: Option<PathBuf>,
-    /// A release from another environment than the allocator's is allowed.
-    pub release_any_environment: bool,
-    /// A VPS id starting with this (and a valid DNS label) is also the
-    /// VM's DHCP hostname in the reservation.
-    pub hostname_prefix: String,
-}
-
-impl IpamConfig {
-    /// Defaults around a pool and the file.
-    pub fn new(pool: Pool, reservations_file: impl Into<PathBuf>) -> Self {
-        Self {
-            pool,
-            reservations_file: reservations_file.into(),
-            leases_file: None,
-            pid_file: None,
-            release_any_environment: false,
-            hostname_prefix: "vps-".into(),
-        }
-    }
-}
 
 /// Why the allocator could not start.
 #[derive(Debug, thiserror::Error)]
@@ -98,8 +32,8 @@ pub enum IpamError {
     Load(String),
 }
 
-/// How the gateway reaches the allocator: requests go to its owner task,
-/// reads come from the last durable table.
+/// The allocator, as the gateway methods, `/metrics` and `/health` reach
+/// it; cheap to clone.
 #[derive(Clone)]
 pub struct Ipam {
     jobs: mpsc::Sender<Job>,
@@ -122,7 +56,7 @@ impl Ipam {
     /// exactly the table (first start, a hand edit), and starts the owner
     /// task on the current runtime.
     pub fn start(config: IpamConfig) -> Result<Self, IpamError> {
-        let table = service::load(&config.reservations_file).map_err(IpamError::Load)?;
+        let table = owner::load(&config.reservations_file).map_err(IpamError::Load)?;
         let pool = Arc::new(config.pool.clone());
         let outside = table.iter().filter(|r| !pool.contains(r.ip)).count();
         if outside > 0 {
@@ -153,7 +87,7 @@ impl Ipam {
             file = %owner.config.reservations_file.display(),
             "IP allocator started"
         );
-        let (jobs, rx) = mpsc::channel(service::QUEUE);
+        let (jobs, rx) = mpsc::channel(owner::QUEUE);
         tokio::spawn(owner.run(rx));
         Ok(Self {
             jobs,
@@ -204,6 +138,9 @@ impl Ipam {
         if let Some(e) = &*self.stats.reload_error.lock() {
             problems.push(format!("dnsmasq reload failed: {e}"));
         }
+        if let Some(e) = &*self.stats.lease_error.lock() {
+            problems.push(format!("lease file unreadable: {e}"));
+        }
         (!problems.is_empty()).then(|| problems.join("; "))
     }
 
@@ -212,7 +149,7 @@ impl Ipam {
         self.stats.count_refusal(refused.reason);
         let reason = refused.reason.as_str();
         match refused.reason {
-            Refusal::Persist | Refusal::Unavailable => tracing::warn!(
+            IpRefusal::Persist | IpRefusal::Unavailable => tracing::warn!(
                 method, reason, instance = %caller.id, environment = %caller.environment,
                 error = %refused.message, "IP request failed"
             ),
@@ -225,7 +162,8 @@ impl Ipam {
 
     async fn submit(&self, op: Op, caller: &Caller) -> Result<table::Done, Refused> {
         let (reply, answer) = oneshot::channel();
-        let unavailable = || Refused::new(Refusal::Unavailable, "the IP allocator is not running");
+        let unavailable =
+            || Refused::new(IpRefusal::Unavailable, "the IP allocator is not running");
         self.jobs
             .send(Job {
                 op,
@@ -312,7 +250,7 @@ impl Ipam {
             0 => Ok(DEFAULT_PAGE),
             n if n <= MAX_PAGE => Ok(n),
             n => Err(Refused::new(
-                Refusal::BadPage,
+                IpRefusal::BadPage,
                 format!("page_size {n}: at most {MAX_PAGE}"),
             )),
         };
@@ -320,7 +258,7 @@ impl Ipam {
             "" => Ok(None),
             token => token.parse::<Ipv4Addr>().map(Some).map_err(|_| {
                 Refused::new(
-                    Refusal::BadPage,
+                    IpRefusal::BadPage,
                     "page_token: not a token from a previous answer",
                 )
             }),
@@ -352,64 +290,25 @@ impl Ipam {
     }
 }
 
-fn status(e: Refused) -> HandlerError {
-    HandlerError::new(e.reason.code(), e.message)
-}
-
-/// Registers `AllocateIP`, `ReleaseIP` and `ListIPs`, served by `ipam` for
-/// the calling instance's environment (empty for the admin API).
-pub fn register(registry: &mut GatewayRegistry, ipam: Ipam) -> Result<(), RegistryError> {
-    let deadline = |what: &'static str| {
-        HandlerError::deadline_exceeded(format!(
-            "{what}: the deadline passed before the allocator answered; an allocation may still \
-             be made: call again (it is idempotent)"
-        ))
-    };
-    let alloc = ipam.clone();
-    registry.method::<AllocateIp>(move |ctx: Context, req: pb::AllocateIpRequest| {
-        let ipam = alloc.clone();
-        async move {
-            tokio::time::timeout(ctx.remaining(), ipam.allocate(ctx.caller(), req))
-                .await
-                .map_err(|_| deadline("AllocateIP"))?
-                .map_err(status)
-        }
-    })?;
-    let release = ipam.clone();
-    registry.method::<ReleaseIp>(move |ctx: Context, req: pb::ReleaseIpRequest| {
-        let ipam = release.clone();
-        async move {
-            tokio::time::timeout(ctx.remaining(), ipam.release(ctx.caller(), req))
-                .await
-                .map_err(|_| deadline("ReleaseIP"))?
-                .map_err(status)
-        }
-    })?;
-    registry.method::<ListIPs>(move |ctx: Context, req: pb::ListIPsRequest| {
-        let result = ipam.list(ctx.caller(), req).map_err(status);
-        async move { result }
-    })?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
-    struct Dir(PathBuf);
+    /// A fresh directory, removed on drop.
+    struct Dir(tempfile::TempDir);
 
     impl Dir {
         fn new(name: &str) -> Self {
-            let n: u64 = rand::random();
-            let dir = std::env::temp_dir().join(format!("gatemesh-ipam-{name}-{n:x}"));
-            std::fs::create_dir_all(&dir).unwrap();
+            let dir = tempfile::Builder::new()
+                .prefix(&format!("gatemesh-ipam-{name}-"))
+                .tempdir()
+                .unwrap();
             Self(dir)
         }
-    }
 
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
+        fn join(&self, name: &str) -> std::path::PathBuf {
+            self.0.path().join(name)
         }
     }
 
@@ -431,7 +330,7 @@ mod tests {
     }
 
     fn config(dir: &Dir, pool: &str) -> IpamConfig {
-        IpamConfig::new(Pool::parse(pool, "").unwrap(), dir.0.join("reservations"))
+        IpamConfig::new(Pool::parse(pool, "").unwrap(), dir.join("reservations"))
     }
 
     #[tokio::test]
@@ -459,7 +358,7 @@ mod tests {
         ips.sort();
         ips.dedup();
         assert_eq!(ips.len(), 500, "every address unique");
-        let on_disk = service::load(&dir.0.join("reservations")).unwrap();
+        let on_disk = owner::load(&dir.join("reservations")).unwrap();
         assert_eq!(on_disk, *ipam.table(), "the file holds what was answered");
         assert_eq!(ipam.stats().allocations.load(Relaxed), 500);
         assert!(
@@ -483,9 +382,9 @@ mod tests {
         assert!(!a.existing);
         drop(first);
         // A write cut short leaves a temporary file; it is not state.
-        std::fs::write(dir.0.join(".reservations.999.tmp"), "garbage").unwrap();
+        std::fs::write(dir.join(".reservations.999.tmp"), "garbage").unwrap();
         let second = Ipam::start(config(&dir, "10.1.0.10-10.1.0.20")).unwrap();
-        assert!(!dir.0.join(".reservations.999.tmp").exists());
+        assert!(!dir.join(".reservations.999.tmp").exists());
         let again = second
             .allocate(&caller("prod"), alloc("vps-a", &mac(1)))
             .await
@@ -503,7 +402,7 @@ mod tests {
     async fn a_corrupt_record_stops_the_start_instead_of_losing_a_reservation() {
         let dir = Dir::new("corrupt");
         std::fs::write(
-            dir.0.join("reservations"),
+            dir.join("reservations"),
             "# gatemesh-ipam v1 ip=10.1.0.10 mac=zz vps=vps-a org=- env=- at=1\n",
         )
         .unwrap();
@@ -514,7 +413,7 @@ mod tests {
     #[tokio::test]
     async fn an_unwritable_file_at_start_degrades_instead_of_stopping() {
         let dir = Dir::new("late");
-        let sub = dir.0.join("made-later");
+        let sub = dir.join("made-later");
         let ipam = Ipam::start(IpamConfig::new(
             Pool::parse("10.1.0.10-10.1.0.20", "").unwrap(),
             sub.join("reservations"),
@@ -531,7 +430,7 @@ mod tests {
             .unwrap();
         assert_eq!(ipam.problem(), None);
         assert_eq!(
-            service::load(&sub.join("reservations")).unwrap(),
+            owner::load(&sub.join("reservations")).unwrap(),
             *ipam.table()
         );
     }
@@ -539,7 +438,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_write_refuses_the_batch_and_changes_nothing() {
         let dir = Dir::new("unwritable");
-        let sub = dir.0.join("sub");
+        let sub = dir.join("sub");
         std::fs::create_dir_all(&sub).unwrap();
         let ipam = Ipam::start(IpamConfig::new(
             Pool::parse("10.1.0.10-10.1.0.20", "").unwrap(),
@@ -551,11 +450,11 @@ mod tests {
             .allocate(&caller("prod"), alloc("vps-a", &mac(1)))
             .await
             .unwrap_err();
-        assert_eq!(e.reason, Refusal::Persist);
+        assert_eq!(e.reason, IpRefusal::Persist);
         assert_eq!(e.reason.code(), tonic::Code::Unavailable);
         assert!(ipam.table().is_empty());
         assert!(ipam.problem().unwrap().contains("last write failed"));
-        assert_eq!(ipam.stats().refused(Refusal::Persist), 1);
+        assert_eq!(ipam.stats().refused(IpRefusal::Persist), 1);
         std::fs::create_dir_all(&sub).unwrap();
         let ok = ipam
             .allocate(&caller("prod"), alloc("vps-a", &mac(1)))
@@ -565,15 +464,95 @@ mod tests {
         assert_eq!(ipam.problem(), None);
     }
 
+    /// A lease file whose lease for 10.1.0.10 (another MAC's) comes a
+    /// moment after `head`, as dnsmasq rewrites it in place: truncated,
+    /// then written line by line.
+    async fn allocate_while_the_lease_file_is_rewritten(
+        name: &str,
+        head: &str,
+        rest_after: Duration,
+    ) -> pb::AllocateIpResponse {
+        let dir = Dir::new(name);
+        let leases = dir.join("dnsmasq.leases");
+        let later = gatemesh_dnsmasq::unix_now() + 3600;
+        let full = format!(
+            "{later} 52:54:00:99:99:01 10.1.0.9 other *\n\
+             {later} 52:54:00:99:99:02 10.1.0.10 other *\n"
+        );
+        std::fs::write(&leases, head.replace("LATER", &later.to_string())).unwrap();
+        let mut config = config(&dir, "10.1.0.10-10.1.0.11");
+        config.leases_file = Some(leases.clone());
+        let ipam = Ipam::start(config).unwrap();
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(rest_after).await;
+            std::fs::write(&leases, full).unwrap();
+        });
+        let answer = ipam
+            .allocate(&caller("prod"), alloc("vps-a", &mac(1)))
+            .await
+            .unwrap();
+        writer.await.unwrap();
+        answer
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_file_read_in_the_middle_of_a_rewrite_is_read_again_a_moment_later() {
+        // Two reads back to back agree on the first line alone.
+        let a = allocate_while_the_lease_file_is_rewritten(
+            "between-lines",
+            "LATER 52:54:00:99:99:01 10.1.0.9 other *\n",
+            crate::settings::LEASE_SETTLE.pause / 2,
+        )
+        .await;
+        assert_eq!(a.reservation.unwrap().ip, "10.1.0.11", "10 is leased");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_file_cut_in_the_middle_of_a_line_is_not_used() {
+        // However long the cut stays, a line without its newline is being
+        // written: what follows it is not there yet.
+        let a = allocate_while_the_lease_file_is_rewritten(
+            "mid-line",
+            "LATER 52:54:00:99:99:01 10.1.0.9 other 01:52",
+            crate::settings::LEASE_SETTLE.pause * 3 / 2,
+        )
+        .await;
+        assert_eq!(a.reservation.unwrap().ip, "10.1.0.11", "10 is leased");
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_lease_file_refuses_allocations_instead_of_ignoring_leases() {
+        let dir = Dir::new("unreadable-leases");
+        let leases = dir.join("dnsmasq.leases");
+        // Reading a directory fails (EISDIR), as an unreadable file would.
+        std::fs::create_dir(&leases).unwrap();
+        let mut config = config(&dir, "10.1.0.10-10.1.0.11");
+        config.leases_file = Some(leases);
+        let ipam = Ipam::start(config).unwrap();
+        let e = ipam
+            .allocate(&caller("prod"), alloc("vps-a", &mac(1)))
+            .await
+            .unwrap_err();
+        assert_eq!(e.reason, IpRefusal::Unavailable, "{e}");
+        assert!(e.message.contains("lease file"), "{e}");
+        assert!(ipam.table().is_empty());
+        assert!(
+            ipam.problem()
+                .unwrap()
+                .starts_with("lease file unreadable: cannot read the lease file"),
+            "/health says why"
+        );
+    }
+
     #[tokio::test]
     async fn leases_of_other_macs_are_skipped_and_a_full_pool_is_resource_exhausted() {
         let dir = Dir::new("leases");
-        let leases = dir.0.join("dnsmasq.leases");
+        let leases = dir.join("dnsmasq.leases");
         std::fs::write(
             &leases,
             format!(
                 "{} 52:54:00:99:99:99 10.1.0.10 other *\n",
-                service::unix_now() + 3600
+                gatemesh_dnsmasq::unix_now() + 3600
             ),
         )
         .unwrap();
@@ -590,8 +569,8 @@ mod tests {
             .allocate(&caller("prod"), alloc("vps-b", &mac(2)))
             .await
             .unwrap_err();
-        assert_eq!(e.reason, Refusal::Exhausted);
-        assert_eq!(ipam.stats().refused(Refusal::Exhausted), 1);
+        assert_eq!(e.reason, IpRefusal::Exhausted);
+        assert_eq!(ipam.stats().refused(IpRefusal::Exhausted), 1);
         let e = ipam
             .release(
                 &caller("beta"),
@@ -602,6 +581,6 @@ mod tests {
             )
             .await
             .unwrap_err();
-        assert_eq!(e.reason, Refusal::Environment);
+        assert_eq!(e.reason, IpRefusal::Environment);
     }
 }

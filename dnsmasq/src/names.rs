@@ -33,7 +33,7 @@ impl Default for Namespace {
 /// Why a name was refused. Made where the check fails; a log field, a
 /// metric label and the lease's error at the edge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Refusal {
+pub enum NameRefusal {
     /// Longer than [`MAX_NAME`] bytes.
     TooLong,
     /// Not an RFC 1123 name: empty labels (`.`, `..`), characters other
@@ -46,7 +46,7 @@ pub enum Refusal {
     Environment,
 }
 
-impl Refusal {
+impl NameRefusal {
     pub const ALL: [Self; 4] = [
         Self::TooLong,
         Self::NotDnsName,
@@ -65,7 +65,7 @@ impl Refusal {
     }
 }
 
-impl fmt::Display for Refusal {
+impl fmt::Display for NameRefusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::TooLong => "longer than a DNS name can be",
@@ -78,12 +78,12 @@ impl fmt::Display for Refusal {
 
 impl Namespace {
     /// `name` as a VPS name this gateway may write, or why not.
-    pub fn check(&self, name: &str) -> Result<(), Refusal> {
+    pub fn check(&self, name: &str) -> Result<(), NameRefusal> {
         if name.len() > MAX_NAME {
-            return Err(Refusal::TooLong);
+            return Err(NameRefusal::TooLong);
         }
         if !is_dns_name(name) {
-            return Err(Refusal::NotDnsName);
+            return Err(NameRefusal::NotDnsName);
         }
         let lower = name.to_ascii_lowercase();
         let in_prefix =
@@ -97,7 +97,7 @@ impl Namespace {
         if in_prefix && in_domain {
             Ok(())
         } else {
-            Err(Refusal::OutsideNamespace)
+            Err(NameRefusal::OutsideNamespace)
         }
     }
 
@@ -162,7 +162,7 @@ mod tests {
         for outside in ["localhost", "www.example.com", "vps", "myvps-1"] {
             assert_eq!(
                 vps.check(outside),
-                Err(Refusal::OutsideNamespace),
+                Err(NameRefusal::OutsideNamespace),
                 "{outside}"
             );
         }
@@ -181,14 +181,14 @@ mod tests {
             "vps-1\u{0}",
             "vps-é",
         ] {
-            assert_eq!(vps.check(bad), Err(Refusal::NotDnsName), "{bad:?}");
+            assert_eq!(vps.check(bad), Err(NameRefusal::NotDnsName), "{bad:?}");
         }
-        assert_eq!(vps.check(&"a".repeat(64)), Err(Refusal::NotDnsName));
+        assert_eq!(vps.check(&"a".repeat(64)), Err(NameRefusal::NotDnsName));
         let long = format!("vps-{}", "a.".repeat(130));
-        assert_eq!(vps.check(&long), Err(Refusal::TooLong));
+        assert_eq!(vps.check(&long), Err(NameRefusal::TooLong));
         assert_eq!(
             vps.check(&"x".repeat(4_000_000)),
-            Err(Refusal::TooLong),
+            Err(NameRefusal::TooLong),
             "a 4 MB answer is refused by its length alone"
         );
     }
@@ -205,7 +205,7 @@ mod tests {
         ] {
             assert_eq!(
                 vms.check(outside),
-                Err(Refusal::OutsideNamespace),
+                Err(NameRefusal::OutsideNamespace),
                 "{outside}"
             );
         }

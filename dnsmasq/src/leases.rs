@@ -17,6 +17,14 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Unix seconds now, as dnsmasq's lease file counts them.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
 
 /// The link-layer identity dnsmasq recorded for a lease.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

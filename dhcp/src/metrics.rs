@@ -1,24 +1,23 @@
-//! The DHCP manager's `/metrics` families (`gatemesh_gateway_dhcp_*`),
-//! read from its status at scrape time.
-
-use std::sync::{Arc, OnceLock};
+//! The DHCP manager's `/metrics` families, read from its status at scrape
+//! time: a collector whose names (`dhcp_*`) the gateway's registry
+//! prefixes (`gatemesh_gateway_dhcp_*`).
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::registry::Registry;
 
-use super::{DhcpHandle, Refusal};
+use gatemesh_dnsmasq::NameRefusal;
 
-/// Adds the manager's families to `registry`; they appear once a manager
-/// is attached.
-pub fn register(registry: &mut Registry, dhcp: Arc<OnceLock<DhcpHandle>>) {
-    registry.register_collector(Box::new(DhcpMetrics(dhcp)));
+use crate::DhcpHandle;
+
+/// The manager's families, for a metrics registry.
+pub fn collector(handle: DhcpHandle) -> Box<dyn Collector> {
+    Box::new(DhcpMetrics(handle))
 }
 
-struct DhcpMetrics(Arc<OnceLock<DhcpHandle>>);
+struct DhcpMetrics(DhcpHandle);
 
 impl std::fmt::Debug for DhcpMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -38,10 +37,7 @@ fn counter(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: u64) ->
 
 impl Collector for DhcpMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
-        let Some(handle) = self.0.get() else {
-            return Ok(());
-        };
-        let s = handle.status();
+        let s = self.0.status();
         let e = &mut encoder;
         for (name, help, value) in [
             (
@@ -146,7 +142,7 @@ impl Collector for DhcpMetrics {
             None,
             MetricType::Counter,
         )?;
-        for refusal in Refusal::ALL {
+        for refusal in NameRefusal::ALL {
             let value = s.refused.get(&refusal).copied().unwrap_or(0);
             ConstCounter::new(value)
                 .encode(family.encode_family(&[("reason", refusal.as_str())])?)?;

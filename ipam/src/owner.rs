@@ -7,6 +7,12 @@
 //! whole batch (group commit). Nothing is answered before the write that
 //! holds it is on disk, and a failed write answers every request of its
 //! batch `UNAVAILABLE` and leaves the table as it was.
+//!
+//! The lease file is read the one way the DHCP manager reads it too
+//! ([`gatemesh_dnsmasq::read_settled`]): a snapshot taken while dnsmasq
+//! rewrites it could hide a lease, and an address would go to two VMs. A
+//! lease file that cannot be read refuses the batch's allocations
+//! (`UNAVAILABLE`) rather than pass for one without leases.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -14,20 +20,21 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use gatemesh_dnsmasq::{DnsmasqError, leases, read_settled, unix_now};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot};
 
-use super::table::{self, Allocate, Done, Mac, Refusal, Refused, Release, Table};
-use super::{IpamConfig, Pool};
-use crate::dhcp::leases;
-use crate::dnsmasq;
+use crate::IpamConfig;
+use crate::pool::Pool;
+use crate::table::{self, Allocate, Done, IpRefusal, Mac, Refused, Release, Table};
 
 /// Requests applied in one batch at most.
 const MAX_BATCH: usize = 512;
 /// Requests waiting for the owner at most; beyond, callers wait for room.
 pub(crate) const QUEUE: usize = 4096;
-/// Reads of the lease file that may be spent waiting for it to settle.
-const LEASE_READS: usize = 5;
+
+/// Addresses held by active IPv4 leases, and their MACs.
+type Leased = HashMap<Ipv4Addr, Mac>;
 
 pub(crate) enum Op {
     Allocate(Allocate),
@@ -45,7 +52,7 @@ pub(crate) struct Job {
 pub struct IpamStats {
     pub allocations: AtomicU64,
     pub releases: AtomicU64,
-    pub refusals: [AtomicU64; Refusal::ALL.len()],
+    pub refusals: [AtomicU64; IpRefusal::ALL.len()],
     pub writes: AtomicU64,
     pub write_failures: AtomicU64,
     pub reloads: AtomicU64,
@@ -54,16 +61,21 @@ pub struct IpamStats {
     pub write_error: Mutex<Option<String>>,
     /// The last failed reload, until one succeeds.
     pub reload_error: Mutex<Option<String>>,
+    /// Why the lease file could not be read, until it can.
+    pub lease_error: Mutex<Option<String>>,
 }
 
 impl IpamStats {
-    pub fn refused(&self, reason: Refusal) -> u64 {
-        let i = Refusal::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+    pub fn refused(&self, reason: IpRefusal) -> u64 {
+        let i = IpRefusal::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
         self.refusals[i].load(Relaxed)
     }
 
-    pub(crate) fn count_refusal(&self, reason: Refusal) {
-        if let Some(i) = Refusal::ALL.iter().position(|r| *r == reason) {
+    pub(crate) fn count_refusal(&self, reason: IpRefusal) {
+        if let Some(i) = IpRefusal::ALL.iter().position(|r| *r == reason) {
             self.refusals[i].fetch_add(1, Relaxed);
         }
     }
@@ -76,58 +88,20 @@ pub(crate) struct Owner {
     pub(crate) stats: Arc<IpamStats>,
 }
 
-pub(crate) use crate::dhcp::manager::unix_now;
-
 /// The reservations file's table; an absent file is an empty table. Left
 /// temporary files of a write cut short are removed: the rename never
 /// happened, so they hold nothing acknowledged.
 pub(crate) fn load(path: &Path) -> Result<Table, String> {
-    if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
-        let prefix = format!(".{}.", name.to_string_lossy());
-        let dir = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        };
-        if let Ok(entries) = std::fs::read_dir(dir) {
-            for entry in entries.flatten() {
-                let n = entry.file_name().to_string_lossy().to_string();
-                if n.starts_with(&prefix) && n.ends_with(".tmp") {
-                    let _ = std::fs::remove_file(entry.path());
-                }
-            }
-        }
+    // A directory that cannot be swept cannot be written either: the first
+    // write says so, where it is counted and shown.
+    if let Err(e) = gatemesh_dnsmasq::remove_leftovers(path) {
+        tracing::debug!(error = %e, "temporary files of the reservations file not swept");
     }
     match std::fs::read_to_string(path) {
         Ok(text) => table::parse(&text).map_err(|e| format!("{}: {e}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Table::default()),
         Err(e) => Err(format!("cannot read {}: {e}", path.display())),
     }
-}
-
-/// Active IPv4 leases' addresses and MACs. dnsmasq rewrites its file in
-/// place, so a read is used once two reads agree (or after a few tries,
-/// the last one): a half-read file could hide a lease.
-fn read_leases(path: &Path) -> HashMap<Ipv4Addr, Mac> {
-    let mut last: Option<Vec<u8>> = None;
-    for _ in 0..LEASE_READS {
-        let bytes = std::fs::read(path).unwrap_or_default();
-        if last.as_ref() == Some(&bytes) {
-            break;
-        }
-        last = Some(bytes);
-    }
-    let bytes = last.unwrap_or_default();
-    let now = unix_now();
-    leases::parse_bytes(&bytes, now)
-        .leases
-        .into_iter()
-        .filter(|l| l.is_active(now))
-        .filter_map(|l| match (l.ip, l.mac()?.parse::<Mac>()) {
-            (IpAddr::V4(ip), Ok(mac)) => Some((ip, mac)),
-            _ => None,
-        })
-        .collect()
 }
 
 impl Owner {
@@ -142,8 +116,8 @@ impl Owner {
         Ok(())
     }
 
-    fn write(&self, text: String) -> Result<(), dnsmasq::DnsmasqError> {
-        match dnsmasq::write_atomically(&self.config.reservations_file, &text) {
+    fn write(&self, text: String) -> Result<(), DnsmasqError> {
+        match gatemesh_dnsmasq::write_atomically(&self.config.reservations_file, &text) {
             Ok(()) => {
                 self.stats.writes.fetch_add(1, Relaxed);
                 *self.stats.write_error.lock() = None;
@@ -163,7 +137,7 @@ impl Owner {
         let Some(pid_file) = &self.config.pid_file else {
             return;
         };
-        match dnsmasq::reload(pid_file) {
+        match gatemesh_dnsmasq::reload(pid_file) {
             Ok(pid) => {
                 self.stats.reloads.fetch_add(1, Relaxed);
                 *self.stats.reload_error.lock() = None;
@@ -187,11 +161,15 @@ impl Owner {
                     Err(_) => break,
                 }
             }
+            let leased = match batch.iter().any(|j| matches!(j.op, Op::Allocate(_))) {
+                true => owner.leased().await,
+                false => Ok(Leased::new()),
+            };
             let this = owner.clone();
-            // The table, the lease read and the write are blocking work;
-            // the batch runs on the blocking pool, one batch at a time.
+            // The table and the write are blocking work; the batch runs on
+            // the blocking pool, one batch at a time.
             let (batch, results) = match tokio::task::spawn_blocking(move || {
-                let results = this.apply(&batch);
+                let results = this.apply(&batch, leased.as_ref());
                 (batch, results)
             })
             .await
@@ -211,21 +189,63 @@ impl Owner {
         }
     }
 
-    fn apply(&self, batch: &[Job]) -> Vec<Result<Done, Refused>> {
-        let leased = match &self.config.leases_file {
-            Some(path) if batch.iter().any(|j| matches!(j.op, Op::Allocate(_))) => {
-                read_leases(path)
-            }
-            _ => HashMap::new(),
+    /// Active IPv4 leases' addresses and MACs, from one settled read of
+    /// the lease file; none when no lease file is configured. A file that
+    /// cannot be read is an error: no lease is known, not "no leases".
+    async fn leased(&self) -> Result<Leased, String> {
+        let Some(path) = &self.config.leases_file else {
+            return Ok(Leased::new());
         };
+        let read = read_settled(path, self.config.lease_settle).await;
+        let snapshot = match read {
+            Ok(snapshot) => {
+                if self.stats.lease_error.lock().take().is_some() {
+                    tracing::info!(file = %path.display(), "lease file readable again");
+                }
+                snapshot
+            }
+            Err(e) => {
+                let message = format!("cannot read the lease file {}: {e}", path.display());
+                let mut last = self.stats.lease_error.lock();
+                if last.as_ref() != Some(&message) {
+                    tracing::warn!(error = %message, "allocations refused until the lease file can be read");
+                }
+                *last = Some(message.clone());
+                return Err(message);
+            }
+        };
+        if !snapshot.settled {
+            tracing::debug!(file = %path.display(), "lease file still changing; using its complete lines as last read");
+        }
+        let now = unix_now();
+        Ok(leases::parse_bytes(&snapshot.bytes, now)
+            .leases
+            .into_iter()
+            .filter(|l| l.is_active(now))
+            .filter_map(|l| match (l.ip, l.mac()?.parse::<Mac>()) {
+                (IpAddr::V4(ip), Ok(mac)) => Some((ip, mac)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Applies a batch to a copy of the table and writes it; `leased` is
+    /// the lease file as read for it (an error refuses its allocations).
+    fn apply(&self, batch: &[Job], leased: Result<&Leased, &String>) -> Vec<Result<Done, Refused>> {
         let current = self.table.read().clone();
         let mut next = (*current).clone();
         let now = unix_now();
         let mut results: Vec<Result<Done, Refused>> = batch
             .iter()
-            .map(|job| match &job.op {
-                Op::Allocate(req) => next.allocate(&self.pool, req, &job.environment, &leased, now),
-                Op::Release(req) => {
+            .map(|job| match (&job.op, leased) {
+                (Op::Allocate(req), Ok(leased)) => {
+                    next.allocate(&self.pool, req, &job.environment, leased, now)
+                }
+                (Op::Allocate(_), Err(e)) => Err(Refused::new(
+                    IpRefusal::Unavailable,
+                    format!("{e}; no address is handed out without checking the leases"),
+                )),
+                (Op::Release(req), _) => {
                     next.release(req, &job.environment, self.config.release_any_environment)
                 }
             })
@@ -242,7 +262,7 @@ impl Owner {
                 for r in &mut results {
                     if r.is_ok() {
                         *r = Err(Refused::new(
-                            Refusal::Persist,
+                            IpRefusal::Persist,
                             format!("the reservation could not be made durable: {e}"),
                         ));
                     }

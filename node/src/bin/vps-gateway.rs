@@ -1,0 +1,36 @@
+//! `vps-gateway`: reads `GATEWAY_*` settings, binds, and runs the node
+//! until SIGTERM or SIGINT. A start-up error is one line on stderr and a
+//! non-zero exit.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use gatemesh_node::{Node, NodeSettings};
+use tokio::net::TcpListener;
+
+fn main() -> ExitCode {
+    gatemesh_runtime::exit_code("vps-gateway", run())
+}
+
+#[tokio::main]
+async fn run() -> anyhow::Result<()> {
+    let settings = NodeSettings::from_vars(std::env::vars())?;
+    let telemetry = gatemesh_runtime::telemetry::init_from_env(
+        "vps-gateway",
+        settings.gateway.ops.log_format.as_deref(),
+    )?;
+    gatemesh_runtime::limits::raise_fd_limit_logged();
+    let addr = settings.gateway.grpc_addr();
+    let grpc = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (GATEWAY_BIND, GATEWAY_GRPC_PORT)"))?;
+    let http_addr = settings.gateway.http_addr();
+    let http = TcpListener::bind(http_addr).await.with_context(|| {
+        format!("cannot listen on {http_addr} (GATEWAY_HTTP_BIND, GATEWAY_HTTP_PORT)")
+    })?;
+    let node = Node::start(settings)?;
+    tracing::info!(gateway = node.gateway.id(), %addr, %http_addr, "gateway listening");
+    let served = gatemesh_node::run(node, grpc, http, gatemesh_runtime::shutdown::signal()).await;
+    telemetry.shutdown().await;
+    served
+}
