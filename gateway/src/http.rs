@@ -19,18 +19,36 @@
 //!
 //! # Health and readiness hooks
 //!
-//! Components that run beside the mesh (the DHCP manager, ...) report
-//! through two hooks on [`crate::Gateway`] (see [`crate::health`]); a check is a cheap, non-blocking
-//! closure that returns `None` when all is well and `Some(reason)`
-//! otherwise:
+//! Components that run beside the mesh (the DHCP manager, the IP
+//! allocator, ...) report through two hooks on [`crate::Gateway`] (see
+//! [`crate::health`]); a check is a cheap, non-blocking closure that
+//! returns `None` when all is well and `Some(reason)` otherwise:
 //!
-//! ```ignore
-//! let manager = dhcp.clone();
-//! gateway.add_health_check("dhcp", move || manager.problem());
-//! // `/health` turns `degraded`, with the reason "dhcp: <reason>".
-//! let manager = dhcp.clone();
-//! gateway.add_readiness_check("dhcp", move || (!manager.started()).then(|| "starting".into()));
-//! // `/ready` answers 503 "dhcp: starting" until it has started.
+//! ```
+//! use std::sync::Arc;
+//! use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+//! use gatemesh_gateway::{Gateway, GatewayConfig};
+//!
+//! let gateway = Gateway::new(GatewayConfig::with_secret("s3cret"));
+//! // A component that loads something at start, and counts failed writes.
+//! let loaded = Arc::new(AtomicBool::new(false));
+//! let failed_writes = Arc::new(AtomicU64::new(0));
+//! let flag = loaded.clone();
+//! gateway.add_readiness_check("loader", move || {
+//!     (!flag.load(Ordering::Relaxed)).then(|| "still loading".to_string())
+//! });
+//! let failures = failed_writes.clone();
+//! gateway.add_health_check("loader", move || match failures.load(Ordering::Relaxed) {
+//!     0 => None,
+//!     n => Some(format!("{n} writes failed")),
+//! });
+//! // `/ready` answers 503 "loader: still loading" until it has loaded.
+//! assert!(gateway.readiness().reasons.contains(&"loader: still loading".to_string()));
+//! loaded.store(true, Ordering::Relaxed);
+//! assert!(!gateway.readiness().reasons.iter().any(|r| r.starts_with("loader")));
+//! // `/health` turns `degraded`, with the reason "loader: 2 writes failed".
+//! failed_writes.store(2, Ordering::Relaxed);
+//! assert!(gateway.health().reasons.contains(&"loader: 2 writes failed".to_string()));
 //! ```
 //!
 //! Checks run on every request to the endpoint, outside any lock.

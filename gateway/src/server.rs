@@ -7,12 +7,11 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use gatemesh_handlers::{DispatchConfig, GatewayRegistry, RegistryError};
+use gatemesh_handlers::{GatewayRegistry, RegistryError};
 use gatemesh_proto::pb::gateway_admin_server::GatewayAdminServer;
 use gatemesh_proto::pb::gateway_server::GatewayServer;
 use rand::RngExt;
 use tokio::net::TcpListener;
-use tokio::time::Instant;
 use tonic_health::ServingStatus;
 
 use crate::admin::AdminService;
@@ -21,7 +20,7 @@ use crate::health::{Health, Readiness};
 use crate::http::InstanceView;
 use crate::listener::{ConnMetrics, Connections};
 use crate::metrics::Metrics;
-use crate::state::{Parts, Shared};
+use crate::state::Shared;
 use crate::stats::Stats;
 use crate::stream::GatewayService;
 use crate::{Disconnect, GatewayConfig, Instances, Mesh};
@@ -59,51 +58,15 @@ impl Gateway {
     /// A gateway that also serves `registry`'s methods to instances.
     pub fn with_handlers(
         config: GatewayConfig,
-        mut registry: GatewayRegistry,
+        registry: GatewayRegistry,
     ) -> Result<Self, RegistryError> {
-        let gateway_id = config.gateway_id();
-        let instances = Arc::new(Instances::new());
-        let stats = Arc::new(Stats::default());
-        crate::info::register(
-            &mut registry,
-            gateway_id.clone(),
-            Instant::now(),
-            Arc::downgrade(&instances),
-        )?;
-        let mesh = Mesh::new(
-            instances.clone(),
-            stats.clone(),
-            config.call_timeout(),
-            config.max_message_bytes,
-        );
-        let started = Instant::now();
-        let served = Arc::new(Served::for_gateway());
-        let metrics = Metrics::new(stats.clone(), Arc::downgrade(&instances), started, &served);
-        metrics.set_per_instance(config.metrics_per_instance);
+        let shared = Shared::new(config, registry)?;
         let connections = Arc::new(Connections::default());
-        metrics.register_collector(Box::new(ConnMetrics(connections.clone())));
-        let dispatch = DispatchConfig {
-            default_timeout: config.call_timeout(),
-            observer: Some(served.clone()),
-            max_in_flight_per_stream: config.max_concurrency_per_instance,
-            // The gateway holds its own answers to the rule it holds
-            // instances to: over the limit, that call fails, not the stream.
-            max_answer_bytes: config.max_message_bytes,
-            ..DispatchConfig::default()
-        };
+        shared
+            .metrics
+            .register_collector(Box::new(ConnMetrics(connections.clone())));
         Ok(Self {
-            shared: Arc::new(Shared::new(Parts {
-                config,
-                gateway_id,
-                instances,
-                stats,
-                mesh,
-                registry: Arc::new(registry.into_handlers()),
-                dispatch,
-                started,
-                metrics,
-                served,
-            })),
+            shared: Arc::new(shared),
             connections,
         })
     }

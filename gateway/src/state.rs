@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use gatemesh_handlers::{DispatchConfig, Handlers};
+use gatemesh_handlers::{DispatchConfig, GatewayRegistry, Handlers, RegistryError};
 use gatemesh_runtime::Served;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -52,41 +52,59 @@ pub(crate) struct Shared {
     pub(crate) health: tonic_health::server::HealthReporter,
 }
 
-/// The parts of [`Shared`] a caller must build; the rest start empty.
-pub(crate) struct Parts {
-    pub(crate) config: GatewayConfig,
-    pub(crate) gateway_id: String,
-    pub(crate) instances: Arc<Instances>,
-    pub(crate) stats: Arc<Stats>,
-    pub(crate) mesh: Mesh,
-    pub(crate) registry: Arc<Handlers>,
-    pub(crate) dispatch: DispatchConfig,
-    pub(crate) started: Instant,
-    pub(crate) metrics: Metrics,
-    pub(crate) served: Arc<Served>,
-}
-
 impl Shared {
-    pub(crate) fn new(parts: Parts) -> Self {
-        let permits = Arc::new(Semaphore::new(parts.config.max_concurrency));
-        Self {
-            config: parts.config,
-            gateway_id: parts.gateway_id,
-            instances: parts.instances,
-            stats: parts.stats,
-            mesh: parts.mesh,
-            registry: parts.registry,
-            dispatch: parts.dispatch,
-            permits,
+    /// Everything a gateway shares, built from its settings and the
+    /// methods it serves (plus its own `GetGatewayInfo`).
+    pub(crate) fn new(
+        config: GatewayConfig,
+        mut registry: GatewayRegistry,
+    ) -> Result<Self, RegistryError> {
+        let gateway_id = config.gateway_id();
+        let started = Instant::now();
+        let instances = Arc::new(Instances::new());
+        let stats = Arc::new(Stats::default());
+        crate::info::register(
+            &mut registry,
+            gateway_id.clone(),
+            started,
+            Arc::downgrade(&instances),
+        )?;
+        let mesh = Mesh::new(
+            instances.clone(),
+            stats.clone(),
+            config.call_timeout(),
+            config.max_message_bytes,
+        );
+        let served = Arc::new(Served::for_gateway());
+        let metrics = Metrics::new(stats.clone(), Arc::downgrade(&instances), started, &served);
+        metrics.set_per_instance(config.metrics_per_instance);
+        let dispatch = DispatchConfig {
+            default_timeout: config.call_timeout(),
+            observer: Some(served.clone()),
+            max_in_flight_per_stream: config.max_concurrency_per_instance,
+            // The gateway holds its own answers to the rule it holds
+            // instances to: over the limit, that call fails, not the stream.
+            max_answer_bytes: config.max_message_bytes,
+            ..DispatchConfig::default()
+        };
+        Ok(Self {
+            permits: Arc::new(Semaphore::new(config.max_concurrency)),
+            config,
+            gateway_id,
+            instances,
+            stats,
+            mesh,
+            registry: Arc::new(registry.into_handlers()),
+            dispatch,
             tasks: TaskTracker::new(),
             next_conn: AtomicU64::new(1),
             serving: AtomicBool::new(false),
-            started: parts.started,
-            metrics: parts.metrics,
-            served: parts.served,
+            started,
+            metrics,
+            served,
             checks: Checks::default(),
             health: tonic_health::server::HealthReporter::new(),
-        }
+        })
     }
 
     pub(crate) fn next_conn_id(&self) -> u64 {
