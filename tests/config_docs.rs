@@ -264,21 +264,25 @@ fn units_env_examples_and_readme_agree_on_paths_limits_and_credentials() {
     for (unit, binary, env_file) in [
         (
             "vps-gateway.service",
-            "/usr/local/bin/vps-gateway",
+            "vps-gateway",
             "/etc/gatemesh/vps-gateway.env",
         ),
         (
             "vps-service.service",
-            "/usr/local/bin/vps-service",
+            "vps-service",
             "/etc/gatemesh/vps-service.env",
         ),
     ] {
         let settings = unit_settings(unit);
+        // A bare name: systemd finds the package's /usr/bin and a manual
+        // install's /usr/local/bin alike.
         assert_eq!(values(&settings, "ExecStart"), [binary], "{unit}");
         assert_eq!(values(&settings, "EnvironmentFile"), [env_file], "{unit}");
         assert!(
-            readme.contains(binary) && readme.contains(env_file),
-            "README's install steps name {binary} and {env_file} ({unit})"
+            readme.contains(&format!("target/release/{binary}"))
+                && readme.contains("/usr/local/bin/")
+                && readme.contains(env_file),
+            "README's install steps name {binary}, /usr/local/bin and {env_file} ({unit})"
         );
 
         // 10,000 instances: one descriptor each, with room to spare.
@@ -507,4 +511,90 @@ fn the_scrape_config_reaches_what_the_env_examples_serve() {
             "{CONFIG} loads {file}, which deploy/prometheus/ lacks"
         );
     }
+}
+
+/// The Debian package's assets, from `[package.metadata.deb]`: (source,
+/// destination).
+fn deb_assets() -> Vec<(String, String)> {
+    let manifest: toml::Table = read("Cargo.toml").parse().unwrap();
+    let assets = &manifest["package"]["metadata"]["deb"]["assets"];
+    assets
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|asset| {
+            let asset = asset.as_array().unwrap();
+            (
+                asset[0].as_str().unwrap().to_string(),
+                asset[1].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_debian_package_carries_every_unit_drop_in_and_system_file_of_deploy() {
+    let assets = deb_assets();
+    let sources: BTreeSet<&str> = assets.iter().map(|(s, _)| s.as_str()).collect();
+    let mut wanted = vec![
+        "deploy/sysusers.d/gatemesh.conf".to_string(),
+        "deploy/tmpfiles.d/gatemesh.conf".to_string(),
+        "deploy/env/vps-gateway.env.example".to_string(),
+        "deploy/env/vps-service.env.example".to_string(),
+    ];
+    for entry in std::fs::read_dir(root().join("deploy/systemd")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if name.ends_with(".service") {
+            wanted.push(format!("deploy/systemd/{name}"));
+        } else if name.ends_with(".service.d") {
+            for conf in std::fs::read_dir(&path).unwrap() {
+                let conf = conf.unwrap().file_name().to_string_lossy().to_string();
+                wanted.push(format!("deploy/systemd/{name}/{conf}"));
+            }
+        }
+    }
+    for file in &wanted {
+        assert!(
+            sources.contains(file.as_str()),
+            "the package leaves out {file}"
+        );
+        assert!(root().join(file).exists(), "{file} is named but missing");
+    }
+    // The binaries the units start are where systemd looks for them.
+    for binary in ["vps-gateway", "vps-service", "gatemesh"] {
+        assert!(
+            assets
+                .iter()
+                .any(|(s, d)| s == &format!("target/release/{binary}") && d == "usr/bin/"),
+            "the package puts {binary} in /usr/bin"
+        );
+    }
+    // Units where systemd reads them; the TLS drop-ins only as examples
+    // (they need the operator's certificates); the allocator's drop-in
+    // with its unit (the package brings its group and directory).
+    for (source, dest) in &assets {
+        if source.ends_with(".service") {
+            assert_eq!(dest, "usr/lib/systemd/system/", "{source}");
+        }
+        if source.ends_with("/tls.conf") {
+            assert!(
+                dest.starts_with("usr/share/doc/gatemesh/examples/"),
+                "{source} -> {dest}"
+            );
+        }
+        if source.ends_with("/ip-allocator.conf") {
+            assert_eq!(
+                dest, "usr/lib/systemd/system/vps-gateway.service.d/",
+                "{source}"
+            );
+        }
+    }
+    // The unit never requires the group unless the allocator's drop-in
+    // is installed.
+    let base = read("deploy/systemd/vps-gateway.service");
+    assert!(
+        !base.contains("SupplementaryGroups"),
+        "the base unit needs no group"
+    );
 }
