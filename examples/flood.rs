@@ -41,7 +41,7 @@ async fn main() -> anyhow::Result<()> {
 
     let mut registry = Registry::new();
     registry.method::<FindVpsByLease>(|_ctx, _req| async {
-        Ok(FindVpsByLeaseResponse {
+        Ok::<_, tonic::Status>(FindVpsByLeaseResponse {
             vps_id: "vps-1".into(),
             organization_id: "org-1".into(),
         })

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use gatemesh_handlers::{Caller, Context, HandlerError, Handlers};
+use gatemesh_handlers::{Caller, Context, Handlers};
 use gatemesh_proto::methods::{self, KnownMethod, Side};
 use gatemesh_proto::pb;
 use tokio::time::Instant;
@@ -53,11 +53,8 @@ enum LocalCallError {
         method: &'static str,
         timeout: Duration,
     },
-    #[error("{method}: {}", .error.message)]
-    Handler {
-        method: &'static str,
-        error: HandlerError,
-    },
+    #[error("{method}: {}", .error.message())]
+    Handler { method: &'static str, error: Status },
     #[error("{0}: the handler panicked")]
     Panicked(&'static str),
     /// The answer is not valid for the method (its "not mine").
@@ -71,7 +68,7 @@ impl LocalCallError {
             Self::Route { .. } => Code::InvalidArgument,
             Self::NotServed(_) => Code::Unimplemented,
             Self::DeadlineExceeded { .. } => Code::DeadlineExceeded,
-            Self::Handler { error, .. } => error.code,
+            Self::Handler { error, .. } => error.code(),
             Self::Panicked(_) => Code::Internal,
             Self::NotFound(_) => Code::NotFound,
         }
