@@ -20,17 +20,17 @@ use std::collections::HashMap;
 #[doc(hidden)]
 pub mod __private {
     /// Implemented only by the types gatemesh-build generates from a proto.
-    #[diagnostic::on_unimplemented(
-        message = "`{Self}` cannot implement `Method`: mesh methods are generated from a .proto",
-        note = "declare an rpc in a service with `option (gatemesh.v1.served_by)` and compile \
-                it with gatemesh-build (gatemesh's own: `proto/proto/gatemesh/v1/methods.proto`)"
-    )]
     pub trait Generated {}
 }
 
 mod sealed {
     /// Through the blanket impl, so that compiler messages list no types
     /// (and do not change with each new method).
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot implement `Method`: mesh methods are generated from a .proto",
+        note = "declare an rpc in a service with `option (gatemesh.v1.served_by)` and compile \
+                it with gatemesh-build (gatemesh's own: `proto/proto/gatemesh/v1/methods.proto`)"
+    )]
     pub trait Sealed {}
 
     impl<T: super::__private::Generated> Sealed for T {}
