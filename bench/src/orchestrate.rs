@@ -343,6 +343,41 @@ impl Bench {
             .await?;
         }
         caller.stop(Duration::from_secs(2)).await;
+        // Any gRPC client, calling the method itself on the gateway's port.
+        let mut caller = self
+            .role(
+                "caller-plain",
+                &["caller", "--kind", "plain", "--url", &url],
+            )
+            .await?;
+        let via = |p: &Procs| Procs {
+            caller: Some(caller.pid),
+            ..p.clone()
+        };
+        let (one, three) = (via(&one), via(&three));
+        for &c in &self.options.concurrency.clone() {
+            self.measure(
+                "plain gRPC FindVPSByLease via the gateway, one instance",
+                &mut caller,
+                Target::PlainTo(owner.clone()),
+                c,
+                &one,
+                "gateway",
+            )
+            .await?;
+        }
+        for &c in &self.options.concurrency.clone() {
+            self.measure(
+                "plain gRPC FindVPSByLease first_valid, three instances",
+                &mut caller,
+                Target::PlainFirstValid,
+                c,
+                &three,
+                "gateway",
+            )
+            .await?;
+        }
+        caller.stop(Duration::from_secs(2)).await;
         gateway.stop(Duration::from_secs(10)).await;
         for i in instances {
             i.stop(Duration::from_secs(2)).await;
