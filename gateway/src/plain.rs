@@ -213,6 +213,7 @@ fn text(metadata: &MetadataMap, key: &str) -> Result<Option<String>, Status> {
 }
 
 /// One call of one method.
+#[derive(Clone)]
 struct Call {
     inner: Arc<Inner>,
     method: &'static KnownMethod,
@@ -282,11 +283,7 @@ impl UnaryService<Bytes> for Call {
     type Future = BoxFuture<'static, Result<Response<Bytes>, Status>>;
 
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
-        let call = Call {
-            inner: self.inner.clone(),
-            method: self.method,
-            strategy: self.strategy,
-        };
+        let call = self.clone();
         Box::pin(async move {
             let mut replies = call.answers(request).await?;
             let reply = replies
@@ -312,11 +309,7 @@ impl ServerStreamingService<Bytes> for Call {
     type Future = BoxFuture<'static, Result<Response<Answers>, Status>>;
 
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
-        let call = Call {
-            inner: self.inner.clone(),
-            method: self.method,
-            strategy: self.strategy,
-        };
+        let call = self.clone();
         Box::pin(async move {
             let replies = call.answers(request).await?;
             let mut answered = Vec::new();
