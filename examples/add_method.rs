@@ -22,7 +22,7 @@
 //! and try the CLI line it prints).
 
 use gatemesh_gateway::{Gateway, GatewayConfig};
-use gatemesh_handlers::{Context, HandlerError, Registry};
+use gatemesh_handlers::{Context, Registry, Status};
 use gatemesh_proto::methods::Ping;
 use gatemesh_proto::pb::{PingRequest, PingResponse};
 use gatemesh_runtime::Secret;
@@ -30,7 +30,7 @@ use gatemesh_service::{Instance, InstanceOptions};
 use tokio::net::TcpListener;
 
 // Step 2: the handler, written against the method's own types.
-pub async fn ping(_ctx: Context, request: PingRequest) -> Result<PingResponse, HandlerError> {
+pub async fn ping(_ctx: Context, request: PingRequest) -> Result<PingResponse, Status> {
     Ok(PingResponse { text: request.text })
 }
 

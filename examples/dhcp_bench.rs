@@ -74,12 +74,14 @@ async fn main() -> anyhow::Result<()> {
                     .await
                     .ok()
                     .flatten();
-                Ok(found
-                    .map(|v| FindVpsByLeaseResponse {
-                        vps_id: v.vps_id,
-                        organization_id: v.organization_id,
-                    })
-                    .unwrap_or_default())
+                Ok::<_, tonic::Status>(
+                    found
+                        .map(|v| FindVpsByLeaseResponse {
+                            vps_id: v.vps_id,
+                            organization_id: v.organization_id,
+                        })
+                        .unwrap_or_default(),
+                )
             }
         })?;
         let mut options = InstanceOptions::new(format!("{env}-1"), env, Secret::new(SECRET));

@@ -41,7 +41,7 @@ async fn main() -> anyhow::Result<()> {
 
     let mut registry = Registry::new();
     registry.method::<FindVpsByLease>(|_ctx, _req| async {
-        Ok(FindVpsByLeaseResponse {
+        Ok::<_, tonic::Status>(FindVpsByLeaseResponse {
             vps_id: "vps-1".into(),
             organization_id: "org-1".into(),
         })
@@ -162,8 +162,8 @@ fn report(what: &str, sorted: &[Duration]) {
     println!(
         "{what}: {} calls, p50 {:?}, p99 {:?}, max {:?}",
         sorted.len(),
-        percentile(&sorted, 50.0),
-        percentile(&sorted, 99.0),
+        percentile(sorted, 50.0),
+        percentile(sorted, 99.0),
         sorted.last().copied().unwrap_or_default()
     );
 }

@@ -421,12 +421,15 @@ fn call_routes_by_every_strategy_and_filter() {
         "--json",
         r#"{"mac":"00:00:00:00:00:00"}"#,
     ]);
+    assert_eq!(nobody.status.code(), Some(64 + 5), "64 + NOT_FOUND");
     assert_eq!(
         error_line(nobody),
         "error: NOT_FOUND: not found: 3 instance(s) answered, none with a valid answer"
     );
+    let staging = call(&["--env", "staging"]);
+    assert_eq!(staging.status.code(), Some(64 + 14), "64 + UNAVAILABLE");
     assert_eq!(
-        error_line(call(&["--env", "staging"])),
+        error_line(staging),
         "error: UNAVAILABLE: no instance in environment \"staging\" serves FindVPSByLease"
     );
     assert_eq!(
@@ -436,6 +439,11 @@ fn call_routes_by_every_strategy_and_filter() {
     let wrong_secret = gatemesh(
         &[],
         &with_gateway(&mesh.url, &["--secret", "nope", "instances"]),
+    );
+    assert_eq!(
+        wrong_secret.status.code(),
+        Some(64 + 16),
+        "64 + UNAUTHENTICATED"
     );
     assert_eq!(
         error_line(wrong_secret),
@@ -485,14 +493,20 @@ fn call_errors_are_one_clear_line_and_a_failing_exit_code() {
         "error: no secret: set GATEWAY_API_SECRET or pass --secret"
     );
 
-    let line = error_line(run(&["instances"]));
+    let refused = run(&["instances"]);
+    assert_eq!(
+        refused.status.code(),
+        Some(1),
+        "a local error, not a status"
+    );
+    let line = error_line(refused);
     assert!(
         line.starts_with(&format!("error: cannot connect to the gateway at {url}: ")),
         "{line}"
     );
 
     let bad_timeout = run(&["call", "FindVPSByLease", "--timeout", "soon"]);
-    assert!(!bad_timeout.status.success());
+    assert_eq!(bad_timeout.status.code(), Some(2), "a usage error");
     assert!(String::from_utf8_lossy(&bad_timeout.stderr).contains("--timeout"));
 }
 

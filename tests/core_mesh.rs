@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use gatemesh_gateway::CallError;
-use gatemesh_handlers::HandlerError;
+use gatemesh_handlers::Status;
 use gatemesh_proto::SECRET_METADATA_KEY;
 use gatemesh_proto::methods::FindVpsByLease;
 use gatemesh_proto::pb::{self, FindVpsByLeaseResponse};
@@ -91,7 +91,7 @@ async fn all_not_found_returns_not_found_without_waiting_for_the_deadline() {
 async fn errors_from_some_instances_do_not_fail_the_call() {
     let gw = TestGateway::start().await;
     let _broken = start_instance(&gw, "broken", "beta", |_ctx, _req| async {
-        Err::<FindVpsByLeaseResponse, _>(HandlerError::unavailable("database down"))
+        Err::<FindVpsByLeaseResponse, _>(Status::unavailable("database down"))
     });
     // good answers only once the gateway holds broken's error.
     let release = Arc::new(Notify::new());
@@ -393,7 +393,7 @@ async fn many_concurrent_calls_over_one_stream_get_their_own_answers() {
                 // Answer out of order.
                 tokio::time::sleep(Duration::from_micros((req.ip.len() as u64 * 7919) % 3000))
                     .await;
-                Ok(FindVpsByLeaseResponse {
+                Ok::<_, tonic::Status>(FindVpsByLeaseResponse {
                     vps_id: format!("vps-for-{}", req.ip),
                     organization_id: req.mac,
                 })

@@ -20,7 +20,7 @@ use dnsmasq_support::*;
 use gatemesh_dhcp::{self as dhcp, DhcpConfig, DhcpHandle, DhcpManager, DhcpStatus, hosts};
 use gatemesh_dnsmasq::unix_now;
 use gatemesh_gateway::Gateway;
-use gatemesh_handlers::{HandlerError, Registry};
+use gatemesh_handlers::{Registry, Status};
 use gatemesh_node::{MeshResolver, NodeSettings};
 use gatemesh_proto::methods::GetLeases;
 use gatemesh_proto::pb;
@@ -114,7 +114,7 @@ fn by_ip(
 ) -> impl Fn(
     gatemesh_handlers::Context,
     pb::FindVpsByLeaseRequest,
-) -> std::future::Ready<Result<pb::FindVpsByLeaseResponse, HandlerError>>
+) -> std::future::Ready<Result<pb::FindVpsByLeaseResponse, Status>>
 + Send
 + Sync
 + 'static {
@@ -714,7 +714,7 @@ async fn a_failing_holder_is_retried_soon_and_reported() {
         async move {
             if !h.load(Ordering::SeqCst) {
                 f.fetch_add(1, Ordering::SeqCst);
-                return Err(HandlerError::unavailable("inventory database unreachable"));
+                return Err(Status::unavailable("inventory database unreachable"));
             }
             Ok(pb::FindVpsByLeaseResponse {
                 vps_id: if req.mac == MAC {
@@ -768,9 +768,9 @@ async fn a_holder_failing_beside_a_not_mine_is_still_a_holder_failure() {
     .await;
     let _beta = start_instance(&node.gw, "beta-1", "beta", by_ip("none"));
     let _prod = start_instance(&node.gw, "prod-1", "prod", |_ctx, _req| {
-        std::future::ready(Err::<pb::FindVpsByLeaseResponse, _>(
-            HandlerError::unavailable("inventory database unreachable"),
-        ))
+        std::future::ready(Err::<pb::FindVpsByLeaseResponse, _>(Status::unavailable(
+            "inventory database unreachable",
+        )))
     });
     node.gw.wait_instances(2).await;
     write_file(

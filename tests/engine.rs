@@ -103,7 +103,7 @@ impl Blocking {
                 let blocking = blocking.clone();
                 async move {
                     blocking.hold(&ctx).await;
-                    Ok(pb::ListIPsResponse::default())
+                    Ok::<_, tonic::Status>(pb::ListIPsResponse::default())
                 }
             })
             .unwrap();
@@ -272,7 +272,7 @@ async fn under_a_limit_of_four_an_instance_never_runs_more_than_four_handlers() 
                 let blocking = blocking.clone();
                 async move {
                     blocking.hold(&ctx).await;
-                    Ok(pb::FindVpsByLeaseResponse::default())
+                    Ok::<_, tonic::Status>(pb::FindVpsByLeaseResponse::default())
                 }
             })
             .unwrap();

@@ -390,7 +390,7 @@ async fn the_admin_api_and_the_cli_allocate_with_no_environment() {
     })
     .await
     .unwrap();
-    assert_eq!(status, Some(1));
+    assert_eq!(status, Some(64 + 5), "64 + NOT_FOUND");
     assert!(stderr.starts_with("error: NOT_FOUND: "), "{stderr}");
     let (status, stdout, stderr) = tokio::task::spawn_blocking(move || {
         cli(&[

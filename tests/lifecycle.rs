@@ -11,7 +11,7 @@ use bytes::Bytes;
 use common::*;
 use gatemesh_gateway::call::Route;
 use gatemesh_gateway::{CallError, Strategy};
-use gatemesh_handlers::HandlerError;
+use gatemesh_handlers::Status;
 use gatemesh_proto::methods::FindVpsByLease;
 use gatemesh_proto::pb;
 use gatemesh_proto::pb::FindVpsByLeaseResponse;
@@ -56,7 +56,7 @@ async fn a_panicking_handler_is_answered_internal_at_once() {
 async fn first_valid_says_the_holder_failed_instead_of_not_found() {
     let gw = TestGateway::start().await;
     let _prod = start_instance(&gw, "prod-1", "prod", |_ctx, _req| async move {
-        Err::<FindVpsByLeaseResponse, _>(HandlerError::unavailable("inventory database down"))
+        Err::<FindVpsByLeaseResponse, _>(Status::unavailable("inventory database down"))
     });
     let _dev = start_instance(&gw, "dev-1", "dev", knows("aa", "vps-dev"));
     let _beta = start_instance(&gw, "beta-1", "beta", knows("aa", "vps-beta"));

@@ -105,7 +105,7 @@ async fn metadata_set_by_an_instance_reaches_the_gateway_handler() {
         .method::<GetLeases>(|ctx: Context, _req| {
             let last_error = seen(&ctx);
             async move {
-                Ok(pb::GetLeasesResponse {
+                Ok::<_, tonic::Status>(pb::GetLeasesResponse {
                     last_error,
                     ..Default::default()
                 })

@@ -162,7 +162,10 @@ async fn gateway_handler_errors_and_deadlines_reach_the_admin_caller() {
     registry
         .method::<GetLeases>(|ctx: Context, _req| async move {
             ctx.cancelled().await;
-            Err(gatemesh_handlers::HandlerError::internal("never seen"))
+            Err(gatemesh_handlers::Status::internal(format!(
+                "{:#}",
+                "never seen"
+            )))
         })
         .unwrap();
     let gateway = Gateway::with_handlers(config(), registry).unwrap();
@@ -193,7 +196,7 @@ async fn a_panicking_gateway_handler_fails_only_its_admin_call() {
             if true {
                 panic!("a handler bug");
             }
-            Ok(Default::default())
+            Ok::<_, tonic::Status>(Default::default())
         })
         .unwrap();
     let gateway = Gateway::with_handlers(config(), registry).unwrap();
@@ -223,7 +226,7 @@ async fn instance_methods_still_go_to_instances() {
     let mut registry = gatemesh_handlers::InstanceRegistry::new();
     registry
         .method::<Ping>(|_ctx, req: pb::PingRequest| async move {
-            Ok(pb::PingResponse { text: req.text })
+            Ok::<_, tonic::Status>(pb::PingResponse { text: req.text })
         })
         .unwrap();
     let _one = gatemesh_service::Instance::new(common::options("prod-1", "prod"), registry)

@@ -184,7 +184,7 @@ async fn an_instance_refuses_work_beyond_its_concurrency_limit() {
             async move {
                 s.notify_one();
                 std::future::pending::<()>().await;
-                Ok(FindVpsByLeaseResponse::default())
+                Ok::<_, tonic::Status>(FindVpsByLeaseResponse::default())
             }
         })
         .unwrap();

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use common::*;
 use gatemesh_gateway::stats::Stats;
 use gatemesh_gateway::{Gateway, GatewayConfig};
-use gatemesh_handlers::{Context, HandlerError, Registry, RequestHandler};
+use gatemesh_handlers::{Context, Registry, RequestHandler, Status};
 use gatemesh_proto::methods::FindVpsByLease;
 use gatemesh_proto::pb::gateway_message::Kind as GwKind;
 use gatemesh_proto::pb::instance_message::Kind;
@@ -29,9 +29,9 @@ struct Slow;
 
 #[async_trait]
 impl RequestHandler for Slow {
-    async fn handle(&self, ctx: Context, _: &str, _: Bytes) -> Result<Bytes, HandlerError> {
+    async fn handle(&self, ctx: Context, _: &str, _: Bytes) -> Result<Bytes, Status> {
         ctx.cancelled().await;
-        Err(HandlerError::new(Code::Cancelled, "cancelled"))
+        Err(Status::new(Code::Cancelled, "cancelled"))
     }
 }
 

@@ -12,13 +12,20 @@ use common::process::{binary, free_port};
 /// A binary still running after 60 s (it should have refused to start) is
 /// killed and fails the test.
 fn run(name: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let (code, _, stderr) = run_with(name, &[], env);
+    (code, stderr)
+}
+
+/// [`run`] with command-line arguments; also returns stdout.
+fn run_with(name: &str, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
     let mut command = Command::new(binary(name));
     command
+        .args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("RUST_BACKTRACE", "1")
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     for (k, v) in env {
         command.env(k, v);
@@ -42,8 +49,59 @@ fn run(name: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
     let out = child.wait_with_output().unwrap();
     (
         out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// `--help` and `--version` answer and exit 0 before anything is read or
+/// bound (the gRPC port here is held by the test: a binary that tried to
+/// bind it would fail), and an unknown argument is a usage error, 2.
+#[test]
+fn both_binaries_answer_help_and_version_and_refuse_unknown_arguments() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port().to_string();
+    let env: [(&str, &[(&str, &str)]); 2] = [
+        (
+            "vps-gateway",
+            &[
+                ("GATEWAY_API_SECRET", "s"),
+                ("GATEWAY_BIND", "127.0.0.1"),
+                ("GATEWAY_GRPC_PORT", &port),
+            ],
+        ),
+        (
+            "vps-service",
+            &[
+                ("VPS_GATEWAY_URL", "http://127.0.0.1:1"),
+                ("VPS_GATEWAY_API_SECRET", "s"),
+            ],
+        ),
+    ];
+    for (name, env) in env {
+        let (code, stdout, stderr) = run_with(name, &["--help"], env);
+        assert_eq!(code, Some(0), "{name} --help: {stderr}");
+        assert!(stdout.starts_with("The "), "{name} --help: {stdout}");
+        let prefix = if name == "vps-gateway" {
+            "GATEWAY_"
+        } else {
+            "VPS_"
+        };
+        assert!(
+            stdout.contains(prefix),
+            "{name} --help names its settings: {stdout}"
+        );
+        assert!(stdout.contains("--version"), "{stdout}");
+        let (code, stdout, _) = run_with(name, &["--version"], env);
+        assert_eq!(code, Some(0), "{name} --version");
+        assert_eq!(
+            stdout.trim(),
+            format!("{name} {}", env!("CARGO_PKG_VERSION"))
+        );
+        let (code, _, stderr) = run_with(name, &["--bogus"], env);
+        assert_eq!(code, Some(2), "{name} --bogus: {stderr}");
+        assert!(stderr.contains("--bogus"), "{stderr}");
+    }
 }
 
 /// Asserts a refusal: exit code 1 and one stderr line holding `needles`.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::*;
 use gatemesh_gateway::{CallError, Gateway};
-use gatemesh_handlers::{Context, HandlerError, Registry};
+use gatemesh_handlers::{Context, Registry, Status};
 use gatemesh_proto::methods::{FindVpsByLease, GetGatewayInfo};
 use gatemesh_proto::pb::{self, FindVpsByLeaseRequest, FindVpsByLeaseResponse};
 use gatemesh_proto::{Method, SECRET_METADATA_KEY};
@@ -47,7 +47,7 @@ fn start_echo(gw: &TestGateway, id: &'static str, env: &str) -> (InstanceHandle,
 fn hangs(
     _ctx: Context,
     _req: FindVpsByLeaseRequest,
-) -> impl std::future::Future<Output = Result<FindVpsByLeaseResponse, HandlerError>> {
+) -> impl std::future::Future<Output = Result<FindVpsByLeaseResponse, Status>> {
     std::future::pending()
 }
 
@@ -93,7 +93,7 @@ async fn all_marks_an_instance_that_misses_the_deadline_and_keeps_the_others() {
     let gw = TestGateway::start().await;
     let _a = start_instance(&gw, "fast-a", "prod", knows("m", "vps-a"));
     let _b = start_instance(&gw, "fast-b", "prod", |_ctx, _req| async {
-        Err::<FindVpsByLeaseResponse, _>(HandlerError::unavailable("database down"))
+        Err::<FindVpsByLeaseResponse, _>(Status::unavailable("database down"))
     });
     let _slow = start_instance(&gw, "slow", "prod", hangs);
     gw.wait_instances(3).await;
@@ -369,7 +369,7 @@ fn start_observer(
                 cancelled: ctx.is_cancelled(),
                 at: Instant::now(),
             });
-            Err::<FindVpsByLeaseResponse, _>(HandlerError::cancelled("stopped"))
+            Err::<FindVpsByLeaseResponse, _>(Status::cancelled("stopped"))
         }
     });
     (handle, rx)
@@ -479,7 +479,7 @@ async fn an_instance_calls_methods_the_gateway_hosts() {
     let mut registry = Registry::new();
     registry
         .method::<WhoAmI>(|ctx: Context, _req| async move {
-            Ok(pb::GetLeasesResponse {
+            Ok::<_, tonic::Status>(pb::GetLeasesResponse {
                 last_error: format!("{}/{}", ctx.caller().id, ctx.caller().environment),
                 ..Default::default()
             })
@@ -640,7 +640,7 @@ async fn the_admin_api_lists_instances_with_their_details() {
     let gw = TestGateway::start().await;
     let _b = start_instance(&gw, "beta-1", "beta", knows("mac-b", "vps-b"));
     let _p = start_instance(&gw, "prod-1", "prod", |_ctx, _req| async {
-        Err::<FindVpsByLeaseResponse, _>(HandlerError::unavailable("down"))
+        Err::<FindVpsByLeaseResponse, _>(Status::unavailable("down"))
     });
     gw.wait_instances(2).await;
     let mut client = AdminClient::connect(gw.url()).await.unwrap();

@@ -218,7 +218,7 @@ async fn start(instances: tokio::runtime::Handle) -> anyhow::Result<Parties> {
             registry.method::<FindVpsByLease>(
                 move |_ctx, request: FindVpsByLeaseRequest| async move {
                     let found = owner && request.ip == payload::LEASE_IP;
-                    Ok(FindVpsByLeaseResponse {
+                    Ok::<_, tonic::Status>(FindVpsByLeaseResponse {
                         vps_id: if found {
                             payload::LEASE_VPS.into()
                         } else {

@@ -309,40 +309,44 @@ impl Bench {
             )
             .await?;
         }
-        let mut caller = self
-            .role(
-                "caller-admin",
-                &["caller", "--kind", "admin", "--url", &url],
-            )
-            .await?;
-        let via = |p: &Procs| Procs {
-            caller: Some(caller.pid),
-            ..p.clone()
-        };
-        let (one, three) = (via(&one), via(&three));
-        for &c in &self.options.concurrency.clone() {
-            self.measure(
+        // The admin API, then any gRPC client calling the method itself on
+        // the gateway's port.
+        let external = [
+            (
+                "admin",
                 "admin API Call, one instance",
-                &mut caller,
                 Target::AdminTo(owner.clone()),
-                c,
-                &one,
-                "gateway",
-            )
-            .await?;
-        }
-        for &c in &self.options.concurrency.clone() {
-            self.measure(
                 "admin API Call first_valid, three instances",
-                &mut caller,
                 Target::AdminFirstValid,
-                c,
-                &three,
-                "gateway",
-            )
-            .await?;
+            ),
+            (
+                "plain",
+                "plain gRPC FindVPSByLease via the gateway, one instance",
+                Target::PlainTo(owner.clone()),
+                "plain gRPC FindVPSByLease first_valid, three instances",
+                Target::PlainFirstValid,
+            ),
+        ];
+        for (kind, to_label, to, first_label, first) in external {
+            let mut caller = self
+                .role(
+                    &format!("caller-{kind}"),
+                    &["caller", "--kind", kind, "--url", &url],
+                )
+                .await?;
+            let via = |p: &Procs| Procs {
+                caller: Some(caller.pid),
+                ..p.clone()
+            };
+            let (one, three) = (via(&one), via(&three));
+            for (label, target, procs) in [(to_label, to, &one), (first_label, first, &three)] {
+                for &c in &self.options.concurrency.clone() {
+                    self.measure(label, &mut caller, target.clone(), c, procs, "gateway")
+                        .await?;
+                }
+            }
+            caller.stop(Duration::from_secs(2)).await;
         }
-        caller.stop(Duration::from_secs(2)).await;
         gateway.stop(Duration::from_secs(10)).await;
         for i in instances {
             i.stop(Duration::from_secs(2)).await;

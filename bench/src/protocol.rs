@@ -47,6 +47,11 @@ pub enum Target {
     AdminTo(String),
     /// External caller: `GatewayAdmin.Call` with `FIRST_VALID`.
     AdminFirstValid,
+    /// External caller: the method as plain gRPC on the gateway's port,
+    /// `gatemesh-instance` naming one instance.
+    PlainTo(String),
+    /// External caller: the method as plain gRPC, `first_valid`.
+    PlainFirstValid,
     /// External caller: the unary baseline.
     Unary,
     /// External caller: NATS request-reply.

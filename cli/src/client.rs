@@ -98,6 +98,22 @@ impl AdminClient {
     }
 }
 
+/// A call that ended with a gRPC status: its code (the exit status is
+/// 64 + the code, see [`crate::exit_code`]) and its line.
+#[derive(Debug)]
+pub struct CallFailed {
+    pub code: tonic::Code,
+    line: String,
+}
+
+impl std::fmt::Display for CallFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.line)
+    }
+}
+
+impl std::error::Error for CallFailed {}
+
 /// `CODE: message`, the gateway's own words after the code's name. A
 /// status made on this side (a broken connection, a failed handshake)
 /// keeps its causes.
@@ -107,7 +123,10 @@ pub fn status(status: tonic::Status) -> anyhow::Error {
         segments.push(status.message().to_string());
     }
     segments.extend(crate::causes(std::error::Error::source(&status)));
-    anyhow!("{}", crate::one_line(segments))
+    anyhow::Error::new(CallFailed {
+        code: status.code(),
+        line: crate::one_line(segments),
+    })
 }
 
 pub use gatemesh_proto::code_name;

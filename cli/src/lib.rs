@@ -9,7 +9,7 @@
 //! - [`client`]: the `GatewayAdmin` connection, with the secret on every call.
 //! - [`output`]: the instance table and the JSON documents printed.
 //! - [`run`]: runs one parsed command; [`error_line`] says why it failed,
-//!   on one line.
+//!   on one line, and [`exit_code`] with which exit status.
 
 #![forbid(unsafe_code)]
 
@@ -38,6 +38,18 @@ use target::Target;
 /// hold line breaks.
 pub fn error_line(error: &anyhow::Error) -> String {
     one_line(error.chain().map(ToString::to_string))
+}
+
+/// The exit status of a command that failed with `error`, as grpcurl
+/// has it: 64 + the gRPC code when a call ended with a status (`NOT_FOUND`
+/// is 69, `UNAVAILABLE` 78), 1 for any other error (a gateway that cannot
+/// be reached, a bad request, a file that cannot be read). A command line
+/// that clap refuses exits 2 before this.
+pub fn exit_code(error: &anyhow::Error) -> u8 {
+    match error.downcast_ref::<client::CallFailed>() {
+        Some(failed) => 64 + failed.code as u8,
+        None => 1,
+    }
 }
 
 /// `error` and its sources, outermost first.

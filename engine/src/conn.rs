@@ -518,7 +518,7 @@ mod tests {
         let mut registry = GatewayRegistry::new();
         registry
             .method::<gatemesh_proto::methods::GetGatewayInfo>(|_ctx, _req| async {
-                Ok(pb::GetGatewayInfoResponse::default())
+                Ok::<_, tonic::Status>(pb::GetGatewayInfoResponse::default())
             })
             .unwrap();
         let (conn, rx) = Conn::<AtGateway>::new(ConnConfig {

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use gatemesh_handlers::{Caller, Context, HandlerError, Handlers};
-use gatemesh_proto::methods::{self, KnownMethod, Side};
+use gatemesh_handlers::{Caller, Context, Handlers};
+use gatemesh_proto::methods::{KnownMethod, Side};
 use gatemesh_proto::pb;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -53,11 +53,8 @@ enum LocalCallError {
         method: &'static str,
         timeout: Duration,
     },
-    #[error("{method}: {}", .error.message)]
-    Handler {
-        method: &'static str,
-        error: HandlerError,
-    },
+    #[error("{method}: {}", .error.message())]
+    Handler { method: &'static str, error: Status },
     #[error("{0}: the handler panicked")]
     Panicked(&'static str),
     /// The answer is not valid for the method (its "not mine").
@@ -71,7 +68,7 @@ impl LocalCallError {
             Self::Route { .. } => Code::InvalidArgument,
             Self::NotServed(_) => Code::Unimplemented,
             Self::DeadlineExceeded { .. } => Code::DeadlineExceeded,
-            Self::Handler { error, .. } => error.code,
+            Self::Handler { error, .. } => error.code(),
             Self::Panicked(_) => Code::Internal,
             Self::NotFound(_) => Code::NotFound,
         }
@@ -87,37 +84,37 @@ impl From<&LocalCallError> for Status {
 impl LocalMethods {
     /// Calls `method` on this gateway's registry, counts the call like one
     /// through the mesh (`gatemesh_gateway_calls_total`) and logs a failure
-    /// once.
-    async fn call(
+    /// once: the answer's payload and how long it took.
+    pub(crate) async fn call(
         &self,
         method: &'static KnownMethod,
         payload: Bytes,
         route: &Route,
-    ) -> Result<pb::CallResponse, Status> {
+    ) -> Result<(Bytes, Duration), Status> {
         let started = Instant::now();
         let result = self.run(method, payload, route).await;
         let code = result.as_ref().err().map_or(Code::Ok, LocalCallError::code);
         self.stats
             .record_call(method.name, route.strategy.label(), code, started.elapsed());
         match result {
-            Ok(payload) => Ok(pb::CallResponse {
-                results: vec![pb::InstanceResult {
-                    instance_id: self.gateway_id.clone(),
-                    environment: String::new(),
-                    outcome: Some(pb::instance_result::Outcome::Payload(payload)),
-                    latency_us: started.elapsed().as_micros() as u64,
-                }],
-            }),
+            Ok(payload) => Ok((payload, started.elapsed())),
             Err(e) => {
                 match e.code() {
                     Code::InvalidArgument | Code::Unimplemented | Code::NotFound => {
-                        tracing::debug!(method = method.name, error = %e, "admin call refused")
+                        tracing::debug!(method = method.name, error = %e, "gateway method call refused")
                     }
-                    _ => tracing::warn!(method = method.name, error = %e, "admin call failed"),
+                    _ => {
+                        tracing::warn!(method = method.name, error = %e, "gateway method call failed")
+                    }
                 }
                 Err((&e).into())
             }
         }
+    }
+
+    /// This gateway's name, the one its own answers carry.
+    pub(crate) fn gateway_id(&self) -> &str {
+        &self.gateway_id
     }
 
     async fn run(
@@ -286,14 +283,18 @@ impl AdminService {
         payload: Bytes,
         route: Route,
     ) -> Result<Response<pb::CallResponse>, Status> {
-        if let Some(known) = methods::known_method(&method)
+        if let Some(known) = self.mesh.catalogue().get(&method)
             && known.served_by == Side::Gateway
         {
-            return self
-                .local
-                .call(known, payload, &route)
-                .await
-                .map(Response::new);
+            let (payload, latency) = self.local.call(known, payload, &route).await?;
+            return Ok(Response::new(pb::CallResponse {
+                results: vec![pb::InstanceResult {
+                    instance_id: self.local.gateway_id.clone(),
+                    environment: String::new(),
+                    outcome: Some(pb::instance_result::Outcome::Payload(payload)),
+                    latency_us: latency.as_micros() as u64,
+                }],
+            }));
         }
         let replies = self.mesh.call_raw(&method, payload, &route).await?;
         Ok(Response::new(pb::CallResponse {

@@ -20,7 +20,7 @@ use futures_util::stream::FuturesUnordered;
 use gatemesh_engine::{Outcome, SendError};
 use gatemesh_handlers::MAX_METHOD_NAME_LEN;
 use gatemesh_handlers::dispatch::code_name;
-use gatemesh_proto::{Method, methods};
+use gatemesh_proto::{Catalogue, Method};
 use prost::Message;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -64,6 +64,8 @@ struct MeshInner {
     default_timeout: Duration,
     max_message_bytes: usize,
     next: AtomicUsize,
+    /// The methods this gateway knows: validity and idempotence by name.
+    catalogue: Arc<Catalogue>,
 }
 
 impl Mesh {
@@ -72,6 +74,7 @@ impl Mesh {
         stats: Arc<Stats>,
         default_timeout: Duration,
         max_message_bytes: usize,
+        catalogue: Arc<Catalogue>,
     ) -> Self {
         Self {
             inner: Arc::new(MeshInner {
@@ -80,6 +83,7 @@ impl Mesh {
                 default_timeout,
                 max_message_bytes,
                 next: AtomicUsize::new(0),
+                catalogue,
             }),
         }
     }
@@ -97,6 +101,11 @@ impl Mesh {
         &self.inner.instances
     }
 
+    /// The methods this gateway knows (gatemesh's and those it was given).
+    pub fn catalogue(&self) -> &Arc<Catalogue> {
+        &self.inner.catalogue
+    }
+
     /// A call on raw bytes, for callers that know the method only by name
     /// (the external API). `first_valid` uses the catalogue's validity check
     /// where the method is known, and takes any success otherwise.
@@ -106,7 +115,7 @@ impl Mesh {
         payload: Bytes,
         route: &Route,
     ) -> Result<Vec<Reply<Bytes>>, CallError> {
-        let is_valid = methods::known_method(method).map(|m| m.is_valid);
+        let is_valid = self.inner.catalogue.get(method).map(|m| m.is_valid);
         let started = Instant::now();
         let result = match route.strategy {
             Strategy::All => self.all(method, payload, route, started, Ok).await,
@@ -222,7 +231,7 @@ impl Mesh {
             .routable(method, route.environment.as_deref())
             .map_err(|_| CallError::Draining)?;
         if peers.is_empty() {
-            if methods::known_method(method).is_none() && !instances.anyone_serves(method) {
+            if self.inner.catalogue.get(method).is_none() && !instances.anyone_serves(method) {
                 return Err(CallError::UnknownMethod(method.to_string()));
             }
             return Err(CallError::NoResponders {
@@ -375,7 +384,11 @@ impl Mesh {
     ) -> Result<Answer<T>, CallError> {
         let mut candidates = self.targets(method, &payload, route)?;
         let (deadline, timeout) = self.deadline(route, started);
-        let idempotent = methods::known_method(method).is_some_and(|m| m.idempotent);
+        let idempotent = self
+            .inner
+            .catalogue
+            .get(method)
+            .is_some_and(|m| m.idempotent);
         let mut errors = Vec::new();
         let mut trace = CallTrace::new(method, Strategy::One, route);
         while !candidates.is_empty() {

@@ -20,7 +20,7 @@ pub(crate) fn register(
         let gateway_id = gateway_id.clone();
         let connected = instances.upgrade().map_or(0, |i| i.len());
         async move {
-            Ok(pb::GetGatewayInfoResponse {
+            Ok::<_, tonic::Status>(pb::GetGatewayInfoResponse {
                 gateway_id,
                 version: env!("CARGO_PKG_VERSION").into(),
                 uptime_ms: started.elapsed().as_millis() as u64,

@@ -22,6 +22,8 @@
 //! - [`call`]: [`Mesh`], the typed call API and its routing strategies.
 //! - [`error`]: [`CallError`] and its one mapping to gRPC status codes.
 //! - [`admin`]: the `GatewayAdmin` unary API for callers outside the process.
+//! - [`plain`]: every mesh method as an ordinary gRPC service on the port,
+//!   steered by metadata, for any generated client.
 //! - `trace`: the spans of admin and mesh calls, and the metadata (W3C
 //!   trace context included) each request carries.
 //! - [`info`]: methods the gateway itself serves to instances.
@@ -33,7 +35,8 @@
 //! - [`http`]: the operator HTTP endpoints (`/health`, `/ready`,
 //!   `/instances`, `/metrics`) and the health-check hook components use.
 //! - `state`: the one home of the state every stream and call shares.
-//! - [`server`]: [`Gateway`], which wires it all up and runs it until shutdown.
+//! - [`server`]: [`Gateway`], which wires it all up ([`Gateway::routes`], to
+//!   embed in another tonic server) and runs it until shutdown.
 
 #![forbid(unsafe_code)]
 
@@ -49,6 +52,7 @@ pub mod instances;
 pub mod listener;
 pub mod metrics;
 pub mod peer;
+pub mod plain;
 pub mod route;
 pub mod server;
 mod state;
@@ -64,5 +68,5 @@ pub use gatemesh_engine::Disconnect;
 pub use instances::Instances;
 pub use metrics::Metrics;
 pub use peer::Peer;
-pub use server::Gateway;
+pub use server::{BuildError, Gateway, GatewayBuilder};
 pub use tls::GatewayTls;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use gatemesh_handlers::{GatewayRegistry, RegistryError};
+use gatemesh_proto::methods::{Catalogue, CatalogueError, MethodSet};
 use gatemesh_proto::pb::gateway_admin_server::GatewayAdminServer;
 use gatemesh_proto::pb::gateway_server::GatewayServer;
 use rand::RngExt;
@@ -20,6 +21,7 @@ use crate::health::{Health, Readiness};
 use crate::http::InstanceView;
 use crate::listener::{ConnMetrics, Connections};
 use crate::metrics::Metrics;
+use crate::plain::MethodsService;
 use crate::state::Shared;
 use crate::stats::Stats;
 use crate::stream::GatewayService;
@@ -60,7 +62,25 @@ impl Gateway {
         config: GatewayConfig,
         registry: GatewayRegistry,
     ) -> Result<Self, RegistryError> {
-        let shared = Shared::new(config, registry)?;
+        Self::build(config, registry, Catalogue::new())
+    }
+
+    /// A gateway with more than the defaults: handlers of its own methods,
+    /// methods declared in a user's proto ([`GatewayBuilder::methods`]).
+    pub fn builder(config: GatewayConfig) -> GatewayBuilder {
+        GatewayBuilder {
+            config,
+            registry: GatewayRegistry::new(),
+            catalogue: Catalogue::new(),
+        }
+    }
+
+    fn build(
+        config: GatewayConfig,
+        registry: GatewayRegistry,
+        catalogue: Catalogue,
+    ) -> Result<Self, RegistryError> {
+        let shared = Shared::new(config, registry, catalogue)?;
         let connections = Arc::new(Connections::default());
         shared
             .metrics
@@ -159,6 +179,97 @@ impl Gateway {
         &self.shared.metrics
     }
 
+    /// Every gRPC service of the gateway, authenticated by the secret, for
+    /// a tonic server: the instances' stream (`Gateway`), the admin API,
+    /// every catalogue method as plain gRPC, health and reflection (which
+    /// lists exactly these). [`Gateway::serve`] serves them on its own
+    /// listener; to embed the gateway, add them to your own
+    /// `tonic::transport::Server` (with your own tower layers), and call
+    /// [`Gateway::drain`] before stopping it:
+    ///
+    /// ```ignore
+    /// let routes = gateway.routes().await?;
+    /// Server::builder().layer(my_layer).add_routes(routes).serve(addr).await?;
+    /// ```
+    ///
+    /// Embedded, the gateway's own connection limits (the handshake
+    /// deadline and the cap on unauthenticated connections) are the
+    /// server's business; everything else behaves the same. Marks the
+    /// gateway as serving (`/health`, grpc.health.v1).
+    pub async fn routes(&self) -> anyhow::Result<tonic::service::Routes> {
+        let shared = &self.shared;
+        let config = &shared.config;
+        let max_frame = config.max_message_bytes + FRAME_OVERHEAD;
+        let gateway = GatewayServer::new(GatewayService {
+            shared: shared.clone(),
+        })
+        .max_decoding_message_size(max_frame)
+        .max_encoding_message_size(max_frame);
+        let local = || crate::admin::LocalMethods {
+            handlers: shared.registry.clone(),
+            gateway_id: shared.gateway_id.clone(),
+            stats: shared.stats.clone(),
+            default_timeout: shared.config.call_timeout(),
+        };
+        let admin = tonic::service::interceptor::InterceptedService::new(
+            GatewayAdminServer::new(AdminService {
+                mesh: shared.mesh.clone(),
+                instances: shared.instances.clone(),
+                local: local(),
+            })
+            .max_decoding_message_size(max_frame)
+            .max_encoding_message_size(max_frame),
+            SecretInterceptor::for_config(config),
+        );
+        let methods = MethodsService::new(
+            shared.mesh.clone(),
+            local(),
+            SecretInterceptor::for_config(config),
+            config.max_message_bytes,
+        );
+        let health = tonic_health::pb::health_server::HealthServer::new(
+            tonic_health::server::HealthService::from_health_reporter(shared.health.clone()),
+        );
+        let catalogue = shared.mesh.catalogue().clone();
+        let reflection = || {
+            let mut builder = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+            for set in catalogue.sets() {
+                builder = builder.register_encoded_file_descriptor_set(set.descriptor_set);
+            }
+            for service in [GATEWAY_SERVICE, ADMIN_SERVICE, HEALTH_SERVICE]
+                .into_iter()
+                .chain(catalogue.services())
+            {
+                builder = builder.with_service_name(service);
+            }
+            builder
+        };
+        let routes = tonic::service::Routes::new(gateway)
+            .add_service(admin)
+            .add_service(health)
+            .add_service(
+                reflection()
+                    .build_v1()
+                    .context("building the reflection service")?,
+            )
+            // Older clients (grpcurl before 1.9, some IDEs) speak only v1alpha.
+            .add_service(
+                reflection()
+                    .build_v1alpha()
+                    .context("building the reflection service (v1alpha)")?,
+            );
+        let routes = methods.route(routes);
+        for service in ["", GATEWAY_SERVICE, ADMIN_SERVICE] {
+            shared
+                .health
+                .set_service_status(service, ServingStatus::Serving)
+                .await;
+        }
+        shared.serving.store(true, Ordering::Relaxed);
+        Ok(routes)
+    }
+
     /// Serves on `listener` until `shutdown` resolves, then drains: new
     /// streams and calls are refused, calls in flight get up to the drain
     /// grace period to finish, instances are told when to come back, and the
@@ -170,53 +281,7 @@ impl Gateway {
     ) -> anyhow::Result<()> {
         let shared = self.shared.clone();
         let config = &shared.config;
-        let max_frame = config.max_message_bytes + FRAME_OVERHEAD;
-        let gateway = GatewayServer::new(GatewayService {
-            shared: shared.clone(),
-        })
-        .max_decoding_message_size(max_frame)
-        .max_encoding_message_size(max_frame);
-        let admin = tonic::service::interceptor::InterceptedService::new(
-            GatewayAdminServer::new(AdminService {
-                mesh: shared.mesh.clone(),
-                instances: shared.instances.clone(),
-                local: crate::admin::LocalMethods {
-                    handlers: shared.registry.clone(),
-                    gateway_id: shared.gateway_id.clone(),
-                    stats: shared.stats.clone(),
-                    default_timeout: shared.config.call_timeout(),
-                },
-            })
-            .max_decoding_message_size(max_frame)
-            .max_encoding_message_size(max_frame),
-            SecretInterceptor::for_config(config),
-        );
-        let health = tonic_health::pb::health_server::HealthServer::new(
-            tonic_health::server::HealthService::from_health_reporter(shared.health.clone()),
-        );
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(gatemesh_proto::DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .with_service_name(GATEWAY_SERVICE)
-            .with_service_name(ADMIN_SERVICE)
-            .with_service_name(HEALTH_SERVICE)
-            .build_v1()
-            .context("building the reflection service")?;
-        // Older clients (grpcurl before 1.9, some IDEs) speak only v1alpha.
-        let reflection_alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(gatemesh_proto::DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .with_service_name(GATEWAY_SERVICE)
-            .with_service_name(ADMIN_SERVICE)
-            .with_service_name(HEALTH_SERVICE)
-            .build_v1alpha()
-            .context("building the reflection service (v1alpha)")?;
-        for service in ["", GATEWAY_SERVICE, ADMIN_SERVICE] {
-            shared
-                .health
-                .set_service_status(service, ServingStatus::Serving)
-                .await;
-        }
+        let routes = self.routes().await?;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = crate::tls::apply(tonic::transport::Server::builder(), config.tls.as_ref())?
             .http2_keepalive_interval(Some(config.heartbeat_interval()))
@@ -225,11 +290,7 @@ impl Gateway {
                 &self.shared,
                 self.connections.clone(),
             ))
-            .add_service(gateway)
-            .add_service(admin)
-            .add_service(health)
-            .add_service(reflection)
-            .add_service(reflection_alpha)
+            .add_routes(routes)
             .serve_with_incoming_shutdown(
                 crate::listener::incoming(&self.shared, self.connections.clone(), listener),
                 async {
@@ -237,7 +298,6 @@ impl Gateway {
                 },
             );
         tokio::pin!(server);
-        shared.serving.store(true, Ordering::Relaxed);
         tokio::select! {
             result = &mut server => return result.context("gRPC server failed"),
             _ = shutdown => {}
@@ -291,5 +351,43 @@ impl Gateway {
                 reconnect_after_ms: rng.random_range(0..=spread).min(u64::from(u32::MAX)) as u32,
             });
         }
+    }
+}
+
+/// Builds a [`Gateway`] with more than the defaults; from [`Gateway::builder`].
+pub struct GatewayBuilder {
+    config: GatewayConfig,
+    registry: GatewayRegistry,
+    catalogue: Catalogue,
+}
+
+/// Why a [`GatewayBuilder`] could not build.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Handlers(#[from] RegistryError),
+    #[error(transparent)]
+    Catalogue(#[from] CatalogueError),
+}
+
+impl GatewayBuilder {
+    /// The handlers of the methods the gateway serves itself (its own
+    /// `GetGatewayInfo` is added to them).
+    pub fn handlers(mut self, registry: GatewayRegistry) -> Self {
+        self.registry = registry;
+        self
+    }
+
+    /// Methods declared in a user's proto (the `SET` gatemesh-build
+    /// generates): the gateway routes them by their options (validity,
+    /// idempotence, side), serves them as plain gRPC and lists them in
+    /// reflection. A name already known is refused.
+    pub fn methods(mut self, set: MethodSet) -> Result<Self, BuildError> {
+        self.catalogue.add(set)?;
+        Ok(self)
+    }
+
+    pub fn build(self) -> Result<Gateway, BuildError> {
+        Ok(Gateway::build(self.config, self.registry, self.catalogue)?)
     }
 }

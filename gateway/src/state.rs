@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use gatemesh_handlers::{DispatchConfig, GatewayRegistry, Handlers, RegistryError};
+use gatemesh_proto::methods::Catalogue;
 use gatemesh_runtime::Served;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -58,6 +59,7 @@ impl Shared {
     pub(crate) fn new(
         config: GatewayConfig,
         mut registry: GatewayRegistry,
+        catalogue: Catalogue,
     ) -> Result<Self, RegistryError> {
         let gateway_id = config.gateway_id();
         let started = Instant::now();
@@ -74,6 +76,7 @@ impl Shared {
             stats.clone(),
             config.call_timeout(),
             config.max_message_bytes,
+            Arc::new(catalogue),
         );
         let served = Arc::new(Served::for_gateway());
         let metrics = Metrics::new(stats.clone(), Arc::downgrade(&instances), started, &served);

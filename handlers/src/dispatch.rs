@@ -411,7 +411,7 @@ impl<F: Send + 'static> Dispatcher<F> {
     fn outcome(&self, method: &str, result: HandlerResult) -> pb::response::Result {
         match result {
             Ok(Ok(payload)) => self.within_limit(method, payload),
-            Ok(Err(e)) => pb::response::Result::Status(e.into()),
+            Ok(Err(e)) => pb::response::Result::Status((&e).into()),
             Err(panic) => self.panicked(method, &*panic),
         }
     }
@@ -718,7 +718,7 @@ impl<F: Send + 'static> Dispatcher<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{HandlerError, InstanceRegistry, Registry};
+    use crate::{InstanceRegistry, Registry, Status};
     use bytes::Bytes;
     use gatemesh_proto::methods::FindVpsByLease;
     use gatemesh_proto::pb::{FindVpsByLeaseRequest, FindVpsByLeaseResponse};
@@ -782,7 +782,7 @@ mod tests {
     async fn typed_handler_answers_and_unknown_method_is_unimplemented() {
         let mut reg = Registry::new();
         reg.method::<FindVpsByLease>(|_ctx, req: FindVpsByLeaseRequest| async move {
-            Ok(FindVpsByLeaseResponse {
+            Ok::<_, tonic::Status>(FindVpsByLeaseResponse {
                 vps_id: format!("vps-{}", req.ip),
                 organization_id: "org".into(),
             })
@@ -831,7 +831,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
-            Ok(FindVpsByLeaseResponse {
+            Ok::<_, tonic::Status>(FindVpsByLeaseResponse {
                 vps_id: seen.join(","),
                 organization_id: String::new(),
             })
@@ -884,8 +884,10 @@ mod tests {
     #[tokio::test]
     async fn undecodable_payload_is_invalid_argument() {
         let mut reg = Registry::new();
-        reg.method::<FindVpsByLease>(|_ctx, _req| async move { Ok(Default::default()) })
-            .unwrap();
+        reg.method::<FindVpsByLease>(|_ctx, _req| async move {
+            Ok::<_, tonic::Status>(Default::default())
+        })
+        .unwrap();
         let (d, tx, mut rx) = setup(reg, 8);
         let mut req = request(1, "FindVPSByLease", 1000);
         req.payload = Bytes::from_static(&[0xff, 0xff, 0xff]);
@@ -905,7 +907,7 @@ mod tests {
                 ctx.cancelled().await;
                 let deadline_passed = Instant::now() >= ctx.deadline();
                 let _ = seen.send((ctx.is_cancelled(), deadline_passed));
-                Err(HandlerError::cancelled("stopped"))
+                Err(Status::cancelled("stopped"))
             }
         })
         .unwrap();
@@ -1027,7 +1029,7 @@ mod tests {
             if req.mac == "boom" {
                 panic!("handler bug");
             }
-            Ok(FindVpsByLeaseResponse::default())
+            Ok::<_, tonic::Status>(FindVpsByLeaseResponse::default())
         })
         .unwrap();
         reg
@@ -1080,7 +1082,7 @@ mod tests {
         // awaits: an answer already queued was made inline, by the reader.
         let mut reg = Registry::new();
         reg.method::<FindVpsByLease>(|_ctx, _req: FindVpsByLeaseRequest| async move {
-            Ok(FindVpsByLeaseResponse::default())
+            Ok::<_, tonic::Status>(FindVpsByLeaseResponse::default())
         })
         .unwrap();
         let (d, _, mut rx) = setup(reg, 4);
@@ -1099,7 +1101,7 @@ mod tests {
             if req.mac == "slow" {
                 std::thread::sleep(INLINE_BUDGET * 2);
             }
-            Ok(FindVpsByLeaseResponse::default())
+            Ok::<_, tonic::Status>(FindVpsByLeaseResponse::default())
         })
         .unwrap();
         let (d, _, mut rx) = setup(reg, 4);
@@ -1131,7 +1133,7 @@ mod tests {
                     std::thread::sleep(INLINE_BUDGET * 2);
                     true
                 };
-                Ok(FindVpsByLeaseResponse {
+                Ok::<_, tonic::Status>(FindVpsByLeaseResponse {
                     vps_id: if waited { "released" } else { "timed out" }.into(),
                     ..Default::default()
                 })
@@ -1274,7 +1276,7 @@ mod tests {
                     }
                     release.cancelled().await;
                     running.fetch_sub(1, Ordering::SeqCst);
-                    Ok(FindVpsByLeaseResponse::default())
+                    Ok::<_, tonic::Status>(FindVpsByLeaseResponse::default())
                 }
             })
             .unwrap();
@@ -1366,7 +1368,7 @@ mod tests {
                 };
                 async move {
                     once.await;
-                    Ok(FindVpsByLeaseResponse {
+                    Ok::<_, tonic::Status>(FindVpsByLeaseResponse {
                         vps_id: "woken".into(),
                         ..Default::default()
                     })
@@ -1403,7 +1405,7 @@ mod tests {
         let mut reg = Registry::new();
         reg.method::<FindVpsByLease>(|_ctx, _req| async move {
             std::future::pending::<()>().await;
-            Ok(FindVpsByLeaseResponse::default())
+            Ok::<_, tonic::Status>(FindVpsByLeaseResponse::default())
         })
         .unwrap();
         let (d, _, mut rx) = setup(reg, 4);

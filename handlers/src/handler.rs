@@ -7,18 +7,13 @@ use bytes::Bytes;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::{HandlerError, Metadata};
+use crate::{Metadata, Status};
 
 /// Serves one or more methods on raw protobuf bytes. Most handlers are
 /// written against the typed [`MethodHandler`](crate::MethodHandler) instead.
 #[async_trait]
 pub trait RequestHandler: Send + Sync + 'static {
-    async fn handle(
-        &self,
-        ctx: Context,
-        method: &str,
-        payload: Bytes,
-    ) -> Result<Bytes, HandlerError>;
+    async fn handle(&self, ctx: Context, method: &str, payload: Bytes) -> Result<Bytes, Status>;
 }
 
 /// Who sent a request: the instance (on the gateway) or the gateway (on an

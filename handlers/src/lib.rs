@@ -6,7 +6,7 @@
 //! - [`registry`]: [`Registry`], method name to handler for one side of the
 //!   stream (only that side's methods compile), and [`Handlers`], the
 //!   side-free table it turns into for the dispatcher.
-//! - [`error`]: [`HandlerError`], a gRPC code and a message.
+//! - [`error`]: [`Status`], a gRPC code and a message.
 //! - [`dispatch`]: [`Dispatcher`], runs incoming requests with deadline,
 //!   cancellation and a concurrency limit.
 //! - [`metadata`]: [`Metadata`], the bounded, validated key/value pairs
@@ -17,7 +17,6 @@
 #![forbid(unsafe_code)]
 
 pub mod dispatch;
-pub mod error;
 pub mod handler;
 pub mod metadata;
 pub mod registry;
@@ -26,10 +25,12 @@ pub mod trace;
 pub mod typed;
 
 pub use dispatch::{DispatchConfig, DispatchObserver, Dispatcher};
-pub use error::HandlerError;
 pub use handler::{Caller, Context, RequestHandler};
 pub use metadata::{Metadata, MetadataError};
 pub use registry::{GatewayRegistry, Handlers, InstanceRegistry, Registry, RegistryError};
+/// What a handler fails with: tonic's own status, so existing tonic code
+/// moves over as it is.
+pub use tonic::{Code, Status};
 pub use typed::MethodHandler;
 
 /// Longest method name accepted on the wire or in a registry.

@@ -67,7 +67,7 @@ impl<S: ServingSide> Registry<S> {
     }
 
     /// Serves `M` with a typed handler: an `async fn(Context, M::Request) ->
-    /// Result<M::Response, HandlerError>` or a [`MethodHandler<M>`]:
+    /// Result<M::Response, Status>` or a [`MethodHandler<M>`]:
     /// `registry.method::<FindVpsByLease>(handler)?`.
     pub fn method<M: ServedBy<S>>(
         &mut self,
@@ -199,7 +199,7 @@ impl std::fmt::Debug for Handlers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Context, HandlerError};
+    use crate::{Context, Status};
     use async_trait::async_trait;
     use bytes::Bytes;
     use gatemesh_proto::Method as _;
@@ -209,7 +209,7 @@ mod tests {
 
     #[async_trait]
     impl RequestHandler for Raw {
-        async fn handle(&self, _: Context, _: &str, p: Bytes) -> Result<Bytes, HandlerError> {
+        async fn handle(&self, _: Context, _: &str, p: Bytes) -> Result<Bytes, Status> {
             Ok(p)
         }
     }
@@ -217,10 +217,14 @@ mod tests {
     #[test]
     fn a_method_is_registered_once_and_by_its_wire_name() {
         let mut reg = InstanceRegistry::new();
-        reg.method::<FindVpsByLease>(|_ctx, _req| async { Ok(Default::default()) })
-            .unwrap();
+        reg.method::<FindVpsByLease>(|_ctx, _req| async {
+            Ok::<_, tonic::Status>(Default::default())
+        })
+        .unwrap();
         assert_eq!(reg.methods(), ["FindVPSByLease"]);
-        let again = reg.method::<FindVpsByLease>(|_ctx, _req| async { Ok(Default::default()) });
+        let again = reg.method::<FindVpsByLease>(|_ctx, _req| async {
+            Ok::<_, tonic::Status>(Default::default())
+        });
         assert_eq!(
             again.unwrap_err(),
             RegistryError::Duplicate("FindVPSByLease".into())

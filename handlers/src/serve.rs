@@ -9,10 +9,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::FutureExt as _;
 
-use crate::{Context, HandlerError, RequestHandler};
+use crate::{Context, RequestHandler, Status};
 
 /// A handler's result, or the panic it ended with.
-pub(crate) type HandlerResult = std::thread::Result<Result<Bytes, HandlerError>>;
+pub(crate) type HandlerResult = std::thread::Result<Result<Bytes, Status>>;
 /// One request's work.
 pub(crate) type Work = Pin<Box<dyn Future<Output = HandlerResult> + Send>>;
 
@@ -30,7 +30,7 @@ pub(crate) trait Serve: Send + Sync + 'static {
 
 /// Boxes `handled` once, with its span and panic guard.
 pub(crate) fn work(
-    handled: impl Future<Output = Result<Bytes, HandlerError>> + Send + 'static,
+    handled: impl Future<Output = Result<Bytes, Status>> + Send + 'static,
     span: tracing::Span,
 ) -> Work {
     Box::pin(AssertUnwindSafe(tracing::Instrument::instrument(handled, span)).catch_unwind())

@@ -10,18 +10,24 @@ use gatemesh_proto::Method;
 use prost::Message;
 
 use crate::serve::{Serve, Work, work};
-use crate::{Context, HandlerError};
+use crate::{Context, Status};
 
 /// Serves method `M`. Implemented for any
-/// `Fn(Context, M::Request) -> impl Future<Output = Result<M::Response, HandlerError>>`,
-/// and by hand, with a plain `async fn call`, for handlers that carry state:
+/// `Fn(Context, M::Request) -> impl Future<Output = Result<M::Response, E>>`
+/// where `E: Into<tonic::Status>` (a `Status` itself, or a crate's own
+/// error with a `From` impl), and by hand, with a plain `async fn call`,
+/// for handlers that carry state:
 ///
 /// ```ignore
 /// impl MethodHandler<FindVpsByLease> for MyHandler {
 ///     async fn call(&self, ctx: Context, request: FindVpsByLeaseRequest)
-///         -> Result<FindVpsByLeaseResponse, HandlerError> { ... }
+///         -> Result<FindVpsByLeaseResponse, Status> { ... }
 /// }
 /// ```
+///
+/// The status goes back to the caller as it is: its code and message on
+/// the mesh, and the call's own status for a plain gRPC caller. (Details
+/// and metadata of a `Status` are not carried.)
 ///
 /// The future is not boxed per call: the dispatcher puts the whole request
 /// (decode, this call, encode) into one allocation.
@@ -30,21 +36,22 @@ pub trait MethodHandler<M: Method>: Send + Sync + 'static {
         &self,
         ctx: Context,
         request: M::Request,
-    ) -> impl Future<Output = Result<M::Response, HandlerError>> + Send;
+    ) -> impl Future<Output = Result<M::Response, Status>> + Send;
 }
 
-impl<M, F, Fut> MethodHandler<M> for F
+impl<M, F, Fut, E> MethodHandler<M> for F
 where
     M: Method,
     F: Fn(Context, M::Request) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<M::Response, HandlerError>> + Send + 'static,
+    Fut: Future<Output = Result<M::Response, E>> + Send + 'static,
+    E: Into<Status> + 'static,
 {
     fn call(
         &self,
         ctx: Context,
         request: M::Request,
-    ) -> impl Future<Output = Result<M::Response, HandlerError>> + Send {
-        self(ctx, request)
+    ) -> impl Future<Output = Result<M::Response, Status>> + Send {
+        futures_util::TryFutureExt::map_err(self(ctx, request), Into::into)
     }
 }
 
@@ -74,7 +81,7 @@ impl<M: Method, H: MethodHandler<M>> Serve for Typed<M, H> {
         work(
             async move {
                 let request = M::Request::decode(payload).map_err(|e| {
-                    HandlerError::invalid_argument(format!("{}: undecodable request: {e}", M::NAME))
+                    Status::invalid_argument(format!("{}: undecodable request: {e}", M::NAME))
                 })?;
                 let response = self.handler.call(ctx, request).await?;
                 Ok(response.encode_to_vec().into())

@@ -2,22 +2,22 @@
 //! `ListIPs`, served for the calling instance's environment (empty for
 //! the admin API), each refusal mapped to its gRPC status once.
 
-use gatemesh_handlers::{Context, GatewayRegistry, HandlerError, RegistryError};
+use gatemesh_handlers::{Context, GatewayRegistry, RegistryError, Status};
 use gatemesh_proto::methods::{AllocateIp, ListIPs, ReleaseIp};
 use gatemesh_proto::pb;
 
 use crate::allocator::Ipam;
 use crate::table::Refused;
 
-fn status(e: Refused) -> HandlerError {
-    HandlerError::new(e.reason.code(), e.message)
+fn status(e: Refused) -> Status {
+    Status::new(e.reason.code(), e.message)
 }
 
 /// Registers `AllocateIP`, `ReleaseIP` and `ListIPs` on `registry`,
 /// served by `ipam`.
 pub fn register(registry: &mut GatewayRegistry, ipam: Ipam) -> Result<(), RegistryError> {
     let deadline = |what: &'static str| {
-        HandlerError::deadline_exceeded(format!(
+        Status::deadline_exceeded(format!(
             "{what}: the deadline passed before the allocator answered; an allocation may still \
              be made: call again (it is idempotent)"
         ))

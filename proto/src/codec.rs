@@ -52,3 +52,63 @@ where
         ProstDecoder::new(settings())
     }
 }
+
+/// A pass-through codec: messages stay encoded bytes both ways. The
+/// gateway serves every mesh method with it (it routes payloads, it never
+/// needs to decode them), and a client can call any method with it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BytesCodec;
+
+/// [`BytesCodec`]'s two halves.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BytesCoder;
+
+impl Codec for BytesCodec {
+    type Encode = bytes::Bytes;
+    type Decode = bytes::Bytes;
+    type Encoder = BytesCoder;
+    type Decoder = BytesCoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        BytesCoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        BytesCoder
+    }
+}
+
+impl tonic::codec::Encoder for BytesCoder {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: bytes::Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put(dst, item);
+        Ok(())
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        settings()
+    }
+}
+
+impl tonic::codec::Decoder for BytesCoder {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<bytes::Bytes>, tonic::Status> {
+        use bytes::Buf as _;
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        settings()
+    }
+}

@@ -13,6 +13,9 @@
 
 #![forbid(unsafe_code)]
 
+// The generated bindings name `::gatemesh_proto`, here as in any crate.
+extern crate self as gatemesh_proto;
+
 pub mod codec;
 pub mod methods;
 
@@ -23,15 +26,31 @@ pub mod pb {
 }
 
 pub use methods::{
-    GatewayMethod, GatewaySide, InstanceMethod, InstanceSide, KnownMethod, Method, ServedBy,
-    ServingSide, Side,
+    Catalogue, GatewayMethod, GatewaySide, InstanceMethod, InstanceSide, KnownMethod, Method,
+    MethodSet, ServedBy, ServingSide, Side,
 };
+
+/// Includes the method bindings gatemesh-build wrote for this crate
+/// (`OUT_DIR/gatemesh_methods.rs`): a type per rpc, `KNOWN`,
+/// `DESCRIPTOR_SET` and `SET`. Put it in a module of its own, beside the
+/// messages' module (`pb` by default, see `gatemesh_build::Builder::messages_path`):
+///
+/// ```ignore
+/// pub mod pb { tonic::include_proto!("hello.v1"); }
+/// pub mod methods { gatemesh_proto::include_methods!(); }
+/// ```
+#[macro_export]
+macro_rules! include_methods {
+    () => {
+        include!(concat!(env!("OUT_DIR"), "/gatemesh_methods.rs"));
+    };
+}
 
 /// The protocol version this build speaks; sent in hello and welcome.
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Encoded `FileDescriptorSet` of every file in `proto/`.
-pub const DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("gatemesh_descriptor");
+pub const DESCRIPTOR_SET: &[u8] = methods::DESCRIPTOR_SET;
 
 /// Metadata key that carries the shared secret on every gRPC call.
 pub const SECRET_METADATA_KEY: &str = "x-gatemesh-secret";

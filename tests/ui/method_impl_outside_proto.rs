@@ -7,6 +7,7 @@ struct FakeFind;
 
 impl Method for FakeFind {
     const NAME: &'static str = "FindVPSByLease";
+    const SERVICE: &'static str = "gatemesh.v1.InstanceMethods";
     const SERVED_BY: gatemesh_proto::Side = gatemesh_proto::Side::Instance;
     type Request = pb::GetLeasesRequest;
     type Response = pb::GetLeasesResponse;

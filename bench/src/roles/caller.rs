@@ -1,12 +1,14 @@
 //! An external caller, in its own process: the gateway's admin API
-//! (`GatewayAdmin.Call`), the unary baseline over one or more channels, or
-//! NATS request-reply.
+//! (`GatewayAdmin.Call`), the method as plain gRPC on the gateway's port
+//! (a generated client, as any gRPC caller), the unary baseline over one
+//! or more channels, or NATS request-reply.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use gatemesh_proto::SECRET_METADATA_KEY;
 use gatemesh_proto::pb::gateway_admin_client::GatewayAdminClient;
+use gatemesh_proto::pb::instance_methods_client::InstanceMethodsClient;
 use gatemesh_proto::pb::{self, FindVpsByLeaseResponse};
 use prost::Message;
 use tonic::metadata::MetadataValue;
@@ -24,6 +26,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 enum Connection {
     Admin(GatewayAdminClient<Channel>),
+    Plain(InstanceMethodsClient<Channel>),
     Unary(Vec<BenchUnaryClient<Channel>>),
     Nats(async_nats::Client),
 }
@@ -39,6 +42,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     let url = args.required("url")?;
     let connection = match args.required("kind")? {
         "admin" => Connection::Admin(GatewayAdminClient::new(channel(url).await?)),
+        "plain" => Connection::Plain(InstanceMethodsClient::new(channel(url).await?)),
         "unary" => {
             let channels: usize = args.get("channels", 1)?;
             let mut clients = Vec::with_capacity(channels);
@@ -123,6 +127,31 @@ async fn run_load(
                         ),
                         other => Err(format!("no answer: {other:?}")),
                     }
+                }
+            })
+            .await
+        }
+        (Connection::Plain(client), target @ (Target::PlainTo(_) | Target::PlainFirstValid)) => {
+            let instance: Option<MetadataValue<_>> = match target {
+                Target::PlainTo(id) => Some(id.parse()?),
+                _ => None,
+            };
+            let bearer: MetadataValue<_> = format!("Bearer {SECRET}").parse()?;
+            load::run(concurrency, duration, move || {
+                let mut client = client.clone();
+                let mut request = tonic::Request::new(payload::request());
+                request.set_timeout(CALL_TIMEOUT);
+                let metadata = request.metadata_mut();
+                metadata.insert("authorization", bearer.clone());
+                if let Some(instance) = &instance {
+                    metadata.insert("gatemesh-instance", instance.clone());
+                }
+                async move {
+                    let response = client
+                        .find_vps_by_lease(request)
+                        .await
+                        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
+                    check(response.get_ref())
                 }
             })
             .await

@@ -5,10 +5,27 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
+use clap::Parser as _;
 use gatemesh_node::{Node, NodeSettings};
 use tokio::net::TcpListener;
 
+/// The gateway of a gatemesh node: service instances dial it and hold one
+/// stream each; it routes calls to them, serves its own methods (DHCP
+/// leases, IP allocation) and every method as plain gRPC on its port.
+#[derive(clap::Parser)]
+#[command(
+    name = "vps-gateway",
+    version,
+    about,
+    after_help = "Configured by GATEWAY_* environment variables (GATEWAY_API_SECRET is required); \
+                  see the README's Configuration section. Stops gracefully on SIGTERM or SIGINT."
+)]
+struct Args {}
+
 fn main() -> ExitCode {
+    // --help, --version and usage errors end here, before anything is read
+    // or bound.
+    Args::parse();
     gatemesh_runtime::exit_code("vps-gateway", run())
 }
 

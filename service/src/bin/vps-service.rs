@@ -14,7 +14,23 @@ use gatemesh_service::inventory::{Inventory, MemoryInventory, PostgresInventory}
 use gatemesh_service::{Instance, InstanceOptions, ServiceConfig, ServiceMetrics};
 use tokio::net::TcpListener;
 
+/// The instance end of gatemesh: dials every configured gateway, holds one
+/// stream to each and serves FindVPSByLease (and Ping) from its inventory.
+#[derive(clap::Parser)]
+#[command(
+    name = "vps-service",
+    version,
+    about,
+    after_help = "Configured by VPS_* environment variables (VPS_GATEWAY_URL and \
+                  VPS_GATEWAY_API_SECRET are required); see the README's Configuration section. \
+                  Stops gracefully on SIGTERM or SIGINT."
+)]
+struct Args {}
+
 fn main() -> ExitCode {
+    // --help, --version and usage errors end here, before anything is read
+    // or bound.
+    <Args as clap::Parser>::parse();
     gatemesh_runtime::exit_code("vps-service", run())
 }
 

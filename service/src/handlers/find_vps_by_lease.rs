@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use gatemesh_handlers::{Context, HandlerError, MethodHandler};
+use gatemesh_handlers::{Context, MethodHandler, Status};
 use gatemesh_proto::methods::FindVpsByLease;
 use gatemesh_proto::pb::{FindVpsByLeaseRequest, FindVpsByLeaseResponse};
 
@@ -25,17 +25,15 @@ impl MethodHandler<FindVpsByLease> for FindVpsByLeaseHandler {
         &self,
         ctx: Context,
         request: FindVpsByLeaseRequest,
-    ) -> Result<FindVpsByLeaseResponse, HandlerError> {
+    ) -> Result<FindVpsByLeaseResponse, Status> {
         if request.ip.is_empty() && request.mac.is_empty() {
-            return Err(HandlerError::invalid_argument(
-                "a lease needs an ip or a mac",
-            ));
+            return Err(Status::invalid_argument("a lease needs an ip or a mac"));
         }
         let found = tokio::select! {
             found = self.inventory.find_by_lease(&request.ip, &request.mac) => found,
-            _ = ctx.cancelled() => return Err(HandlerError::cancelled("call ended")),
+            _ = ctx.cancelled() => return Err(Status::cancelled("call ended")),
         };
-        let vps = found.map_err(|e| HandlerError::unavailable(e.to_string()))?;
+        let vps = found.map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(vps
             .map(|v| FindVpsByLeaseResponse {
                 vps_id: v.vps_id,
