@@ -180,6 +180,10 @@ impl HttpState {
             },
         );
         registry.register_collector(Box::new(LinkCollector(links.to_vec())));
+        // The span export's counters (0 while export is off).
+        registry.register_collector(Box::new(
+            gatemesh_runtime::telemetry::ExportCollector::default(),
+        ));
         Self {
             instance_id: instance_id.into(),
             links: links.to_vec(),
