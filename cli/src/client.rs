@@ -107,7 +107,26 @@ pub fn status(status: tonic::Status) -> anyhow::Error {
         segments.push(status.message().to_string());
     }
     segments.extend(crate::causes(std::error::Error::source(&status)));
-    anyhow!("{}", crate::one_line(segments))
+    anyhow::Error::new(StatusError {
+        code: status.code(),
+        line: crate::one_line(segments),
+    })
 }
+
+/// A call that ended with a gRPC status: its one line, and its code for
+/// the call's span.
+#[derive(Debug)]
+pub struct StatusError {
+    pub code: tonic::Code,
+    line: String,
+}
+
+impl std::fmt::Display for StatusError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.line)
+    }
+}
+
+impl std::error::Error for StatusError {}
 
 pub use gatemesh_proto::code_name;

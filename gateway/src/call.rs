@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use crate::instances::Targets;
 pub use crate::route::{Route, Strategy};
 use crate::stats::Stats;
-use crate::trace::CallTrace;
+use crate::trace::{CallTrace, Ended};
 use crate::{CallError, Instances, Peer};
 
 /// The longest deadline a call can have: `timeout_ms` on the wire is a u32.
@@ -140,7 +140,9 @@ impl Mesh {
 
     /// Counts a finished call and logs it when it failed: `debug` for
     /// outcomes that are routine at scale (not found, nobody serves it),
-    /// `warn` for real failures.
+    /// `warn` for real failures. Anyone with the secret can fail calls at
+    /// will, so both lines are rate-limited (`limited!`); every call is
+    /// counted in `calls_total` all the same.
     fn record<T>(
         &self,
         method: &str,
@@ -161,9 +163,11 @@ impl Mesh {
                 e,
                 CallError::NotFound { .. } | CallError::NoResponders { .. }
             ) {
-                tracing::debug!(method, strategy, code = code_name(code), error = %e, "call failed");
+                gatemesh_runtime::limited!(tracing::Level::DEBUG,
+                    method, strategy, code = code_name(code), error = %e, "call failed");
             } else {
-                tracing::warn!(method, strategy, code = code_name(code), error = %e, "call failed");
+                gatemesh_runtime::limited!(tracing::Level::WARN,
+                    method, strategy, code = code_name(code), error = %e, "call failed");
             }
         }
     }
@@ -241,14 +245,30 @@ impl Mesh {
         started: Instant,
         accept: impl Fn(Bytes) -> Verdict<T>,
     ) -> Result<Answer<T>, CallError> {
+        let mut trace = CallTrace::new(method, Strategy::FirstValid, route);
+        let result = self
+            .first_valid_traced(method, payload, route, started, accept, &mut trace)
+            .await;
+        trace.finish(&result);
+        result
+    }
+
+    async fn first_valid_traced<T>(
+        &self,
+        method: &str,
+        payload: Bytes,
+        route: &Route,
+        started: Instant,
+        accept: impl Fn(Bytes) -> Verdict<T>,
+        trace: &mut CallTrace,
+    ) -> Result<Answer<T>, CallError> {
         let peers = self.targets(method, &payload, route)?;
         let (deadline, timeout) = self.deadline(route, started);
         let asked = peers.len();
         let mut errors = Vec::new();
-        let mut trace = CallTrace::new(method, Strategy::FirstValid, route);
         let mut running = FuturesUnordered::new();
         for peer in peers {
-            match Outstanding::start(peer, method, payload.clone(), started, deadline, &mut trace) {
+            match Outstanding::start(peer, method, payload.clone(), started, deadline, trace) {
                 Ok(call) => running.push(call),
                 Err(e) => errors.push(e),
             }
@@ -269,7 +289,7 @@ impl Mesh {
             let (peer, latency, outcome) = next;
             match outcome.map(&accept) {
                 Ok(Verdict::Valid(value)) => {
-                    trace.mark(&peer, "won");
+                    trace.mark(&peer, Ended::Answered("won"));
                     // Dropping `running` cancels the calls still out.
                     return Ok(Answer {
                         value,
@@ -279,13 +299,16 @@ impl Mesh {
                     });
                 }
                 Ok(Verdict::NotMine) => {
-                    trace.mark(&peer, "not_mine");
+                    trace.mark(&peer, Ended::Answered("not_mine"));
                     not_mine += 1
                 }
-                Ok(Verdict::Bad(reason)) => errors.push(CallError::BadAnswer {
-                    instance: peer.info.id.clone(),
-                    reason,
-                }),
+                Ok(Verdict::Bad(reason)) => {
+                    trace.mark(&peer, Ended::Failed(tonic::Code::Internal));
+                    errors.push(CallError::BadAnswer {
+                        instance: peer.info.id.clone(),
+                        reason,
+                    })
+                }
                 Err(e) => errors.push(e),
             }
         }
@@ -312,12 +335,28 @@ impl Mesh {
         started: Instant,
         decode: impl Fn(Bytes) -> Result<T, String>,
     ) -> Result<Vec<Reply<T>>, CallError> {
+        let mut trace = CallTrace::new(method, Strategy::All, route);
+        let result = self
+            .all_traced(method, payload, route, started, decode, &mut trace)
+            .await;
+        trace.finish(&result);
+        result
+    }
+
+    async fn all_traced<T>(
+        &self,
+        method: &str,
+        payload: Bytes,
+        route: &Route,
+        started: Instant,
+        decode: impl Fn(Bytes) -> Result<T, String>,
+        trace: &mut CallTrace,
+    ) -> Result<Vec<Reply<T>>, CallError> {
         let mut peers = self.targets(method, &payload, route)?;
         // Replies come back in a stable order, whatever the map's order.
         peers.sort_by(|a, b| a.id().cmp(b.id()));
         let (deadline, timeout) = self.deadline(route, started);
         let mut replies: Vec<Option<Reply<T>>> = Vec::with_capacity(peers.len());
-        let mut trace = CallTrace::new(method, Strategy::All, route);
         let mut running = FuturesUnordered::new();
         for (index, peer) in peers.iter().enumerate() {
             match Outstanding::start(
@@ -326,7 +365,7 @@ impl Mesh {
                 payload.clone(),
                 started,
                 deadline,
-                &mut trace,
+                trace,
             ) {
                 Ok(call) => {
                     replies.push(None);
@@ -343,7 +382,7 @@ impl Mesh {
             _ = &mut expired => None,
         } {
             if outcome.is_ok() {
-                trace.mark(&peer, "answered");
+                trace.mark(&peer, Ended::Answered("answered"));
             }
             let outcome = outcome.and_then(|bytes| {
                 decode(bytes).map_err(|reason| CallError::BadAnswer {
@@ -368,16 +407,32 @@ impl Mesh {
     pub(crate) async fn one<T>(
         &self,
         method: &str,
+        payload: Bytes,
+        route: &Route,
+        started: Instant,
+        decode: impl Fn(Bytes) -> Result<T, String>,
+    ) -> Result<Answer<T>, CallError> {
+        let mut trace = CallTrace::new(method, Strategy::One, route);
+        let result = self
+            .one_traced(method, payload, route, started, decode, &mut trace)
+            .await;
+        trace.finish(&result);
+        result
+    }
+
+    async fn one_traced<T>(
+        &self,
+        method: &str,
         mut payload: Bytes,
         route: &Route,
         started: Instant,
         decode: impl Fn(Bytes) -> Result<T, String>,
+        trace: &mut CallTrace,
     ) -> Result<Answer<T>, CallError> {
         let mut candidates = self.targets(method, &payload, route)?;
         let (deadline, timeout) = self.deadline(route, started);
         let idempotent = methods::known_method(method).is_some_and(|m| m.idempotent);
         let mut errors = Vec::new();
-        let mut trace = CallTrace::new(method, Strategy::One, route);
         while !candidates.is_empty() {
             let peer = candidates.swap_remove(self.pick(&candidates));
             // A retry tells its handler only the time that is left.
@@ -393,7 +448,7 @@ impl Mesh {
             } else {
                 payload.clone()
             };
-            let call = match Outstanding::start(peer, method, payload, sent, deadline, &mut trace) {
+            let call = match Outstanding::start(peer, method, payload, sent, deadline, trace) {
                 Ok(call) => call,
                 // Never written: safe to send elsewhere.
                 Err(e) if e.is_retryable(idempotent) => {
@@ -407,7 +462,7 @@ impl Mesh {
                 .map_err(|_| CallError::DeadlineExceeded(timeout))?;
             match outcome {
                 Ok(bytes) => {
-                    trace.mark(&peer, "answered");
+                    trace.mark(&peer, Ended::Answered("answered"));
                     let value = decode(bytes).map_err(|reason| CallError::BadAnswer {
                         instance: peer.info.id.clone(),
                         reason,
@@ -516,11 +571,12 @@ impl Outstanding {
                 span,
             }),
             Err(e) => {
-                crate::trace::outcome_of(&span, "not_sent");
-                Err(match e {
+                let error = match e {
                     SendError::Full => CallError::Overloaded(peer.id().clone()),
                     SendError::Closed => CallError::Unreachable(peer.id().clone()),
-                })
+                };
+                crate::trace::request_ended(&span, Ended::NotSent(error.code()));
+                Err(error)
             }
         }
     }
@@ -553,7 +609,7 @@ impl Future for Outstanding {
             Err(_) => Err(CallError::Disconnected(peer.id().clone())),
         };
         if let Err(e) = &outcome {
-            crate::trace::outcome_of(&self.span, code_name(e.code()));
+            crate::trace::request_ended(&self.span, Ended::Failed(e.code()));
         }
         std::task::Poll::Ready((peer, latency, outcome))
     }
@@ -562,7 +618,7 @@ impl Future for Outstanding {
 impl Drop for Outstanding {
     fn drop(&mut self) {
         if !self.answered {
-            crate::trace::outcome_of(&self.span, "cancelled");
+            crate::trace::request_ended(&self.span, Ended::Cancelled);
         }
         if !self.answered {
             // Told to cancel only if its answer does not come first.

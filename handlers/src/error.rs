@@ -5,7 +5,7 @@ use gatemesh_proto::pb;
 use tonic::Code;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message} ({code:?})")]
+#[error("{message} ({})", gatemesh_proto::code_name(*.code))]
 pub struct HandlerError {
     pub code: Code,
     pub message: String,
