@@ -5,7 +5,8 @@
 //!   link is up, `degraded` when some are, `unhealthy` (503) when none is.
 //! - `GET /metrics`: Prometheus text (OpenMetrics when the `Accept` header
 //!   prefers it): handler calls by method and outcome, their latency,
-//!   handlers in flight, link connects and disconnects, `process_*`.
+//!   handlers in flight, link connects and disconnects, the span export's
+//!   counters, `process_*`.
 //!
 //! A connection must send its request headers within `VPS_HTTP_TIMEOUT_MS`
 //! (also the idle limit between requests).
