@@ -62,6 +62,10 @@ impl Received {
     fn attr(&self, key: &str) -> Option<&str> {
         self.attributes.get(key).map(String::as_str)
     }
+
+    fn resource(&self, key: &str) -> Option<&str> {
+        self.resource.get(key).map(String::as_str)
+    }
 }
 
 #[derive(Clone, Default)]
@@ -178,11 +182,7 @@ async fn a_cli_first_valid_call_over_three_instances_is_one_trace() {
     let dir = std::env::temp_dir().join(format!("gatemesh-otel-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
 
-    let port = free_port();
-    let mut env = gateway_env(port, SECRET);
-    env.extend(otel_env(collector, "vps-gateway"));
-    let gateway = Proc::spawn("vps-gateway", &binary("vps-gateway"), &env);
-    let url = format!("http://127.0.0.1:{port}");
+    let (gateway, url, _) = exporting_gateway(otel_env(collector, "vps-gateway"), None).await;
     let specs = [
         ("prod-1", "vps-prod-42", WINNER_MAC),
         ("beta-1", "vps-beta-7", "52:54:00:00:00:0b"),
@@ -286,13 +286,7 @@ async fn a_cli_first_valid_call_over_three_instances_is_one_trace() {
     assert_eq!(admin.attr("rpc.service"), Some("gatemesh.v1.GatewayAdmin"));
     assert_eq!(admin.attr("rpc.method"), Some("Call"));
     assert_eq!(admin.attr("rpc.grpc.status_code"), Some("0"));
-    assert_eq!(
-        admin
-            .resource
-            .get("service.instance.id")
-            .map(String::as_str),
-        Some("gw-proc")
-    );
+    assert_eq!(admin.resource("service.instance.id"), Some("gw-proc"));
     assert_eq!(
         admin.parent, cli_span.span_id,
         "the admin span continues the CLI's"
@@ -330,16 +324,10 @@ async fn a_cli_first_valid_call_over_three_instances_is_one_trace() {
         assert_eq!(serve[0].kind, SpanKind::Server);
         assert_eq!(request.kind, SpanKind::Client);
         // Each instance's resource names it and its environment.
-        assert_eq!(
-            serve[0].resource.get("service.instance.id"),
-            Some(&instance)
-        );
+        assert_eq!(serve[0].resource("service.instance.id"), Some(&*instance));
         let environment = instance.split('-').next().unwrap();
         assert_eq!(
-            serve[0]
-                .resource
-                .get("deployment.environment")
-                .map(String::as_str),
+            serve[0].resource("deployment.environment"),
             Some(environment)
         );
         outcomes.push((
@@ -461,35 +449,49 @@ async fn unanswerable_call(url: &str) {
 }
 
 /// A gateway exporting with `otel` (on top of the usual variables); waits
-/// until it serves.
+/// until it serves. A port another test took between `free_port` and the
+/// bind makes the gateway exit: it is started again on other ports, so no
+/// test talks to another test's gateway.
 async fn exporting_gateway(
     otel: Vec<(&'static str, String)>,
     log: Option<&std::path::Path>,
 ) -> (Proc, String, SocketAddr) {
-    let port = free_port();
-    let mut env = gateway_env(port, SECRET);
-    let http: u16 = env
-        .iter()
-        .find(|(k, _)| *k == "GATEWAY_HTTP_PORT")
-        .unwrap()
-        .1
-        .parse()
-        .unwrap();
-    env.extend(otel);
-    let gateway = match log {
-        Some(log) => Proc::spawn_logged("vps-gateway", &binary("vps-gateway"), &env, log),
-        None => Proc::spawn("vps-gateway", &binary("vps-gateway"), &env),
-    };
-    let url = format!("http://127.0.0.1:{port}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while Admin::connect(url.clone()).await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the gateway never served"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    'start: loop {
+        let port = free_port();
+        let mut env = gateway_env(port, SECRET);
+        let http: u16 = env
+            .iter()
+            .find(|(k, _)| *k == "GATEWAY_HTTP_PORT")
+            .unwrap()
+            .1
+            .parse()
+            .unwrap();
+        env.extend(otel.iter().cloned());
+        let mut gateway = match log {
+            Some(log) => Proc::spawn_logged("vps-gateway", &binary("vps-gateway"), &env, log),
+            None => Proc::spawn("vps-gateway", &binary("vps-gateway"), &env),
+        };
+        let url = format!("http://127.0.0.1:{port}");
+        loop {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the gateway never served"
+            );
+            if gateway.child.try_wait().unwrap().is_some() {
+                continue 'start;
+            }
+            if Admin::connect(url.clone()).await.is_ok() {
+                // Serving, and still ours: it has bound both ports.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if gateway.child.try_wait().unwrap().is_none() {
+                    return (gateway, url, common::process::loopback(http));
+                }
+                continue 'start;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
-    (gateway, url, common::process::loopback(http))
 }
 
 /// The gateway's spans of [`unanswerable_call`] reached `receiver`, by
@@ -508,17 +510,8 @@ async fn check_unanswerable_call_spans(receiver: &Receiver) {
     let admin = spans.iter().find(|s| s.name == "gatemesh.admin").unwrap();
     // UNAVAILABLE is a server error too.
     assert_eq!(admin.status, StatusCode::Error, "{admin:#?}");
-    assert_eq!(
-        admin.resource.get("service.name").map(String::as_str),
-        Some("vps-gateway")
-    );
-    assert_eq!(
-        admin
-            .resource
-            .get("service.instance.id")
-            .map(String::as_str),
-        Some("gw-proc")
-    );
+    assert_eq!(admin.resource("service.name"), Some("vps-gateway"));
+    assert_eq!(admin.resource("service.instance.id"), Some("gw-proc"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -108,16 +108,17 @@ impl Mesh {
     ) -> Result<Vec<Reply<Bytes>>, CallError> {
         let is_valid = methods::known_method(method).map(|m| m.is_valid);
         let started = Instant::now();
+        let trace = &mut CallTrace::new(method, route.strategy, route);
         let result = match route.strategy {
-            Strategy::All => self.all(method, payload, route, started, Ok).await,
+            Strategy::All => self.all(method, payload, route, started, Ok, trace).await,
             // A call to one named instance returns that instance's answer,
             // "not mine" included: there is no one else to ask.
             Strategy::FirstValid | Strategy::One if route.instance.is_some() => self
-                .one(method, payload, route, started, Ok)
+                .one(method, payload, route, started, Ok, trace)
                 .await
                 .map(|a| vec![a.into_reply()]),
             Strategy::One => self
-                .one(method, payload, route, started, Ok)
+                .one(method, payload, route, started, Ok, trace)
                 .await
                 .map(|a| vec![a.into_reply()]),
             Strategy::FirstValid => self
@@ -130,11 +131,12 @@ impl Mesh {
                         Some(valid) if !valid(&bytes) => Verdict::NotMine,
                         _ => Verdict::Valid(bytes),
                     },
+                    trace,
                 )
                 .await
                 .map(|a| vec![a.into_reply()]),
         };
-        self.record(method, route.strategy, started, &result);
+        self.record(method, route.strategy, started, &result, trace);
         result
     }
 
@@ -149,7 +151,9 @@ impl Mesh {
         strategy: Strategy,
         started: Instant,
         result: &Result<T, CallError>,
+        trace: &CallTrace,
     ) {
+        trace.finish(result);
         let code = result
             .as_ref()
             .err()
@@ -244,22 +248,6 @@ impl Mesh {
         route: &Route,
         started: Instant,
         accept: impl Fn(Bytes) -> Verdict<T>,
-    ) -> Result<Answer<T>, CallError> {
-        let mut trace = CallTrace::new(method, Strategy::FirstValid, route);
-        let result = self
-            .first_valid_traced(method, payload, route, started, accept, &mut trace)
-            .await;
-        trace.finish(&result);
-        result
-    }
-
-    async fn first_valid_traced<T>(
-        &self,
-        method: &str,
-        payload: Bytes,
-        route: &Route,
-        started: Instant,
-        accept: impl Fn(Bytes) -> Verdict<T>,
         trace: &mut CallTrace,
     ) -> Result<Answer<T>, CallError> {
         let peers = self.targets(method, &payload, route)?;
@@ -334,22 +322,6 @@ impl Mesh {
         route: &Route,
         started: Instant,
         decode: impl Fn(Bytes) -> Result<T, String>,
-    ) -> Result<Vec<Reply<T>>, CallError> {
-        let mut trace = CallTrace::new(method, Strategy::All, route);
-        let result = self
-            .all_traced(method, payload, route, started, decode, &mut trace)
-            .await;
-        trace.finish(&result);
-        result
-    }
-
-    async fn all_traced<T>(
-        &self,
-        method: &str,
-        payload: Bytes,
-        route: &Route,
-        started: Instant,
-        decode: impl Fn(Bytes) -> Result<T, String>,
         trace: &mut CallTrace,
     ) -> Result<Vec<Reply<T>>, CallError> {
         let mut peers = self.targets(method, &payload, route)?;
@@ -405,22 +377,6 @@ impl Mesh {
     }
 
     pub(crate) async fn one<T>(
-        &self,
-        method: &str,
-        payload: Bytes,
-        route: &Route,
-        started: Instant,
-        decode: impl Fn(Bytes) -> Result<T, String>,
-    ) -> Result<Answer<T>, CallError> {
-        let mut trace = CallTrace::new(method, Strategy::One, route);
-        let result = self
-            .one_traced(method, payload, route, started, decode, &mut trace)
-            .await;
-        trace.finish(&result);
-        result
-    }
-
-    async fn one_traced<T>(
         &self,
         method: &str,
         mut payload: Bytes,
@@ -677,18 +633,18 @@ impl<'m, M: Method> Call<'m, M> {
     /// When all have answered and none validly: `NotFound`, at once.
     pub async fn first_valid(self) -> Result<Answer<M::Response>, CallError> {
         let started = Instant::now();
+        let trace = &mut CallTrace::new(M::NAME, Strategy::FirstValid, &self.route);
+        let accept = |bytes| match M::Response::decode(bytes) {
+            Ok(r) if M::is_valid(&r) => Verdict::Valid(r),
+            Ok(_) => Verdict::NotMine,
+            Err(e) => Verdict::Bad(e.to_string()),
+        };
         let result = self
             .mesh
-            .first_valid(M::NAME, self.payload(), &self.route, started, |bytes| {
-                match M::Response::decode(bytes) {
-                    Ok(r) if M::is_valid(&r) => Verdict::Valid(r),
-                    Ok(_) => Verdict::NotMine,
-                    Err(e) => Verdict::Bad(e.to_string()),
-                }
-            })
+            .first_valid(M::NAME, self.payload(), &self.route, started, accept, trace)
             .await;
         self.mesh
-            .record(M::NAME, Strategy::FirstValid, started, &result);
+            .record(M::NAME, Strategy::FirstValid, started, &result, trace);
         result
     }
 
@@ -696,11 +652,20 @@ impl<'m, M: Method> Call<'m, M> {
     /// with those that did not answer by the deadline marked so.
     pub async fn all(self) -> Result<Vec<Reply<M::Response>>, CallError> {
         let started = Instant::now();
+        let trace = &mut CallTrace::new(M::NAME, Strategy::All, &self.route);
         let result = self
             .mesh
-            .all(M::NAME, self.payload(), &self.route, started, decode::<M>)
+            .all(
+                M::NAME,
+                self.payload(),
+                &self.route,
+                started,
+                decode::<M>,
+                trace,
+            )
             .await;
-        self.mesh.record(M::NAME, Strategy::All, started, &result);
+        self.mesh
+            .record(M::NAME, Strategy::All, started, &result, trace);
         result
     }
 
@@ -708,11 +673,20 @@ impl<'m, M: Method> Call<'m, M> {
     /// answering, another is.
     pub async fn one(self) -> Result<Answer<M::Response>, CallError> {
         let started = Instant::now();
+        let trace = &mut CallTrace::new(M::NAME, Strategy::One, &self.route);
         let result = self
             .mesh
-            .one(M::NAME, self.payload(), &self.route, started, decode::<M>)
+            .one(
+                M::NAME,
+                self.payload(),
+                &self.route,
+                started,
+                decode::<M>,
+                trace,
+            )
             .await;
-        self.mesh.record(M::NAME, Strategy::One, started, &result);
+        self.mesh
+            .record(M::NAME, Strategy::One, started, &result, trace);
         result
     }
 
