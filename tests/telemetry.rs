@@ -631,6 +631,15 @@ async fn a_dead_collector_is_counted_and_logged_and_does_not_hold_shutdown() {
         ) >= 1.0,
         "{metrics}"
     );
+    // And /health says so, degraded (it has no instance either).
+    let (_, health) = common::http::get_json(http, "/health").await;
+    let reasons = health["reasons"].as_array().unwrap();
+    assert!(
+        reasons.iter().any(|r| r
+            .as_str()
+            .is_some_and(|r| r.starts_with(&format!("span export to http://{dead} failing: ")))),
+        "{health}"
+    );
     // More spans, then a stop: the final export fails too, and the
     // gateway still stops, cleanly.
     unanswerable_call(&url).await;

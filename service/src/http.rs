@@ -223,6 +223,7 @@ impl HttpState {
             .map(|l| format!("{}: not connected", l.gateway))
             .collect();
         reasons.extend(gatemesh_runtime::limits::fd_pressure());
+        reasons.extend(gatemesh_runtime::telemetry::export_problem());
         let status = if up == 0 {
             HealthStatus::Unhealthy
         } else if reasons.is_empty() {

@@ -12,6 +12,7 @@
 //! is left is exported within a deadline; what is not sent by then is
 //! dropped and counted.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -36,6 +37,8 @@ pub struct ExportStats {
     dropped_queue_full: AtomicU64,
     dropped_export_failed: AtomicU64,
     dropped_shutdown: AtomicU64,
+    /// Why the last export failed, until one succeeds: a `/health` reason.
+    failing: Mutex<Option<String>>,
 }
 
 /// The process's export (one per process, like the global subscriber).
@@ -53,7 +56,20 @@ impl ExportStats {
             dropped_queue_full: AtomicU64::new(0),
             dropped_export_failed: AtomicU64::new(0),
             dropped_shutdown: AtomicU64::new(0),
+            failing: Mutex::new(None),
         }
+    }
+
+    /// Why spans are not reaching the collector, while the last export
+    /// failed: a `/health` reason. `None` when the last export went
+    /// through, or export is off.
+    pub fn problem(&self) -> Option<String> {
+        self.failing().clone()
+    }
+
+    fn failing(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        // The value is replaced whole: a panic cannot leave it torn.
+        self.failing.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn exported(&self) -> u64 {
@@ -266,6 +282,9 @@ impl<E: SpanExporter> Export<E> {
         let error = match tokio::time::timeout_at(deadline, self.exporter.export(batch)).await {
             Ok(Ok(())) => {
                 ExportStats::add(&self.stats.exported, spans);
+                if self.stats.failing().take().is_some() {
+                    tracing::info!(endpoint = %self.endpoint, "span export works again");
+                }
                 return;
             }
             Ok(Err(e)) => e.to_string(),
@@ -273,6 +292,7 @@ impl<E: SpanExporter> Export<E> {
         };
         ExportStats::add(&self.stats.failures, 1);
         ExportStats::add(&self.stats.dropped_export_failed, spans);
+        *self.stats.failing() = Some(format!("span export to {} failing: {error}", self.endpoint));
         crate::limited!(
             Level::WARN,
             endpoint = %self.endpoint,
@@ -482,11 +502,16 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(stats.failures(), 2, "two batches of four, both refused");
         assert_eq!(stats.dropped("export_failed"), 8);
+        assert_eq!(
+            stats.problem().as_deref(),
+            Some("span export to test failing: Operation failed: connection refused")
+        );
         collector.fail.store(false, Ordering::Relaxed);
         batcher.on_end(span());
         stopper.stop(Duration::from_secs(5)).await;
         assert_eq!(collector.received.load(Ordering::Relaxed), 1);
         assert_eq!(stats.exported(), 1);
+        assert_eq!(stats.problem(), None, "a success clears the health reason");
     }
 
     #[tokio::test(start_paused = true)]

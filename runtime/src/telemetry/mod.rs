@@ -24,7 +24,8 @@
 //! Nothing is lost unseen: spans dropped (queue full, export failed, not
 //! sent by the shutdown deadline) and failed exports are counted
 //! ([`ExportCollector`], in both daemons' `/metrics`) and logged,
-//! rate-limited. [`Telemetry::shutdown`] sends what is left within
+//! rate-limited; while exports fail, [`export_problem`] is a `/health`
+//! reason. [`Telemetry::shutdown`] sends what is left within
 //! [`SHUTDOWN_FLUSH`], whatever the collector does.
 //!
 //! When on, [`gatemesh_handlers::trace::set_enabled`] tells the mesh to make
@@ -51,6 +52,12 @@ mod http;
 
 pub use batch::{ExportCollector, ExportStats, STATS};
 pub use config::{BatchSettings, Protocol, SHUTDOWN_FLUSH, TelemetryConfig};
+
+/// Why this process's spans are not reaching the collector, while its
+/// last export failed: a `/health` reason for both daemons.
+pub fn export_problem() -> Option<String> {
+    STATS.problem()
+}
 
 /// The running export; [`Telemetry::shutdown`] flushes what is left.
 #[derive(Debug, Default)]
