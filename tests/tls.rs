@@ -168,7 +168,7 @@ async fn mtls_refuses_a_hello_that_names_another_instance_with_permission_denied
             .last_error
             .as_deref()
             .unwrap()
-            .contains("PermissionDenied"),
+            .contains("PERMISSION_DENIED"),
         "{status:?}"
     );
     assert_eq!(gw.gateway.instances().len(), 0);

@@ -99,7 +99,8 @@ impl AdminClient {
 }
 
 /// A call that ended with a gRPC status: its code (the exit status is
-/// 64 + the code, see [`crate::exit_code`]) and its line.
+/// 64 + the code, see [`crate::exit_code`]; the call's span records it too)
+/// and its line.
 #[derive(Debug)]
 pub struct CallFailed {
     pub code: tonic::Code,

@@ -174,8 +174,13 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
                 tracing::info_span!(
                     "gatemesh.cli",
                     otel.kind = "client",
+                    rpc.system = "grpc",
+                    rpc.service = gatemesh_proto::pb::gateway_admin_server::SERVICE_NAME,
+                    rpc.method = "Call",
                     method = method.name(),
                     strategy = %args.strategy,
+                    rpc.grpc.status_code = tracing::field::Empty,
+                    otel.status_description = tracing::field::Empty,
                 )
             } else {
                 tracing::Span::none()
@@ -183,8 +188,24 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> anyhow::Result<()> {
             let metadata = gatemesh_handlers::trace::outgoing(metadata, &span);
             let response = client
                 .call(request, args.timeout, &metadata)
-                .instrument(span)
-                .await?;
+                .instrument(span.clone())
+                .await;
+            let (code, message) = match &response {
+                Ok(_) => (tonic::Code::Ok, String::new()),
+                Err(e) => (
+                    e.downcast_ref::<client::CallFailed>()
+                        .map_or(tonic::Code::Unknown, |s| s.code),
+                    e.to_string(),
+                ),
+            };
+            gatemesh_handlers::trace::record_code(
+                &span,
+                gatemesh_handlers::trace::Kind::Client,
+                code,
+                &message,
+            );
+            drop(span);
+            let response = response?;
             let document = output::call_json(&method, args.strategy, &response)
                 .context("cannot show the answer")?;
             serde_json::to_writer_pretty(&mut *out, &document)?;

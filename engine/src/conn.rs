@@ -418,7 +418,11 @@ impl<D: Direction> Conn<D> {
     pub fn close(&self, reason: Disconnect) -> bool {
         let closed = self.life.close(reason);
         if closed {
-            tracing::debug!(conn = self.id, reason = ?self.life.close_reason(), "closing stream");
+            tracing::debug!(
+                conn = self.id,
+                reason = self.life.close_reason().map(tracing::field::display),
+                "closing stream"
+            );
         }
         closed
     }

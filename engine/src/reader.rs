@@ -283,8 +283,9 @@ fn handle<D: Direction, E: End<D>>(
             };
             match refused {
                 Err(refused) if refused.rejection.is_violation() => Err(format!(
-                    "request {id}: {:?} (answered: {})",
-                    refused.rejection, refused.answered
+                    "request {id}: {} (answered: {})",
+                    refused.rejection.as_str(),
+                    refused.answered
                 )),
                 // A refusal for a limit is the peer's to retry; one its
                 // full queue could not take counts towards not reading.

@@ -101,11 +101,11 @@ impl LocalMethods {
             Err(e) => {
                 match e.code() {
                     Code::InvalidArgument | Code::Unimplemented | Code::NotFound => {
-                        tracing::debug!(method = method.name, error = %e, "gateway method call refused")
+                        gatemesh_runtime::limited!(tracing::Level::DEBUG,
+                            method = method.name, error = %e, "gateway method call refused")
                     }
-                    _ => {
-                        tracing::warn!(method = method.name, error = %e, "gateway method call failed")
-                    }
+                    _ => gatemesh_runtime::limited!(tracing::Level::WARN,
+                        method = method.name, error = %e, "gateway method call failed"),
                 }
                 Err((&e).into())
             }
@@ -255,9 +255,12 @@ impl pb::gateway_admin_server::GatewayAdmin for AdminService {
                 .then(|| Duration::from_millis(request.timeout_ms.into())),
             metadata,
         };
-        self.route_call(request.method, request.payload, route)
-            .instrument(span)
-            .await
+        let result = self
+            .route_call(request.method, request.payload, route)
+            .instrument(span.clone())
+            .await;
+        crate::trace::admin_finished(&span, result.as_ref().map(|_| ()));
+        result
     }
 
     async fn list_instances(

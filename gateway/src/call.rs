@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use crate::instances::Targets;
 pub use crate::route::{Route, Strategy};
 use crate::stats::Stats;
-use crate::trace::CallTrace;
+use crate::trace::{CallTrace, Ended};
 use crate::{CallError, Instances, Peer};
 
 /// The longest deadline a call can have: `timeout_ms` on the wire is a u32.
@@ -117,16 +117,17 @@ impl Mesh {
     ) -> Result<Vec<Reply<Bytes>>, CallError> {
         let is_valid = self.inner.catalogue.get(method).map(|m| m.is_valid);
         let started = Instant::now();
+        let trace = &mut CallTrace::new(method, route.strategy, route);
         let result = match route.strategy {
-            Strategy::All => self.all(method, payload, route, started, Ok).await,
+            Strategy::All => self.all(method, payload, route, started, Ok, trace).await,
             // A call to one named instance returns that instance's answer,
             // "not mine" included: there is no one else to ask.
             Strategy::FirstValid | Strategy::One if route.instance.is_some() => self
-                .one(method, payload, route, started, Ok)
+                .one(method, payload, route, started, Ok, trace)
                 .await
                 .map(|a| vec![a.into_reply()]),
             Strategy::One => self
-                .one(method, payload, route, started, Ok)
+                .one(method, payload, route, started, Ok, trace)
                 .await
                 .map(|a| vec![a.into_reply()]),
             Strategy::FirstValid => self
@@ -139,24 +140,29 @@ impl Mesh {
                         Some(valid) if !valid(&bytes) => Verdict::NotMine,
                         _ => Verdict::Valid(bytes),
                     },
+                    trace,
                 )
                 .await
                 .map(|a| vec![a.into_reply()]),
         };
-        self.record(method, route.strategy, started, &result);
+        self.record(method, route.strategy, started, &result, trace);
         result
     }
 
     /// Counts a finished call and logs it when it failed: `debug` for
     /// outcomes that are routine at scale (not found, nobody serves it),
-    /// `warn` for real failures.
+    /// `warn` for real failures. Anyone with the secret can fail calls at
+    /// will, so both lines are rate-limited (`limited!`); every call is
+    /// counted in `calls_total` all the same.
     fn record<T>(
         &self,
         method: &str,
         strategy: Strategy,
         started: Instant,
         result: &Result<T, CallError>,
+        trace: &CallTrace,
     ) {
+        trace.finish(result);
         let code = result
             .as_ref()
             .err()
@@ -170,9 +176,11 @@ impl Mesh {
                 e,
                 CallError::NotFound { .. } | CallError::NoResponders { .. }
             ) {
-                tracing::debug!(method, strategy, code = code_name(code), error = %e, "call failed");
+                gatemesh_runtime::limited!(tracing::Level::DEBUG,
+                    method, strategy, code = code_name(code), error = %e, "call failed");
             } else {
-                tracing::warn!(method, strategy, code = code_name(code), error = %e, "call failed");
+                gatemesh_runtime::limited!(tracing::Level::WARN,
+                    method, strategy, code = code_name(code), error = %e, "call failed");
             }
         }
     }
@@ -249,15 +257,15 @@ impl Mesh {
         route: &Route,
         started: Instant,
         accept: impl Fn(Bytes) -> Verdict<T>,
+        trace: &mut CallTrace,
     ) -> Result<Answer<T>, CallError> {
         let peers = self.targets(method, &payload, route)?;
         let (deadline, timeout) = self.deadline(route, started);
         let asked = peers.len();
         let mut errors = Vec::new();
-        let mut trace = CallTrace::new(method, Strategy::FirstValid, route);
         let mut running = FuturesUnordered::new();
         for peer in peers {
-            match Outstanding::start(peer, method, payload.clone(), started, deadline, &mut trace) {
+            match Outstanding::start(peer, method, payload.clone(), started, deadline, trace) {
                 Ok(call) => running.push(call),
                 Err(e) => errors.push(e),
             }
@@ -278,7 +286,7 @@ impl Mesh {
             let (peer, latency, outcome) = next;
             match outcome.map(&accept) {
                 Ok(Verdict::Valid(value)) => {
-                    trace.mark(&peer, "won");
+                    trace.mark(&peer, Ended::Answered("won"));
                     // Dropping `running` cancels the calls still out.
                     return Ok(Answer {
                         value,
@@ -288,13 +296,16 @@ impl Mesh {
                     });
                 }
                 Ok(Verdict::NotMine) => {
-                    trace.mark(&peer, "not_mine");
+                    trace.mark(&peer, Ended::Answered("not_mine"));
                     not_mine += 1
                 }
-                Ok(Verdict::Bad(reason)) => errors.push(CallError::BadAnswer {
-                    instance: peer.info.id.clone(),
-                    reason,
-                }),
+                Ok(Verdict::Bad(reason)) => {
+                    trace.mark(&peer, Ended::Failed(tonic::Code::Internal));
+                    errors.push(CallError::BadAnswer {
+                        instance: peer.info.id.clone(),
+                        reason,
+                    })
+                }
                 Err(e) => errors.push(e),
             }
         }
@@ -320,13 +331,13 @@ impl Mesh {
         route: &Route,
         started: Instant,
         decode: impl Fn(Bytes) -> Result<T, String>,
+        trace: &mut CallTrace,
     ) -> Result<Vec<Reply<T>>, CallError> {
         let mut peers = self.targets(method, &payload, route)?;
         // Replies come back in a stable order, whatever the map's order.
         peers.sort_by(|a, b| a.id().cmp(b.id()));
         let (deadline, timeout) = self.deadline(route, started);
         let mut replies: Vec<Option<Reply<T>>> = Vec::with_capacity(peers.len());
-        let mut trace = CallTrace::new(method, Strategy::All, route);
         let mut running = FuturesUnordered::new();
         for (index, peer) in peers.iter().enumerate() {
             match Outstanding::start(
@@ -335,7 +346,7 @@ impl Mesh {
                 payload.clone(),
                 started,
                 deadline,
-                &mut trace,
+                trace,
             ) {
                 Ok(call) => {
                     replies.push(None);
@@ -352,7 +363,7 @@ impl Mesh {
             _ = &mut expired => None,
         } {
             if outcome.is_ok() {
-                trace.mark(&peer, "answered");
+                trace.mark(&peer, Ended::Answered("answered"));
             }
             let outcome = outcome.and_then(|bytes| {
                 decode(bytes).map_err(|reason| CallError::BadAnswer {
@@ -381,6 +392,7 @@ impl Mesh {
         route: &Route,
         started: Instant,
         decode: impl Fn(Bytes) -> Result<T, String>,
+        trace: &mut CallTrace,
     ) -> Result<Answer<T>, CallError> {
         let mut candidates = self.targets(method, &payload, route)?;
         let (deadline, timeout) = self.deadline(route, started);
@@ -390,7 +402,6 @@ impl Mesh {
             .get(method)
             .is_some_and(|m| m.idempotent);
         let mut errors = Vec::new();
-        let mut trace = CallTrace::new(method, Strategy::One, route);
         while !candidates.is_empty() {
             let peer = candidates.swap_remove(self.pick(&candidates));
             // A retry tells its handler only the time that is left.
@@ -406,7 +417,7 @@ impl Mesh {
             } else {
                 payload.clone()
             };
-            let call = match Outstanding::start(peer, method, payload, sent, deadline, &mut trace) {
+            let call = match Outstanding::start(peer, method, payload, sent, deadline, trace) {
                 Ok(call) => call,
                 // Never written: safe to send elsewhere.
                 Err(e) if e.is_retryable(idempotent) => {
@@ -420,7 +431,7 @@ impl Mesh {
                 .map_err(|_| CallError::DeadlineExceeded(timeout))?;
             match outcome {
                 Ok(bytes) => {
-                    trace.mark(&peer, "answered");
+                    trace.mark(&peer, Ended::Answered("answered"));
                     let value = decode(bytes).map_err(|reason| CallError::BadAnswer {
                         instance: peer.info.id.clone(),
                         reason,
@@ -529,11 +540,12 @@ impl Outstanding {
                 span,
             }),
             Err(e) => {
-                crate::trace::outcome_of(&span, "not_sent");
-                Err(match e {
+                let error = match e {
                     SendError::Full => CallError::Overloaded(peer.id().clone()),
                     SendError::Closed => CallError::Unreachable(peer.id().clone()),
-                })
+                };
+                crate::trace::request_ended(&span, Ended::NotSent(error.code()));
+                Err(error)
             }
         }
     }
@@ -566,7 +578,7 @@ impl Future for Outstanding {
             Err(_) => Err(CallError::Disconnected(peer.id().clone())),
         };
         if let Err(e) = &outcome {
-            crate::trace::outcome_of(&self.span, code_name(e.code()));
+            crate::trace::request_ended(&self.span, Ended::Failed(e.code()));
         }
         std::task::Poll::Ready((peer, latency, outcome))
     }
@@ -575,7 +587,7 @@ impl Future for Outstanding {
 impl Drop for Outstanding {
     fn drop(&mut self) {
         if !self.answered {
-            crate::trace::outcome_of(&self.span, "cancelled");
+            crate::trace::request_ended(&self.span, Ended::Cancelled);
         }
         if !self.answered {
             // Told to cancel only if its answer does not come first.
@@ -634,18 +646,18 @@ impl<'m, M: Method> Call<'m, M> {
     /// When all have answered and none validly: `NotFound`, at once.
     pub async fn first_valid(self) -> Result<Answer<M::Response>, CallError> {
         let started = Instant::now();
+        let trace = &mut CallTrace::new(M::NAME, Strategy::FirstValid, &self.route);
+        let accept = |bytes| match M::Response::decode(bytes) {
+            Ok(r) if M::is_valid(&r) => Verdict::Valid(r),
+            Ok(_) => Verdict::NotMine,
+            Err(e) => Verdict::Bad(e.to_string()),
+        };
         let result = self
             .mesh
-            .first_valid(M::NAME, self.payload(), &self.route, started, |bytes| {
-                match M::Response::decode(bytes) {
-                    Ok(r) if M::is_valid(&r) => Verdict::Valid(r),
-                    Ok(_) => Verdict::NotMine,
-                    Err(e) => Verdict::Bad(e.to_string()),
-                }
-            })
+            .first_valid(M::NAME, self.payload(), &self.route, started, accept, trace)
             .await;
         self.mesh
-            .record(M::NAME, Strategy::FirstValid, started, &result);
+            .record(M::NAME, Strategy::FirstValid, started, &result, trace);
         result
     }
 
@@ -653,11 +665,20 @@ impl<'m, M: Method> Call<'m, M> {
     /// with those that did not answer by the deadline marked so.
     pub async fn all(self) -> Result<Vec<Reply<M::Response>>, CallError> {
         let started = Instant::now();
+        let trace = &mut CallTrace::new(M::NAME, Strategy::All, &self.route);
         let result = self
             .mesh
-            .all(M::NAME, self.payload(), &self.route, started, decode::<M>)
+            .all(
+                M::NAME,
+                self.payload(),
+                &self.route,
+                started,
+                decode::<M>,
+                trace,
+            )
             .await;
-        self.mesh.record(M::NAME, Strategy::All, started, &result);
+        self.mesh
+            .record(M::NAME, Strategy::All, started, &result, trace);
         result
     }
 
@@ -665,11 +686,20 @@ impl<'m, M: Method> Call<'m, M> {
     /// answering, another is.
     pub async fn one(self) -> Result<Answer<M::Response>, CallError> {
         let started = Instant::now();
+        let trace = &mut CallTrace::new(M::NAME, Strategy::One, &self.route);
         let result = self
             .mesh
-            .one(M::NAME, self.payload(), &self.route, started, decode::<M>)
+            .one(
+                M::NAME,
+                self.payload(),
+                &self.route,
+                started,
+                decode::<M>,
+                trace,
+            )
             .await;
-        self.mesh.record(M::NAME, Strategy::One, started, &result);
+        self.mesh
+            .record(M::NAME, Strategy::One, started, &result, trace);
         result
     }
 

@@ -417,8 +417,11 @@ impl Connections {
         };
         for old in evicted {
             self.evicted.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(remote = ?old.remote, conn = old.id,
-                "closing the oldest unauthenticated connection to make room");
+            tracing::debug!(
+                remote = old.remote.map(tracing::field::display),
+                conn = old.id,
+                "closing the oldest unauthenticated connection to make room"
+            );
             if self.evictions.hit() {
                 tracing::warn!(
                     cap,
@@ -458,8 +461,12 @@ impl Connections {
 
     fn deadline_passed(&self, conn: &Conn, stage: Stage, deadline: Duration) {
         self.closed[stage.index()].fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(remote = ?conn.remote, conn = conn.id, stage = stage.as_str(),
-            "closing a connection that did not authenticate in time");
+        tracing::debug!(
+            remote = conn.remote.map(tracing::field::display),
+            conn = conn.id,
+            stage = stage.as_str(),
+            "closing a connection that did not authenticate in time"
+        );
         if self.deadlines.hit() {
             tracing::warn!(
                 stage = stage.as_str(),
@@ -593,7 +600,7 @@ pub(crate) fn incoming(
     tracing::info!(
         deadline_ms = limits.deadline.as_millis() as u64,
         max_unauthenticated = limits.max_unauthenticated,
-        fd_limit = ?fd_limit,
+        fd_limit,
         "gRPC connections must authenticate in time"
     );
     let c = connections.clone();

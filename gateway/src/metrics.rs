@@ -97,6 +97,10 @@ impl Metrics {
                 in_flight: "served_in_flight",
             },
         );
+        // The span export's counters (0 while export is off).
+        registry.register_collector(Box::new(
+            gatemesh_runtime::telemetry::ExportCollector::default(),
+        ));
         registry.register_collector(Box::new(ScrapeTime {
             stats,
             instances,

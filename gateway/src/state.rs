@@ -136,6 +136,7 @@ impl Shared {
             if let Some(pressure) = gatemesh_runtime::limits::fd_pressure() {
                 reasons.push(pressure);
             }
+            reasons.extend(gatemesh_runtime::telemetry::export_problem());
             reasons.extend(crate::health::failures(&self.checks.health));
             let status = if reasons.is_empty() {
                 HealthStatus::Healthy

@@ -54,7 +54,9 @@ async fn handshake(
     let remote_addr = request.remote_addr();
     let refused = |status: Status, what: &str| {
         Stats::bump(&shared.stats.refused_streams);
-        tracing::warn!(
+        // Anyone who can reach the port can repeat this at will.
+        gatemesh_runtime::limited!(
+            tracing::Level::WARN,
             remote = remote_addr.map(tracing::field::display),
             reason = status.message(),
             "{what}"
@@ -145,7 +147,7 @@ fn register(
         instance = %peer.info.id,
         environment = %peer.info.environment,
         version = %peer.info.version,
-        methods = %sorted(&peer.info.methods).join(","),
+        methods = ?gatemesh_runtime::logging::list(sorted(&peer.info.methods)),
         remote = remote_addr.map(tracing::field::display),
         conn = peer.conn_id(),
         "instance registered"

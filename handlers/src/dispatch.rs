@@ -120,6 +120,20 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// `duplicate_id`, ...: for logs and disconnect reasons.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadId => "bad_id",
+            Self::BadMethodName => "bad_method_name",
+            Self::UnknownMethod => "unknown_method",
+            Self::DuplicateId => "duplicate_id",
+            Self::TooLarge => "too_large",
+            Self::BadMetadata => "bad_metadata",
+            Self::Overloaded => "overloaded",
+            Self::Draining => "draining",
+        }
+    }
+
     /// Whether the peer broke the protocol (rather than met a limit).
     pub fn is_violation(self) -> bool {
         matches!(
@@ -444,6 +458,7 @@ impl<F: Send + 'static> Dispatcher<F> {
                 Err(Code::Cancelled) if result.is_none() => "cancelled",
                 Err(code) => code_name(code),
             },
+            outcome.err().unwrap_or(Code::Ok),
         );
     }
 

@@ -11,10 +11,12 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use gatemesh_proto::pb;
+use gatemesh_proto::methods::Side;
+use gatemesh_proto::{code_name, pb};
 use opentelemetry::trace::{
     SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
 };
+use tonic::Code;
 use tracing::Span;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -112,9 +114,18 @@ pub fn outgoing_current(metadata: Metadata) -> Vec<pb::MetadataEntry> {
     outgoing(metadata, &Span::current())
 }
 
-/// The span a served request runs in: a child of the caller's span when
-/// its metadata carries one. [`Span::none`] when spans are not exported
-/// and the request carries no trace context.
+/// The `rpc.service` of a mesh method's spans: the `methods.proto`
+/// service that lists it; a method outside the catalogue is an instance's.
+pub fn rpc_service(method: &str) -> &'static str {
+    gatemesh_proto::methods::known_method(method)
+        .map_or(Side::Instance, |m| m.served_by)
+        .service_name()
+}
+
+/// The span a served request runs in, a server span by the OpenTelemetry
+/// RPC conventions: a child of the caller's span when its metadata carries
+/// one. [`Span::none`] when spans are not exported and the request carries
+/// no trace context.
 pub fn serve_span(method: &str, caller: &Caller, metadata: &Metadata) -> Span {
     let traceparent = metadata.get(TRACEPARENT);
     if !enabled() && traceparent.is_none() {
@@ -123,40 +134,90 @@ pub fn serve_span(method: &str, caller: &Caller, metadata: &Metadata) -> Span {
     let span = tracing::info_span!(
         "gatemesh.serve",
         otel.kind = "server",
-        method,
+        rpc.system = "grpc",
+        rpc.service = rpc_service(method),
+        rpc.method = method,
         caller = %caller.id,
         trace_id = Empty,
+        span_id = Empty,
         outcome = Empty,
+        rpc.grpc.status_code = Empty,
         otel.status_code = Empty,
+        otel.status_description = Empty,
     );
     if enabled() {
         if let Some(parent) = extract(metadata) {
             let _ = span.set_parent(parent);
         }
-        record_trace_id(&span);
+        record_ids(&span);
     } else if let Some(context) = traceparent.and_then(|t| parse_traceparent(t, None)) {
         span.record("trace_id", tracing::field::display(context.trace_id()));
     }
     span
 }
 
-/// Puts the span's trace id in its `trace_id` field, for log lines.
-pub fn record_trace_id(span: &Span) {
+/// Puts the span's trace and span ids in its `trace_id` and `span_id`
+/// fields, for log lines.
+pub fn record_ids(span: &Span) {
     let cx = span.context();
     let otel = cx.span();
     let context = otel.span_context();
     if context.is_valid() {
         span.record("trace_id", tracing::field::display(context.trace_id()));
+        span.record("span_id", tracing::field::display(context.span_id()));
     }
 }
 
-/// Marks how a served request ended (`ok`, a code name, `cancelled`).
-pub fn finished(span: &Span, outcome: &str) {
+/// Which end of an RPC a span is: the conventions mark them ERROR for
+/// different codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// ERROR for every code but `OK`.
+    Client,
+    /// ERROR only for the codes that say the server failed: `UNKNOWN`,
+    /// `DEADLINE_EXCEEDED`, `UNIMPLEMENTED`, `INTERNAL`, `UNAVAILABLE`,
+    /// `DATA_LOSS`. A caller's mistake (`NOT_FOUND`, `INVALID_ARGUMENT`,
+    /// ...) is not the server's error.
+    Server,
+}
+
+impl Kind {
+    pub fn is_error(self, code: Code) -> bool {
+        match self {
+            Self::Client => code != Code::Ok,
+            Self::Server => matches!(
+                code,
+                Code::Unknown
+                    | Code::DeadlineExceeded
+                    | Code::Unimplemented
+                    | Code::Internal
+                    | Code::Unavailable
+                    | Code::DataLoss
+            ),
+        }
+    }
+}
+
+/// Records an RPC's gRPC code on its span (declared with
+/// `rpc.grpc.status_code` and `otel.status_description` empty), by the
+/// OpenTelemetry RPC conventions: the numeric code, and status ERROR,
+/// described by `description`, where [`Kind::is_error`] says so.
+pub fn record_code(span: &Span, kind: Kind, code: Code, description: &str) {
+    if span.is_none() {
+        return;
+    }
+    span.record("rpc.grpc.status_code", code as i64);
+    if kind.is_error(code) {
+        span.record("otel.status_description", description);
+    }
+}
+
+/// Marks how a served request ended: `outcome` (`ok`, a code name,
+/// `cancelled`) and its code.
+pub fn finished(span: &Span, outcome: &str, code: Code) {
     if !span.is_none() {
         span.record("outcome", outcome);
-        if outcome != "ok" && outcome != "cancelled" {
-            span.record("otel.status_code", "ERROR");
-        }
+        record_code(span, Kind::Server, code, code_name(code));
     }
 }
 

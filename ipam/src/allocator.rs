@@ -144,16 +144,20 @@ impl Ipam {
         (!problems.is_empty()).then(|| problems.join("; "))
     }
 
-    /// Counts and logs a refusal, once, where it reaches the caller.
+    /// Counts and logs a refusal, once, where it reaches the caller. An
+    /// instance can send bad requests at will: the lines are rate-limited,
+    /// the counts are not.
     fn refused(&self, method: &str, caller: &Caller, refused: &Refused) {
         self.stats.count_refusal(refused.reason);
         let reason = refused.reason.as_str();
         match refused.reason {
-            IpRefusal::Persist | IpRefusal::Unavailable => tracing::warn!(
+            IpRefusal::Persist | IpRefusal::Unavailable => gatemesh_runtime::limited!(
+                tracing::Level::WARN,
                 method, reason, instance = %caller.id, environment = %caller.environment,
                 error = %refused.message, "IP request failed"
             ),
-            _ => tracing::info!(
+            _ => gatemesh_runtime::limited!(
+                tracing::Level::INFO,
                 method, reason, instance = %caller.id, environment = %caller.environment,
                 error = %refused.message, "IP request refused"
             ),

@@ -54,6 +54,16 @@ impl Side {
             Side::Gateway => "gateway",
         }
     }
+
+    /// The full name of the `methods.proto` service that lists the
+    /// side's methods (`gatemesh.v1.InstanceMethods`): the `rpc.service`
+    /// of their spans.
+    pub fn service_name(self) -> &'static str {
+        match self {
+            Side::Instance => crate::pb::instance_methods_server::SERVICE_NAME,
+            Side::Gateway => crate::pb::gateway_methods_server::SERVICE_NAME,
+        }
+    }
 }
 
 impl std::fmt::Display for Side {

@@ -5,7 +5,8 @@
 //!   link is up, `degraded` when some are, `unhealthy` (503) when none is.
 //! - `GET /metrics`: Prometheus text (OpenMetrics when the `Accept` header
 //!   prefers it): handler calls by method and outcome, their latency,
-//!   handlers in flight, link connects and disconnects, `process_*`.
+//!   handlers in flight, link connects and disconnects, the span export's
+//!   counters, `process_*`.
 //!
 //! A connection must send its request headers within `VPS_HTTP_TIMEOUT_MS`
 //! (also the idle limit between requests).
@@ -180,6 +181,10 @@ impl HttpState {
             },
         );
         registry.register_collector(Box::new(LinkCollector(links.to_vec())));
+        // The span export's counters (0 while export is off).
+        registry.register_collector(Box::new(
+            gatemesh_runtime::telemetry::ExportCollector::default(),
+        ));
         Self {
             instance_id: instance_id.into(),
             links: links.to_vec(),
@@ -218,6 +223,7 @@ impl HttpState {
             .map(|l| format!("{}: not connected", l.gateway))
             .collect();
         reasons.extend(gatemesh_runtime::limits::fd_pressure());
+        reasons.extend(gatemesh_runtime::telemetry::export_problem());
         let status = if up == 0 {
             HealthStatus::Unhealthy
         } else if reasons.is_empty() {

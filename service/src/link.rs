@@ -17,7 +17,7 @@ use gatemesh_engine::{
 use gatemesh_handlers::{Caller, DispatchConfig, Handlers};
 use gatemesh_proto::pb::gateway_message::Kind as InKind;
 use gatemesh_proto::pb::instance_message::Kind;
-use gatemesh_proto::{GatewayMethod, PROTOCOL_VERSION, SECRET_METADATA_KEY, pb};
+use gatemesh_proto::{GatewayMethod, PROTOCOL_VERSION, SECRET_METADATA_KEY, code_name, pb};
 use gatemesh_runtime::{Backoff, Secret};
 use parking_lot::Mutex;
 use prost::Message;
@@ -69,7 +69,7 @@ pub enum GatewayCallError {
     DeadlineExceeded(Duration),
     #[error("gateway disconnected before answering")]
     Disconnected,
-    #[error("gateway answered {code:?}: {message}")]
+    #[error("gateway answered {}: {message}", gatemesh_proto::code_name(*.code))]
     Remote { code: Code, message: String },
     #[error("undecodable answer: {0}")]
     BadAnswer(String),
@@ -250,7 +250,7 @@ impl Link {
             let mut inbound = client
                 .register_gateway(request)
                 .await
-                .map_err(|s| format!("refused: {:?}: {}", s.code(), s.message()))?
+                .map_err(|s| format!("refused: {}: {}", code_name(s.code()), s.message()))?
                 .into_inner();
             match inbound.message().await {
                 Ok(Some(pb::GatewayMessage {
@@ -258,7 +258,11 @@ impl Link {
                 })) => Ok((inbound, welcome)),
                 Ok(Some(_)) => Err("the gateway's first message was not welcome".to_string()),
                 Ok(None) => Err("the gateway closed the stream during the handshake".to_string()),
-                Err(s) => Err(format!("handshake failed: {:?}: {}", s.code(), s.message())),
+                Err(s) => Err(format!(
+                    "handshake failed: {}: {}",
+                    code_name(s.code()),
+                    s.message()
+                )),
             }
         };
         let (inbound, welcome) = tokio::select! {

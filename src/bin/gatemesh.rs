@@ -11,8 +11,9 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     // Spans go to the collector when the standard OTEL_* variables say so;
     // stderr stays the one-line errors'.
-    let config = TelemetryConfig::from_vars(std::env::vars(), "gatemesh");
-    let telemetry = match gatemesh_runtime::telemetry::init_export_only(&config) {
+    let telemetry = match TelemetryConfig::from_env("gatemesh")
+        .and_then(|config| gatemesh_runtime::telemetry::init_export_only(&config))
+    {
         Ok(telemetry) => telemetry,
         Err(e) => {
             eprintln!("error: {e}");

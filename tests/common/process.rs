@@ -76,7 +76,25 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, binary: &Path, env: &[(&str, String)]) -> Self {
+        Self::spawn_with(name, binary, env, None)
+    }
+
+    /// [`Proc::spawn`] with stderr (the daemons' logs) written to `log`.
+    pub fn spawn_logged(name: &str, binary: &Path, env: &[(&str, String)], log: &Path) -> Self {
+        let file = std::fs::File::create(log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+        Self::spawn_with(name, binary, env, Some(file))
+    }
+
+    fn spawn_with(
+        name: &str,
+        binary: &Path,
+        env: &[(&str, String)],
+        stderr: Option<std::fs::File>,
+    ) -> Self {
         let mut command = Command::new(binary);
+        if let Some(file) = stderr {
+            command.stderr(file);
+        }
         command
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser as _;
 use gatemesh_node::{Node, NodeSettings};
+use gatemesh_runtime::telemetry::TelemetryConfig;
 use tokio::net::TcpListener;
 
 /// The gateway of a gatemesh node: service instances dial it and hold one
@@ -32,8 +33,10 @@ fn main() -> ExitCode {
 #[tokio::main]
 async fn run() -> anyhow::Result<()> {
     let settings = NodeSettings::from_vars(std::env::vars())?;
+    let otel =
+        TelemetryConfig::from_env("vps-gateway")?.with_instance_id(settings.gateway.gateway_id());
     let telemetry = gatemesh_runtime::telemetry::init_from_env(
-        "vps-gateway",
+        &otel,
         settings.gateway.ops.log_format.as_deref(),
     )?;
     gatemesh_runtime::limits::raise_fd_limit_logged();

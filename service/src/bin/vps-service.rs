@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use gatemesh_handlers::Registry;
 use gatemesh_proto::methods::{FindVpsByLease, Ping};
+use gatemesh_runtime::telemetry::TelemetryConfig;
 use gatemesh_service::handlers::FindVpsByLeaseHandler;
 use gatemesh_service::http::HttpState;
 use gatemesh_service::inventory::{Inventory, MemoryInventory, PostgresInventory};
@@ -37,10 +38,11 @@ fn main() -> ExitCode {
 #[tokio::main]
 async fn run() -> anyhow::Result<()> {
     let config = ServiceConfig::from_vars(std::env::vars())?;
-    let telemetry = gatemesh_runtime::telemetry::init_from_env(
-        "vps-service",
-        config.ops.log_format.as_deref(),
-    )?;
+    let otel = TelemetryConfig::from_env("vps-service")?
+        .with_instance_id(config.instance_id())
+        .with_environment(config.environment.clone());
+    let telemetry =
+        gatemesh_runtime::telemetry::init_from_env(&otel, config.ops.log_format.as_deref())?;
     gatemesh_runtime::limits::raise_fd_limit_logged();
     let mut unaddressed = Vec::new();
     let inventory: Arc<dyn Inventory> = match (&config.database_url, &config.inventory_file) {
@@ -79,7 +81,7 @@ async fn run() -> anyhow::Result<()> {
         None => None,
     };
     tracing::info!(instance = %options.id, environment = %options.environment,
-        gateways = %config.gateway_urls().join(","), "starting instance");
+        gateways = ?gatemesh_runtime::logging::list(config.gateway_urls()), "starting instance");
     let instance = Arc::new(Instance::new(options, registry).start(config.gateway_urls()));
     let allocating = (!unaddressed.is_empty()).then(|| {
         let instance = instance.clone();
