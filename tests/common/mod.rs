@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod e2e;
+pub mod fds;
 pub mod http;
 pub mod process;
 pub mod tls;
