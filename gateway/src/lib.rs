@@ -22,6 +22,8 @@
 //! - [`call`]: [`Mesh`], the typed call API and its routing strategies.
 //! - [`error`]: [`CallError`] and its one mapping to gRPC status codes.
 //! - [`admin`]: the `GatewayAdmin` unary API for callers outside the process.
+//! - [`headers`]: which of a gRPC caller's headers cross into the mesh as
+//!   metadata (an allow-list: the trace context and `GATEWAY_FORWARD_HEADERS`).
 //! - `trace`: the spans of admin and mesh calls, and the metadata (W3C
 //!   trace context included) each request carries.
 //! - [`info`]: methods the gateway itself serves to instances.
@@ -42,6 +44,7 @@ pub mod auth;
 pub mod call;
 pub mod config;
 pub mod error;
+pub mod headers;
 pub mod health;
 pub mod http;
 pub mod info;

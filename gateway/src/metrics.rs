@@ -224,6 +224,12 @@ impl Collector for ScrapeTime {
         )?;
         counter(
             e,
+            "headers_not_forwarded",
+            "Admin callers' gRPC headers not passed on to instances: not named in GATEWAY_FORWARD_HEADERS",
+            &stats.headers_not_forwarded,
+        )?;
+        counter(
+            e,
             "http_connections",
             "Connections accepted by the operator HTTP endpoints",
             &self.http.connections,

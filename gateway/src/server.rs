@@ -216,6 +216,7 @@ impl Gateway {
         let admin = tonic::service::interceptor::InterceptedService::new(
             GatewayAdminServer::new(AdminService {
                 mesh: shared.mesh.clone(),
+                forward: shared.config.forward.clone(),
                 instances: shared.instances.clone(),
                 local: crate::admin::LocalMethods {
                     handlers: shared.registry.clone(),
