@@ -115,6 +115,7 @@ impl Shared {
             if let Some(pressure) = gatemesh_runtime::limits::fd_pressure() {
                 reasons.push(pressure);
             }
+            reasons.extend(self.metrics.http_stats().problem());
             reasons.extend(crate::health::failures(&self.checks.health));
             let status = if reasons.is_empty() {
                 HealthStatus::Healthy
