@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::fds::{idle_sockets, room_for, spawn_with_fd_limit, try_get};
-use common::process::{Proc, binary, free_port, gateway_env, loopback};
+use common::process::{Proc, binary, free_port, gateway_env, http_addr, loopback};
 use common::*;
 use gatemesh_gateway::GatewayConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -258,17 +258,6 @@ fn inventory(dir_name: &str) -> std::path::PathBuf {
     )
     .unwrap();
     path
-}
-
-fn http_addr(env: &[(&str, String)]) -> SocketAddr {
-    let port = env
-        .iter()
-        .find(|(k, _)| *k == "GATEWAY_HTTP_PORT")
-        .unwrap()
-        .1
-        .parse()
-        .unwrap();
-    loopback(port)
 }
 
 /// With the usual soft limit of 1024 and the default cap, 1,100 sockets

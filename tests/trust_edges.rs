@@ -24,7 +24,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::fds::{get_within, idle_sockets, room_for, spawn_with_fd_limit, try_get};
-use common::process::{Proc, binary, free_port, gateway_env, loopback};
+use common::process::{Proc, binary, free_port, gateway_env, http_addr, loopback};
 use common::*;
 use dnsmasq_support::TempDir;
 use gatemesh_gateway::GatewayConfig;
@@ -205,8 +205,6 @@ fn a_credential_or_proxy_header_named_to_forward_stops_the_gateway_in_one_line()
 // 2. The IP pool's edges.
 // ---------------------------------------------------------------------
 
-type AdminClient = pb::gateway_admin_client::GatewayAdminClient<tonic::transport::Channel>;
-
 /// A node built from `list` (on top of the secret), as `vps-gateway`
 /// builds it, serving on loopback; its gRPC and HTTP addresses.
 async fn node(list: &[(&str, &str)]) -> (TestGateway, SocketAddr) {
@@ -222,41 +220,12 @@ fn caller(gw: &TestGateway, id: &str, env: &str) -> InstanceHandle {
     Instance::new(options(id, env), Registry::new()).start([gw.url()])
 }
 
-fn alloc(vps: &str, mac: &str) -> pb::AllocateIpRequest {
-    pb::AllocateIpRequest {
-        vps_id: vps.into(),
-        organization_id: "org-1".into(),
-        mac: mac.into(),
-        ip: String::new(),
-    }
-}
-
 fn mac(n: usize) -> String {
     format!("52:54:00:ee:{:02x}:{:02x}", n >> 8, n & 0xff)
 }
 
 async fn admin(gw: &TestGateway) -> AdminClient {
     AdminClient::connect(gw.url()).await.unwrap()
-}
-
-/// A gateway-served method through the admin API: its answer or status.
-async fn admin_call<Req: Message, Resp: Message + Default>(
-    client: &mut AdminClient,
-    method: &str,
-    request: Req,
-) -> Result<Resp, tonic::Status> {
-    let mut call = tonic::Request::new(pb::CallRequest {
-        method: method.into(),
-        payload: request.encode_to_vec().into(),
-        ..Default::default()
-    });
-    call.metadata_mut()
-        .insert(SECRET_METADATA_KEY, SECRET.parse().unwrap());
-    let response = client.call(call).await?.into_inner();
-    match response.results[0].outcome.clone().unwrap() {
-        pb::instance_result::Outcome::Payload(p) => Ok(Resp::decode(p.as_ref()).unwrap()),
-        pb::instance_result::Outcome::Status(s) => panic!("{method}: {s:?}"),
-    }
 }
 
 #[tokio::test]
@@ -381,20 +350,49 @@ async fn health_reasons(http: SocketAddr) -> String {
     health["reasons"].to_string()
 }
 
-/// Polls until `condition` holds on the file's text; panics after 20 s.
-async fn file_eventually(path: &Path, what: &str, condition: impl Fn(Option<&str>) -> bool) {
+/// Polls `check` until it passes; after 20 s, fails the test with `what`
+/// and the last thing `check` saw.
+async fn until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let text = std::fs::read_to_string(path).ok();
-        if condition(text.as_deref()) {
-            return;
-        }
+        let seen = match check().await {
+            Ok(()) => return,
+            Err(seen) => seen,
+        };
         assert!(
             tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}; the file: {text:?}"
+            "timed out waiting for {what}; last: {seen}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Waits until the file at `path` holds exactly `whole`.
+async fn file_holds(path: &Path, whole: &str, what: &str) {
+    until(what, || async {
+        match std::fs::read_to_string(path) {
+            Ok(text) if text == whole => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+}
+
+/// Waits until `/health`'s reasons pass `check`.
+async fn health_until(http: SocketAddr, what: &str, check: impl Fn(&str) -> bool) {
+    until(what, || async {
+        let reasons = health_reasons(http).await;
+        if check(&reasons) {
+            Ok(())
+        } else {
+            Err(reasons)
+        }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -420,47 +418,22 @@ async fn a_reservations_file_deleted_or_edited_under_a_running_gateway_is_writte
     assert!(whole.contains("vps=vps-w1"), "{whole}");
 
     std::fs::remove_file(&file).unwrap();
-    file_eventually(&file, "the deleted file to be written again", |t| {
-        t == Some(whole.as_str())
-    })
-    .await;
+    file_holds(&file, &whole, "the deleted file to be written again").await;
     // An edit that drops a reservation: dnsmasq would forget the VM's
     // address while the allocator still holds it.
     std::fs::write(&file, whole.lines().take(3).collect::<Vec<_>>().join("\n")).unwrap();
-    file_eventually(&file, "the edited file to be written again", |t| {
-        t == Some(whole.as_str())
-    })
-    .await;
+    file_holds(&file, &whole, "the edited file to be written again").await;
     // Something that cannot be replaced: `/health` says so until it can.
     std::fs::remove_file(&file).unwrap();
     std::fs::create_dir(&file).unwrap();
     std::fs::write(file.join("keep"), "x").unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let reasons = health_reasons(http).await;
-        if reasons.contains("ipam: ") && reasons.contains("reservations file") {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "/health never said the file is not whole: {reasons}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    std::fs::remove_dir_all(&file).unwrap();
-    file_eventually(&file, "the file to be written once it can be", |t| {
-        t == Some(whole.as_str())
+    health_until(http, "/health to say the file is not whole", |r| {
+        r.contains("ipam: ") && r.contains("reservations file")
     })
     .await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while health_reasons(http).await.contains("ipam: ") {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "/health still degraded: {}",
-            health_reasons(http).await
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    std::fs::remove_dir_all(&file).unwrap();
+    file_holds(&file, &whole, "the file to be written once it can be").await;
+    health_until(http, "/health to be rid of it", |r| !r.contains("ipam: ")).await;
     let (_, metrics) = common::http::get(http, "/metrics").await;
     assert!(
         common::http::sample(&metrics, "gatemesh_gateway_ipam_file_repairs_total", "") >= 3.0,
@@ -581,8 +554,7 @@ async fn vps_ids_that_differ_only_in_case_never_share_a_dns_name() {
     .await;
     let _prod = start_instance(&gw, "prod-1", "prod", knows("52:54:00:00:00:01", "vps-web"));
     let _dev = start_instance(&gw, "dev-1", "dev", knows("52:54:00:00:00:02", "VPS-Web"));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
+    until("the clash refused, one name written", || async {
         let text = std::fs::read_to_string(&hosts).unwrap_or_default();
         let names: Vec<&str> = text
             .lines()
@@ -599,15 +571,12 @@ async fn vps_ids_that_differ_only_in_case_never_share_a_dns_name() {
             "gatemesh_gateway_dhcp_refused_answers_total",
             r#"reason="case_clash""#,
         );
-        if names.len() == 1 && refused >= 1.0 {
-            break;
+        match names.len() == 1 && refused >= 1.0 {
+            true => Ok(()),
+            false => Err(format!("{refused} refused; hosts file:\n{text}")),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the clash was never refused; hosts file:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
     gw.stop().await;
 }
 
@@ -641,15 +610,8 @@ fn health_answers_every_time_while_idle_sockets_flood_the_http_port() {
     let port = free_port();
     let mut env = gateway_env(port, SECRET);
     env.push(("GATEWAY_HTTP_TIMEOUT_MS", "600000".into()));
-    let http_port: u16 = env
-        .iter()
-        .find(|(k, _)| *k == "GATEWAY_HTTP_PORT")
-        .unwrap()
-        .1
-        .parse()
-        .unwrap();
+    let http = http_addr(&env);
     let _gateway = spawn_with_fd_limit("vps-gateway", &binary("vps-gateway"), 512, &env);
-    let http = loopback(http_port);
     wait_answers(http);
     // Past the descriptor limit, then more between probes.
     held_while_probing(http);
@@ -703,8 +665,7 @@ fn a_cli_timeout_past_the_wires_limit_is_a_usage_error_not_a_panic() {
     // A gateway that would take the call: the CLI must refuse it first.
     let port = free_port();
     let env = gateway_env(port, SECRET);
-    let http = env.iter().find(|(k, _)| *k == "GATEWAY_HTTP_PORT").unwrap();
-    let http = loopback(http.1.parse().unwrap());
+    let http = http_addr(&env);
     let _gateway = Proc::spawn("vps-gateway", &binary("vps-gateway"), &env);
     wait_answers(http);
     let out = Command::new(env!("CARGO_BIN_EXE_gatemesh"))

@@ -4,10 +4,10 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use super::process::Proc;
+use super::process::{Proc, command};
 
 /// Makes sure this test process may hold `n` more descriptors: raises its
 /// own soft limit towards the hard one (never lowers it).
@@ -34,26 +34,15 @@ pub fn room_for(n: u64) {
 /// `binary` under `prlimit --nofile=limit:limit`, so only it runs short
 /// of descriptors.
 pub fn spawn_with_fd_limit(name: &str, binary: &Path, limit: u32, env: &[(&str, String)]) -> Proc {
-    let mut command = Command::new("prlimit");
-    command
+    let child = command("prlimit", env)
         .arg(format!("--nofile={limit}:{limit}"))
         .arg("--")
         .arg(binary)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env(
-            "RUST_LOG",
-            std::env::var("GATEMESH_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdin(Stdio::null());
-    for (k, v) in env {
-        command.env(k, v);
-    }
+        .spawn()
+        .unwrap_or_else(|e| panic!("run prlimit {name}: {e}"));
     Proc {
         name: name.into(),
-        child: command
-            .spawn()
-            .unwrap_or_else(|e| panic!("run prlimit {name}: {e}")),
+        child,
     }
 }
 

@@ -146,6 +146,44 @@ pub fn lease(ip: &str, mac: &str) -> FindVpsByLeaseRequest {
     }
 }
 
+/// An `AllocateIP` request for `vps` and `mac` (organization `org-1`, the
+/// lowest free address).
+pub fn alloc(vps: &str, mac: &str) -> gatemesh_proto::pb::AllocateIpRequest {
+    gatemesh_proto::pb::AllocateIpRequest {
+        vps_id: vps.into(),
+        organization_id: "org-1".into(),
+        mac: mac.into(),
+        ip: String::new(),
+    }
+}
+
+/// A client of a test gateway's `GatewayAdmin` API.
+pub type AdminClient =
+    gatemesh_proto::pb::gateway_admin_client::GatewayAdminClient<tonic::transport::Channel>;
+
+/// Calls `method` (a gateway-served one: one result) through the admin
+/// API with the secret: its answer, or the call's status. An answer
+/// carrying a status fails the test.
+pub async fn admin_call<Req: prost::Message, Resp: prost::Message + Default>(
+    client: &mut AdminClient,
+    method: &str,
+    request: Req,
+) -> Result<Resp, tonic::Status> {
+    use gatemesh_proto::pb;
+    let mut call = tonic::Request::new(pb::CallRequest {
+        method: method.into(),
+        payload: request.encode_to_vec().into(),
+        ..Default::default()
+    });
+    call.metadata_mut()
+        .insert(gatemesh_proto::SECRET_METADATA_KEY, SECRET.parse().unwrap());
+    let response = client.call(call).await?.into_inner();
+    match response.results[0].outcome.as_ref().unwrap() {
+        pb::instance_result::Outcome::Payload(p) => Ok(Resp::decode(p.as_ref()).unwrap()),
+        pb::instance_result::Outcome::Status(s) => panic!("{method} failed: {s:?}"),
+    }
+}
+
 /// Polls `condition` until it holds; panics after 20 s so a broken feature
 /// fails the test instead of hanging it. For state with no change signal.
 pub async fn eventually(what: &str, condition: impl Fn() -> bool) {
