@@ -6,13 +6,12 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::process::{Proc, binary, free_port, gateway_env, loopback};
+use common::fds::{idle_sockets, room_for, spawn_with_fd_limit, try_get};
+use common::process::{Proc, binary, free_port, gateway_env, http_addr, loopback};
 use common::*;
 use gatemesh_gateway::GatewayConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -159,50 +158,10 @@ fn cpu_ticks(pid: u32) -> u64 {
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
-/// Makes sure this test process may hold `n` more descriptors: raises its
-/// own soft limit towards the hard one (never lowers it).
-fn room_for(n: u64) {
-    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
-    let line = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .unwrap();
-    let soft: u64 = line.split_whitespace().nth(3).unwrap().parse().unwrap();
-    if soft < n + 256 {
-        let status = Command::new("prlimit")
-            .args([
-                "--pid",
-                &std::process::id().to_string(),
-                &format!("--nofile={}:", n + 256),
-            ])
-            .status()
-            .unwrap();
-        assert!(status.success(), "cannot raise the test's own fd limit");
-    }
-}
-
 /// `vps-gateway` under `prlimit --nofile=limit:limit`, so only it runs
 /// short of descriptors.
 fn gateway_with_fd_limit(limit: u32, env: &[(&str, String)]) -> Proc {
-    let mut command = Command::new("prlimit");
-    command
-        .arg(format!("--nofile={limit}:{limit}"))
-        .arg("--")
-        .arg(binary("vps-gateway"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env(
-            "RUST_LOG",
-            std::env::var("GATEMESH_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdin(Stdio::null());
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    Proc {
-        name: "vps-gateway".into(),
-        child: command.spawn().expect("run prlimit vps-gateway"),
-    }
+    spawn_with_fd_limit("vps-gateway", &binary("vps-gateway"), limit, env)
 }
 
 fn start_service(id: &str, url: &str, inventory: &Path) -> Proc {
@@ -219,18 +178,6 @@ fn start_service(id: &str, url: &str, inventory: &Path) -> Proc {
             ("VPS_RECONNECT_MAX_MS", "500".to_string()),
         ],
     )
-}
-
-/// One GET on the operator port that gives up after a second (the
-/// gateway may have no descriptor to accept it with).
-fn try_get(addr: SocketAddr, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).ok()?;
-    raw.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
 }
 
 /// Polls `/health` until `accept` holds on its JSON body; panics after
@@ -262,32 +209,6 @@ fn wait_health(
 
 fn reasons(health: &serde_json::Value) -> String {
     health["reasons"].to_string()
-}
-
-/// Opens `n` TCP connections to `addr` at once that never send a byte;
-/// those the gateway never lets through in 30 s are left out.
-fn idle_sockets(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let attempts: Vec<_> = (0..n)
-            .map(|_| {
-                tokio::spawn(tokio::time::timeout(
-                    Duration::from_secs(30),
-                    tokio::net::TcpStream::connect(addr),
-                ))
-            })
-            .collect();
-        let mut open = Vec::new();
-        for attempt in attempts {
-            if let Ok(Ok(Ok(stream))) = attempt.await {
-                open.push(stream.into_std().unwrap());
-            }
-        }
-        open
-    })
 }
 
 /// The gateway's CPU time from its creation to [`Cpu::assert_not_spinning`].
@@ -337,17 +258,6 @@ fn inventory(dir_name: &str) -> std::path::PathBuf {
     )
     .unwrap();
     path
-}
-
-fn http_addr(env: &[(&str, String)]) -> SocketAddr {
-    let port = env
-        .iter()
-        .find(|(k, _)| *k == "GATEWAY_HTTP_PORT")
-        .unwrap()
-        .1
-        .parse()
-        .unwrap();
-    loopback(port)
 }
 
 /// With the usual soft limit of 1024 and the default cap, 1,100 sockets

@@ -14,53 +14,22 @@ use std::time::Duration;
 
 use common::http::{get, promtool, sample, serve};
 use common::process::{Proc, binary, free_port, gateway_env};
-use common::{SECRET, TestGateway, config, options};
+use common::{AdminClient, SECRET, TestGateway, admin_call, alloc, config, options};
 use dnsmasq_support::TempDir;
 use gatemesh_handlers::Registry;
 use gatemesh_ipam::{Ipam, table};
 use gatemesh_node::{Node, NodeSettings};
 use gatemesh_proto::methods::{AllocateIp, ListIPs, ReleaseIp};
-use gatemesh_proto::{SECRET_METADATA_KEY, pb};
+use gatemesh_proto::pb;
 use gatemesh_service::{GatewayCallError, Instance, InstanceHandle};
 use parking_lot::Mutex;
-use prost::Message;
 use tokio::net::TcpListener;
 use tonic::Code;
-
-type AdminClient = pb::gateway_admin_client::GatewayAdminClient<tonic::transport::Channel>;
 
 const T: Duration = Duration::from_secs(10);
 
 fn mac(n: usize) -> String {
     format!("52:54:00:aa:{:02x}:{:02x}", n >> 8, n & 0xff)
-}
-
-fn alloc(vps: &str, mac: &str) -> pb::AllocateIpRequest {
-    pb::AllocateIpRequest {
-        vps_id: vps.into(),
-        organization_id: "org-1".into(),
-        mac: mac.into(),
-        ip: String::new(),
-    }
-}
-
-async fn admin_call<Req: Message, Resp: Message + Default>(
-    client: &mut AdminClient,
-    method: &str,
-    request: Req,
-) -> Result<Resp, tonic::Status> {
-    let mut call = tonic::Request::new(pb::CallRequest {
-        method: method.into(),
-        payload: request.encode_to_vec().into(),
-        ..Default::default()
-    });
-    call.metadata_mut()
-        .insert(SECRET_METADATA_KEY, SECRET.parse().unwrap());
-    let response = client.call(call).await?.into_inner();
-    match response.results[0].outcome.as_ref().unwrap() {
-        pb::instance_result::Outcome::Payload(p) => Ok(Resp::decode(p.as_ref()).unwrap()),
-        pb::instance_result::Outcome::Status(s) => panic!("{method} failed: {s:?}"),
-    }
 }
 
 /// Every reservation, through the admin API's `ListIPs`, paged.

@@ -132,7 +132,12 @@ async fn metadata_set_by_an_instance_reaches_the_gateway_handler() {
 
 #[tokio::test]
 async fn the_admin_api_passes_the_callers_grpc_headers_on_but_not_the_transports() {
-    let gw = TestGateway::start().await;
+    // Only the headers the operator names cross (and the trace context):
+    // see tests/trust_edges.rs for what never does.
+    let mut config = config();
+    config.forward =
+        gatemesh_gateway::headers::ForwardHeaders::parse("x-request-id,x-long").unwrap();
+    let gw = TestGateway::start_with(config).await;
     let _instance = echo_instance(&gw, "dev-1");
     gw.wait_instances(1).await;
     let mut client = pb::gateway_admin_client::GatewayAdminClient::connect(gw.url())

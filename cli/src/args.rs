@@ -82,14 +82,32 @@ pub struct CallArgs {
     /// Only instances with this environment label.
     #[arg(long, value_name = "LABEL")]
     pub env: Option<String>,
-    /// Deadline of the call, e.g. 500ms, 2s, 1m (the gateway's default when unset).
-    #[arg(long, value_parser = humantime::parse_duration)]
+    /// Deadline of the call, e.g. 500ms, 2s, 1m (the gateway's default when
+    /// unset); at most 49 days, the longest a call carries.
+    #[arg(long, value_parser = parse_timeout)]
     pub timeout: Option<Duration>,
     /// Metadata for the handlers, e.g. x-request-id=42 (repeatable): sent
     /// as the call's gRPC headers, passed on by the gateway with each
     /// request.
     #[arg(long = "header", short = 'H', value_name = "KEY=VALUE")]
     pub headers: Vec<String>,
+}
+
+/// The longest deadline a call carries: its `timeout_ms` is a `u32`.
+pub const MAX_TIMEOUT: Duration = Duration::from_millis(u32::MAX as u64);
+
+/// `--timeout`: a duration (`500ms`, `1m 30s`) no longer than
+/// [`MAX_TIMEOUT`], so that the call's `timeout_ms` and its gRPC deadline
+/// header both hold it.
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let timeout = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if timeout > MAX_TIMEOUT {
+        return Err(format!(
+            "at most {}ms, about 49 days (the longest deadline a call carries)",
+            MAX_TIMEOUT.as_millis()
+        ));
+    }
+    Ok(timeout)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -162,5 +180,21 @@ mod tests {
         assert_eq!(cli.gateway, "http://gw:1");
         let bad = Cli::try_parse_from(["gatemesh", "call", "M", "--timeout", "soon"]).unwrap_err();
         assert!(bad.to_string().contains("--timeout"), "{bad}");
+        // Past what a call carries: a usage error, not a panic when the
+        // deadline is put in the request.
+        let long =
+            Cli::try_parse_from(["gatemesh", "call", "M", "--timeout", "100000000h"]).unwrap_err();
+        assert_eq!(long.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(
+            long.to_string().contains("--timeout")
+                && long.to_string().contains("at most 4294967295ms"),
+            "{long}"
+        );
+        let longest =
+            Cli::try_parse_from(["gatemesh", "call", "M", "--timeout", "49days"]).unwrap();
+        let Command::Call(call) = longest.command else {
+            panic!("not a call")
+        };
+        assert_eq!(call.timeout, Some(Duration::from_secs(49 * 86_400)));
     }
 }

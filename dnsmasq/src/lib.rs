@@ -16,6 +16,8 @@
 //! - [`names`]: which names may reach dnsmasq (RFC 1123, the VPS
 //!   namespace), and [`names::short`] for a stranger's words in a message.
 //! - [`settings`]: [`DnsmasqSettings`], `GATEWAY_DNSMASQ_PID_FILE`.
+//! - [`watch`]: [`watch_file`], a watch on one of those files that sees
+//!   it replaced or deleted.
 //! - [`error`]: [`DnsmasqError`], why a write or a reload failed.
 
 #![forbid(unsafe_code)]
@@ -26,6 +28,7 @@ pub mod names;
 pub mod settings;
 pub mod settled;
 pub mod signal;
+pub mod watch;
 pub mod write;
 
 pub use error::DnsmasqError;
@@ -34,4 +37,5 @@ pub use names::{NameRefusal, Namespace};
 pub use settings::DnsmasqSettings;
 pub use settled::{Settle, Snapshot, read_settled};
 pub use signal::reload;
+pub use watch::watch_file;
 pub use write::{remove_leftovers, write_atomically};

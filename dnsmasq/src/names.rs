@@ -44,14 +44,18 @@ pub enum NameRefusal {
     OutsideNamespace,
     /// From an environment that may not name leases here.
     Environment,
+    /// Another lease holds the same name spelt otherwise (`vps-a`,
+    /// `VPS-A`): DNS does not tell them apart, so both would answer.
+    CaseClash,
 }
 
 impl NameRefusal {
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::TooLong,
         Self::NotDnsName,
         Self::OutsideNamespace,
         Self::Environment,
+        Self::CaseClash,
     ];
 
     /// The metric label.
@@ -61,6 +65,7 @@ impl NameRefusal {
             Self::NotDnsName => "not_dns_name",
             Self::OutsideNamespace => "outside_namespace",
             Self::Environment => "environment",
+            Self::CaseClash => "case_clash",
         }
     }
 }
@@ -72,6 +77,7 @@ impl fmt::Display for NameRefusal {
             Self::NotDnsName => "not a valid DNS name",
             Self::OutsideNamespace => "outside the VPS namespace",
             Self::Environment => "from an environment that may not name leases here",
+            Self::CaseClash => "another lease holds that name spelt otherwise (DNS ignores case)",
         })
     }
 }

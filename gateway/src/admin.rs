@@ -17,11 +17,14 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Response, Status};
 use tracing::Instrument as _;
 
+use crate::headers::ForwardHeaders;
 use crate::stats::Stats;
 use crate::{Instances, Mesh, Peer, Reply, Route, Strategy};
 
 pub struct AdminService {
     pub(crate) mesh: Mesh,
+    /// Which of a caller's headers reach the instances.
+    pub(crate) forward: ForwardHeaders,
     pub(crate) instances: Arc<Instances>,
     /// What the gateway itself serves, for calls of gateway-served methods.
     pub(crate) local: LocalMethods,
@@ -236,10 +239,18 @@ impl pb::gateway_admin_server::GatewayAdmin for AdminService {
         &self,
         request: Request<pb::CallRequest>,
     ) -> Result<Response<pb::CallResponse>, Status> {
-        // The caller's gRPC headers go on to the instances as metadata; a
-        // `traceparent` among them makes this call part of its trace.
-        let mut metadata = crate::trace::admin_metadata(request.metadata())
+        // The caller's gRPC headers on the allow-list go on to the
+        // instances as metadata; a `traceparent` among them makes this call
+        // part of its trace.
+        let forwarded = self
+            .forward
+            .metadata(request.metadata())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.local.stats.headers_not_forwarded.fetch_add(
+            forwarded.dropped as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        let mut metadata = forwarded.metadata;
         let request = request.into_inner();
         let strategy = match request.strategy() {
             pb::Strategy::Unspecified | pb::Strategy::FirstValid => Strategy::FirstValid,

@@ -16,6 +16,7 @@ use gatemesh_runtime::ops::{OpsDefaults, OpsSettings};
 use gatemesh_runtime::{ConfigError, Secret};
 use serde::Deserialize;
 
+use crate::headers::ForwardHeaders;
 use crate::tls::GatewayTls;
 
 /// What every gateway variable starts with.
@@ -124,6 +125,15 @@ pub struct GatewayConfig {
     /// or half the open-file limit when that is lower.
     #[serde(default)]
     pub conn_max_unauthenticated: Option<usize>,
+    /// `GATEWAY_FORWARD_HEADERS`: gRPC headers of an admin call passed on
+    /// to instances as metadata, besides the trace context (comma-separated
+    /// names; no credential or proxy header).
+    #[serde(default)]
+    pub forward_headers: Option<String>,
+    /// `GATEWAY_FORWARD_HEADERS` checked: what crosses (see
+    /// [`crate::headers`]); set directly when embedding or testing.
+    #[serde(skip)]
+    pub forward: ForwardHeaders,
 }
 
 mod defaults {
@@ -200,6 +210,8 @@ impl GatewayConfig {
         config.validate_conn()?;
         config.ops = OpsSettings::from_env(env, OPS_DEFAULTS)?;
         config.bind_ip = bind_addr("GATEWAY_BIND", &config.bind)?;
+        config.forward = ForwardHeaders::parse(config.forward_headers.as_deref().unwrap_or(""))
+            .map_err(|e| ConfigError(format!("GATEWAY_FORWARD_HEADERS: {e}")))?;
         config.tls = GatewayTls::from_files(
             config.tls_cert.as_deref(),
             config.tls_key.as_deref(),
@@ -456,6 +468,25 @@ mod tests {
             c.http_addr().to_string(),
             "127.0.0.1:9091",
             "empty is unset: the default"
+        );
+    }
+
+    #[test]
+    fn forwarded_headers_are_checked_at_start() {
+        let c = GatewayConfig::from_vars(vars(&[("GATEWAY_API_SECRET", "s")])).unwrap();
+        assert_eq!(
+            c.forward.names().collect::<Vec<_>>(),
+            ["traceparent", "tracestate", "baggage"]
+        );
+        let c = GatewayConfig::from_vars(vars(&[
+            ("GATEWAY_API_SECRET", "s"),
+            ("GATEWAY_FORWARD_HEADERS", "x-request-id"),
+        ]))
+        .unwrap();
+        assert!(c.forward.allows("x-request-id"));
+        assert_eq!(
+            error(&[("GATEWAY_FORWARD_HEADERS", "x-request-id,cookie")]),
+            "GATEWAY_FORWARD_HEADERS: \"cookie\" carries a credential: never forwarded to instances"
         );
     }
 

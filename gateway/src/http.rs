@@ -15,7 +15,11 @@
 //!   header prefers it (see [`crate::metrics`]).
 //!
 //! A connection must send its request headers within
-//! `GATEWAY_HTTP_TIMEOUT_MS` (also the idle limit between requests).
+//! `GATEWAY_HTTP_TIMEOUT_MS` (also the idle limit between requests); one
+//! on which nothing moves for `GATEWAY_HTTP_IDLE_TIMEOUT_MS` is closed; and
+//! at `GATEWAY_HTTP_MAX_CONNECTIONS` the connection idle the longest is
+//! closed to make room, so `/health` answers under a flood of idle sockets
+//! (see `gatemesh_runtime::http`).
 //!
 //! # Health and readiness hooks
 //!
@@ -141,9 +145,9 @@ pub(crate) async fn serve(
     } else {
         Exposure::SecretRequired
     };
-    let timeout = shared.config.http_timeout();
+    let limits = shared.config.ops.http_limits();
     let stats = shared.metrics.http_stats();
-    gatemesh_runtime::http::serve(listener, router(shared, exposure), timeout, stats, shutdown)
+    gatemesh_runtime::http::serve(listener, router(shared, exposure), limits, stats, shutdown)
         .await
         .context("HTTP server failed")
 }

@@ -24,6 +24,8 @@
 //! - [`admin`]: the `GatewayAdmin` unary API for callers outside the process.
 //! - [`plain`]: every mesh method as an ordinary gRPC service on the port,
 //!   steered by metadata, for any generated client.
+//! - [`headers`]: which of a gRPC caller's headers cross into the mesh as
+//!   metadata (an allow-list: the trace context and `GATEWAY_FORWARD_HEADERS`).
 //! - `trace`: the spans of admin and mesh calls, and the metadata (W3C
 //!   trace context included) each request carries.
 //! - [`info`]: methods the gateway itself serves to instances.
@@ -45,6 +47,7 @@ pub mod auth;
 pub mod call;
 pub mod config;
 pub mod error;
+pub mod headers;
 pub mod health;
 pub mod http;
 pub mod info;

@@ -228,27 +228,16 @@ impl Collector for ScrapeTime {
         )?;
         counter(
             e,
-            "http_connections",
-            "Connections accepted by the operator HTTP endpoints",
-            &self.http.connections,
+            "headers_not_forwarded",
+            "Admin callers' gRPC headers not passed on to instances: not named in GATEWAY_FORWARD_HEADERS",
+            &stats.headers_not_forwarded,
         )?;
-        counter(
-            e,
-            "http_timeouts",
-            "HTTP connections closed for sending no complete request header in time",
-            &self.http.timeouts,
-        )?;
+        self.http.encode(e)?;
         counter(
             e,
             "http_unauthorized",
             "HTTP requests refused for lacking the secret",
             &self.http.unauthorized,
-        )?;
-        counter(
-            e,
-            "http_accept_errors",
-            "Failed accepts on the HTTP port (out of file descriptors, ...)",
-            &self.http.accept_errors,
         )?;
         gauge(
             e,

@@ -36,6 +36,7 @@ use tracing::Instrument as _;
 
 use crate::admin::LocalMethods;
 use crate::auth::SecretOrCertInterceptor;
+use crate::headers::ForwardHeaders;
 use crate::{Mesh, Reply, Route, Strategy};
 
 /// Request metadata: only instances of this environment.
@@ -74,6 +75,8 @@ pub struct MethodsService {
 
 struct Inner {
     mesh: Mesh,
+    /// Which of the caller's headers cross into the mesh.
+    forward: ForwardHeaders,
     local: LocalMethods,
     auth: SecretOrCertInterceptor,
     max_message_bytes: usize,
@@ -82,6 +85,7 @@ struct Inner {
 impl MethodsService {
     pub(crate) fn new(
         mesh: Mesh,
+        forward: ForwardHeaders,
         local: LocalMethods,
         auth: SecretOrCertInterceptor,
         max_message_bytes: usize,
@@ -89,6 +93,7 @@ impl MethodsService {
         Self {
             inner: Arc::new(Inner {
                 mesh,
+                forward,
                 local,
                 auth,
                 max_message_bytes,
@@ -225,8 +230,17 @@ impl Call {
     fn route(&self, request: &Request<Bytes>) -> Result<Route, Status> {
         self.inner.auth.check(request)?;
         let headers = request.metadata();
-        let mut metadata = crate::trace::admin_metadata(headers)
+        // The caller's headers on the allow-list, as for the admin API.
+        let forwarded = self
+            .inner
+            .forward
+            .metadata(headers)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.inner.local.stats.headers_not_forwarded.fetch_add(
+            forwarded.dropped as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        let mut metadata = forwarded.metadata;
         for key in ROUTING_KEYS {
             metadata.remove(key);
         }

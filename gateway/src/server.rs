@@ -214,6 +214,7 @@ impl Gateway {
         let admin = tonic::service::interceptor::InterceptedService::new(
             GatewayAdminServer::new(AdminService {
                 mesh: shared.mesh.clone(),
+                forward: shared.config.forward.clone(),
                 instances: shared.instances.clone(),
                 local: local(),
             })
@@ -223,6 +224,7 @@ impl Gateway {
         );
         let methods = MethodsService::new(
             shared.mesh.clone(),
+            shared.config.forward.clone(),
             local(),
             SecretInterceptor::for_config(config),
             config.max_message_bytes,

@@ -137,6 +137,7 @@ impl Shared {
                 reasons.push(pressure);
             }
             reasons.extend(gatemesh_runtime::telemetry::export_problem());
+            reasons.extend(self.metrics.http_stats().problem());
             reasons.extend(crate::health::failures(&self.checks.health));
             let status = if reasons.is_empty() {
                 HealthStatus::Healthy

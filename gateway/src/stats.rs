@@ -34,6 +34,10 @@ pub struct Stats {
     pub queue_full: AtomicU64,
     /// Cancels for ids not running on their stream (ended, or never sent).
     pub stray_cancels: AtomicU64,
+    /// Admin callers' headers left out of the metadata: not named in
+    /// `GATEWAY_FORWARD_HEADERS` (credentials', proxies' and the
+    /// transport's are not counted: they never cross).
+    pub headers_not_forwarded: AtomicU64,
     pub(crate) calls: Family<CallLabels, Counter>,
     pub(crate) call_seconds: Family<RouteLabels, LatencyHistogram>,
     pub(crate) disconnect_reasons: Family<ReasonLabels, Counter>,
@@ -96,6 +100,7 @@ impl Default for Stats {
             violations: AtomicU64::new(0),
             queue_full: AtomicU64::new(0),
             stray_cancels: AtomicU64::new(0),
+            headers_not_forwarded: AtomicU64::new(0),
             calls,
             call_seconds,
             disconnect_reasons: Family::default(),

@@ -12,9 +12,9 @@
 //! spans exist: a call costs a flag check, and its metadata (the caller's,
 //! trace context included) is passed on as it came.
 
+use gatemesh_handlers::Metadata;
 use gatemesh_handlers::metadata::{TRACEPARENT, TRACESTATE};
 use gatemesh_handlers::trace::{self, Kind, enabled, parse_traceparent, record_code, record_ids};
-use gatemesh_handlers::{Metadata, MetadataError};
 use gatemesh_proto::{code_name, pb};
 use tonic::Code;
 use tracing::Span;
@@ -22,43 +22,6 @@ use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::{CallError, Peer, Route, Strategy};
-
-/// gRPC headers of an admin call that belong to the transport or to the
-/// admin call itself, never passed on to instances.
-const NOT_PASSED_ON: &[&str] = &[
-    gatemesh_proto::SECRET_METADATA_KEY,
-    "content-type",
-    "content-length",
-    "user-agent",
-    "te",
-    "host",
-    "authorization",
-    "accept-encoding",
-];
-
-/// The metadata an admin call passes on, from its gRPC headers: every
-/// ASCII header that is not the transport's (`grpc-*`, `content-type`,
-/// `user-agent`, `te`, ...) or the secret. Validated like a frame's.
-pub(crate) fn admin_metadata(
-    headers: &tonic::metadata::MetadataMap,
-) -> Result<Metadata, MetadataError> {
-    let mut metadata = Metadata::new();
-    for entry in headers.iter() {
-        let tonic::metadata::KeyAndValueRef::Ascii(key, value) = entry else {
-            continue;
-        };
-        let key = key.as_str();
-        if key.starts_with("grpc-") || NOT_PASSED_ON.contains(&key) {
-            continue;
-        }
-        let value = value.to_str().map_err(|_| MetadataError::BadValue {
-            key: key.to_string(),
-            reason: "only printable ASCII is allowed",
-        })?;
-        metadata.insert(key, value)?;
-    }
-    Ok(metadata)
-}
 
 /// The span of an admin call, a server span of `GatewayAdmin/Call`: a
 /// child of the caller's span when its headers carry one. With export off,

@@ -164,7 +164,8 @@ fn shown(key: &str) -> String {
     key.chars().take(MAX_KEY_LEN).collect()
 }
 
-fn check_key(key: &str) -> Result<(), MetadataError> {
+/// Whether `key` may be a metadata key (the rules above), or why not.
+pub fn check_key(key: &str) -> Result<(), MetadataError> {
     let bad = |reason| {
         Err(MetadataError::BadKey {
             key: shown(key),

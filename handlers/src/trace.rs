@@ -38,11 +38,14 @@ pub fn set_enabled(on: bool) {
 
 /// A W3C `traceparent` (`00-<trace id>-<parent id>-<flags>`), as a remote
 /// span context; `None` when it is malformed or names the invalid ids.
+/// W3C spells every field in lowercase hex, and a value that does not is
+/// invalid: treated as absent, like any other invalid one.
 pub fn parse_traceparent(traceparent: &str, tracestate: Option<&str>) -> Option<SpanContext> {
     let mut parts = traceparent.trim().split('-');
     let (version, trace_id, span_id, flags) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |s: &str, len| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let hex =
+        |s: &str, len| s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
     // Version 00 has exactly four fields; a later version may add more.
     if !hex(version, 2) || version == "ff" || (version == "00" && parts.next().is_some()) {
         return None;
@@ -241,6 +244,11 @@ mod tests {
             "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
             "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+            // Uppercase hex, in any field: not W3C's spelling.
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00F067AA0BA902B7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0A",
+            "0A-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         ] {
             assert!(parse_traceparent(bad, None).is_none(), "{bad:?}");
         }

@@ -30,6 +30,10 @@ pub enum IpamError {
     /// give one address to two VMs.
     #[error("GATEWAY_IP_RESERVATIONS_FILE: {0}")]
     Load(String),
+    /// The pool holds nothing once the node's own addresses are out, or
+    /// those cannot be read.
+    #[error("GATEWAY_IP_POOL: {0}")]
+    Pool(String),
 }
 
 /// The allocator, as the gateway methods, `/metrics` and `/health` reach
@@ -55,7 +59,10 @@ impl Ipam {
     /// Loads the reservations file, writes it back if it does not hold
     /// exactly the table (first start, a hand edit), and starts the owner
     /// task on the current runtime.
-    pub fn start(config: IpamConfig) -> Result<Self, IpamError> {
+    pub fn start(mut config: IpamConfig) -> Result<Self, IpamError> {
+        if config.exclude_node_addresses {
+            config.pool = without_node_addresses(&config.pool)?;
+        }
         let table = owner::load(&config.reservations_file).map_err(IpamError::Load)?;
         let pool = Arc::new(config.pool.clone());
         let outside = table.iter().filter(|r| !pool.contains(r.ip)).count();
@@ -140,6 +147,11 @@ impl Ipam {
         }
         if let Some(e) = &*self.stats.lease_error.lock() {
             problems.push(format!("lease file unreadable: {e}"));
+        }
+        for e in [&self.stats.file_problem, &self.stats.watch_error] {
+            if let Some(e) = &*e.lock() {
+                problems.push(e.clone());
+            }
         }
         (!problems.is_empty()).then(|| problems.join("; "))
     }
@@ -294,6 +306,29 @@ impl Ipam {
     }
 }
 
+/// `pool` less the node's own addresses, logged when it held any: an
+/// address the node holds is never a VM's.
+fn without_node_addresses(pool: &Pool) -> Result<Pool, IpamError> {
+    let own = crate::host::node_addresses().map_err(|e| {
+        IpamError::Pool(format!(
+            "cannot read the node's own addresses to keep them out of the pool: {e}"
+        ))
+    })?;
+    let (less, excluded) = pool.without(&own).map_err(|e| {
+        IpamError::Pool(format!(
+            "{e} (the node's own addresses are never allocated)"
+        ))
+    })?;
+    if !excluded.is_empty() {
+        let excluded: Vec<String> = excluded.iter().map(ToString::to_string).collect();
+        tracing::info!(
+            excluded = %excluded.join(","),
+            "the node's own addresses in the pool are never allocated"
+        );
+    }
+    Ok(less)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -371,7 +406,7 @@ mod tests {
         );
         assert_eq!(
             ipam.problem().unwrap(),
-            "pool nearly exhausted: 500 of 512 addresses reserved"
+            "pool nearly exhausted: 500 of 510 addresses reserved"
         );
     }
 
@@ -400,6 +435,27 @@ mod tests {
             .unwrap();
         assert_eq!(list.reservations, vec![a.reservation.unwrap()]);
         assert_eq!(list.pool.unwrap().used, 1);
+    }
+
+    #[tokio::test]
+    async fn the_nodes_own_addresses_are_never_handed_out() {
+        let dir = Dir::new("own");
+        let mut two = config(&dir, "127.0.0.1-127.0.0.2");
+        two.exclude_node_addresses = true;
+        let ipam = Ipam::start(two).unwrap();
+        assert_eq!(ipam.pool().size(), 1, "127.0.0.1 is this node's");
+        let a = ipam
+            .allocate(&caller("prod"), alloc("vps-a", &mac(1)))
+            .await
+            .unwrap();
+        assert_eq!(a.reservation.unwrap().ip, "127.0.0.2");
+        let mut one = config(&dir, "127.0.0.1");
+        one.exclude_node_addresses = true;
+        let e = Ipam::start(one).unwrap_err().to_string();
+        assert!(
+            e.starts_with("GATEWAY_IP_POOL: the pool holds no address"),
+            "{e}"
+        );
     }
 
     #[tokio::test]

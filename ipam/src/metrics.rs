@@ -61,6 +61,11 @@ impl Collector for IpamMetrics {
                 "dnsmasq reloads that failed or were not sent (stale pid file)",
                 &s.reload_failures,
             ),
+            (
+                "ipam_file_repairs",
+                "Times the reservations file was found deleted or edited and written again",
+                &s.file_repairs,
+            ),
         ] {
             let metric = ConstCounter::new(value.load(Relaxed));
             metric.encode(e.encode_descriptor(name, help, None, metric.metric_type())?)?;

@@ -8,6 +8,12 @@
 //! holds it is on disk, and a failed write answers every request of its
 //! batch `UNAVAILABLE` and leaves the table as it was.
 //!
+//! The reservations file is dnsmasq's and the allocator's at once, so it
+//! is watched: deleted or edited under a running gateway, it is written
+//! again from the table (checked on every change the watch reports and
+//! every [`CHECK_EVERY`], should the watch miss one), and `/health` says
+//! so until it is whole again.
+//!
 //! The lease file is read the one way the DHCP manager reads it too
 //! ([`gatemesh_dnsmasq::read_settled`]): a snapshot taken while dnsmasq
 //! rewrites it could hide a lease, and an address would go to two VMs. A
@@ -19,10 +25,11 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
-use gatemesh_dnsmasq::{DnsmasqError, leases, read_settled, unix_now};
+use gatemesh_dnsmasq::{DnsmasqError, leases, read_settled, unix_now, watch_file};
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::IpamConfig;
 use crate::pool::Pool;
@@ -32,6 +39,9 @@ use crate::table::{self, Allocate, Done, IpRefusal, Mac, Refused, Release, Table
 const MAX_BATCH: usize = 512;
 /// Requests waiting for the owner at most; beyond, callers wait for room.
 pub(crate) const QUEUE: usize = 4096;
+/// How often the reservations file is compared with the table, besides
+/// every change its watch reports.
+pub const CHECK_EVERY: Duration = Duration::from_secs(10);
 
 /// Addresses held by active IPv4 leases, and their MACs.
 type Leased = HashMap<Ipv4Addr, Mac>;
@@ -63,6 +73,15 @@ pub struct IpamStats {
     pub reload_error: Mutex<Option<String>>,
     /// Why the lease file could not be read, until it can.
     pub lease_error: Mutex<Option<String>>,
+    /// Times the reservations file was found deleted or edited and was
+    /// written again from the table.
+    pub file_repairs: AtomicU64,
+    /// The reservations file does not hold the table and could not be
+    /// written again, until it is.
+    pub file_problem: Mutex<Option<String>>,
+    /// Why the reservations file is not watched (then only the periodic
+    /// check sees it change), until it is.
+    pub watch_error: Mutex<Option<String>>,
 }
 
 impl IpamStats {
@@ -121,14 +140,79 @@ impl Owner {
             Ok(()) => {
                 self.stats.writes.fetch_add(1, Relaxed);
                 *self.stats.write_error.lock() = None;
+                if self.stats.file_problem.lock().take().is_some() {
+                    tracing::info!(
+                        file = %self.config.reservations_file.display(),
+                        "the reservations file is whole again"
+                    );
+                }
                 self.reload();
                 Ok(())
             }
             Err(e) => {
                 self.stats.write_failures.fetch_add(1, Relaxed);
-                tracing::warn!(error = %e, "cannot write the reservations file; the batch is refused");
+                tracing::warn!(error = %e, "cannot write the reservations file");
                 *self.stats.write_error.lock() = Some(e.to_string());
                 Err(e)
+            }
+        }
+    }
+
+    /// Writes the file again when it no longer holds the table: deleted,
+    /// edited, or made something else under the gateway. dnsmasq would
+    /// otherwise hand out what the allocator never reserved, or forget
+    /// what it did.
+    fn check_file(&self) {
+        let text = table::render(&self.table.read(), &self.config.hostname_prefix);
+        let path = &self.config.reservations_file;
+        let found = match std::fs::read_to_string(path) {
+            Ok(on_disk) if on_disk == text => return,
+            Ok(_) => "edited",
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => "deleted",
+            Err(_) => "unreadable",
+        };
+        if self.stats.file_problem.lock().is_none() {
+            tracing::warn!(
+                file = %path.display(), found,
+                "the reservations file was changed under the gateway; writing it again from the allocator's state"
+            );
+        }
+        match self.write(text) {
+            Ok(()) => {
+                self.stats.file_repairs.fetch_add(1, Relaxed);
+            }
+            Err(e) => {
+                *self.stats.file_problem.lock() = Some(format!(
+                    "reservations file {} {found} and not written again: {e}",
+                    path.display()
+                ));
+            }
+        }
+    }
+
+    /// Starts watching the reservations file; a failure is reported (the
+    /// periodic check still runs) and tried again later.
+    fn watch(&self, changed: &Arc<Notify>) -> Option<notify::RecommendedWatcher> {
+        let path = &self.config.reservations_file;
+        match watch_file(path, changed.clone()) {
+            Ok(watcher) => {
+                if self.stats.watch_error.lock().take().is_some() {
+                    tracing::info!(file = %path.display(), "reservations file watched again");
+                }
+                Some(watcher)
+            }
+            Err(e) => {
+                let message = format!(
+                    "reservations file {} not watched: {e}; checked every {} s",
+                    path.display(),
+                    CHECK_EVERY.as_secs()
+                );
+                let mut last = self.stats.watch_error.lock();
+                if last.is_none() {
+                    tracing::warn!(error = %message, "reservations file not watched");
+                }
+                *last = Some(message);
+                None
             }
         }
     }
@@ -153,7 +237,32 @@ impl Owner {
 
     pub(crate) async fn run(self, mut jobs: mpsc::Receiver<Job>) {
         let owner = Arc::new(self);
-        while let Some(first) = jobs.recv().await {
+        let changed = Arc::new(Notify::new());
+        let mut watcher = owner.watch(&changed);
+        let mut check = tokio::time::interval(CHECK_EVERY);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let first = tokio::select! {
+                job = jobs.recv() => match job {
+                    Some(job) => job,
+                    None => break,
+                },
+                () = changed.notified() => {
+                    owner.clone().check_file_blocking().await;
+                    continue;
+                }
+                _ = check.tick() => {
+                    if watcher.is_none() {
+                        watcher = owner.watch(&changed);
+                    }
+                    owner.clone().check_file_blocking().await;
+                    continue;
+                }
+            };
+            if watcher.is_none() {
+                // A directory made late can be watched now.
+                watcher = owner.watch(&changed);
+            }
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
                 match jobs.try_recv() {
@@ -186,6 +295,13 @@ impl Owner {
             for (job, result) in batch.into_iter().zip(results) {
                 let _ = job.reply.send(result);
             }
+        }
+    }
+
+    /// [`Owner::check_file`] on the blocking pool, as batches are.
+    async fn check_file_blocking(self: Arc<Self>) {
+        if let Err(e) = tokio::task::spawn_blocking(move || self.check_file()).await {
+            tracing::error!(error = %e, "check of the reservations file panicked");
         }
     }
 
@@ -239,7 +355,8 @@ impl Owner {
             .iter()
             .map(|job| match (&job.op, leased) {
                 (Op::Allocate(req), Ok(leased)) => {
-                    next.allocate(&self.pool, req, &job.environment, leased, now)
+                    let quota = self.config.quota.limit(&job.environment);
+                    next.allocate(&self.pool, req, &job.environment, leased, now, quota)
                 }
                 (Op::Allocate(_), Err(e)) => Err(Refused::new(
                     IpRefusal::Unavailable,

@@ -107,6 +107,9 @@ pub enum IpRefusal {
     OutsidePool,
     /// Every free address is reserved or leased.
     Exhausted,
+    /// The caller's environment holds its quota of addresses
+    /// (`GATEWAY_IP_QUOTA`).
+    Quota,
     /// The requested address is reserved for another VPS.
     Taken,
     /// The requested address is held by an active lease of another MAC.
@@ -129,13 +132,14 @@ pub enum IpRefusal {
 }
 
 impl IpRefusal {
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 16] = [
         Self::BadMac,
         Self::BadIp,
         Self::BadId,
         Self::NoKey,
         Self::OutsidePool,
         Self::Exhausted,
+        Self::Quota,
         Self::Taken,
         Self::Leased,
         Self::Conflict,
@@ -156,6 +160,7 @@ impl IpRefusal {
             Self::NoKey => "no_key",
             Self::OutsidePool => "outside_pool",
             Self::Exhausted => "exhausted",
+            Self::Quota => "quota",
             Self::Taken => "taken",
             Self::Leased => "leased",
             Self::Conflict => "conflict",
@@ -178,7 +183,7 @@ impl IpRefusal {
             | Self::OutsidePool
             | Self::BadPage
             | Self::Mismatch => Code::InvalidArgument,
-            Self::Exhausted => Code::ResourceExhausted,
+            Self::Exhausted | Self::Quota => Code::ResourceExhausted,
             Self::Taken | Self::Conflict => Code::AlreadyExists,
             Self::Leased => Code::FailedPrecondition,
             Self::Environment => Code::PermissionDenied,
@@ -307,12 +312,22 @@ pub struct Done {
     pub changed: bool,
 }
 
-/// Every reservation, by address, with the two other keys indexed.
+/// A VPS id as DNS sees it: case does not tell two names apart, and a VPS
+/// id may become the VM's hostname (see [`render`]), so two ids that
+/// differ only in case are one key of the table.
+fn name_key(vps_id: &str) -> String {
+    vps_id.to_ascii_lowercase()
+}
+
+/// Every reservation, by address, with the two other keys indexed, and
+/// how many each environment holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Table {
     by_ip: BTreeMap<Ipv4Addr, Reservation>,
+    /// By [`name_key`] of the VPS id.
     by_vps: HashMap<String, Ipv4Addr>,
     by_mac: HashMap<Mac, Ipv4Addr>,
+    by_env: HashMap<String, u64>,
 }
 
 impl Table {
@@ -320,24 +335,58 @@ impl Table {
     pub fn from_reservations(list: impl IntoIterator<Item = Reservation>) -> Result<Self, String> {
         let mut table = Self::default();
         for r in list {
-            if table.by_ip.contains_key(&r.ip) {
-                return Err(format!("{} is reserved twice", r.ip));
-            }
-            if table.by_vps.contains_key(&r.vps_id) {
-                return Err(format!("VPS {} holds two reservations", r.vps_id));
-            }
-            if table.by_mac.contains_key(&r.mac) {
-                return Err(format!("MAC {} holds two reservations", r.mac));
-            }
-            table.insert(r);
+            table.add(r)?;
         }
         Ok(table)
     }
 
+    /// Adds a reservation read back, refusing one that shares a key with
+    /// one already there.
+    fn add(&mut self, r: Reservation) -> Result<(), String> {
+        if self.by_ip.contains_key(&r.ip) {
+            return Err(format!("{} is reserved twice", r.ip));
+        }
+        if let Some(ip) = self.by_vps.get(&name_key(&r.vps_id)) {
+            let held = &self.by_ip[ip].vps_id;
+            return Err(if *held == r.vps_id {
+                format!("VPS {} holds two reservations", r.vps_id)
+            } else {
+                format!(
+                    "VPS ids {held} and {} differ only in case: one DNS name",
+                    r.vps_id
+                )
+            });
+        }
+        if self.by_mac.contains_key(&r.mac) {
+            return Err(format!("MAC {} holds two reservations", r.mac));
+        }
+        self.insert(r);
+        Ok(())
+    }
+
     fn insert(&mut self, r: Reservation) {
-        self.by_vps.insert(r.vps_id.clone(), r.ip);
+        self.by_vps.insert(name_key(&r.vps_id), r.ip);
         self.by_mac.insert(r.mac, r.ip);
+        *self.by_env.entry(r.environment.clone()).or_default() += 1;
         self.by_ip.insert(r.ip, r);
+    }
+
+    fn remove(&mut self, ip: Ipv4Addr) -> Option<Reservation> {
+        let r = self.by_ip.remove(&ip)?;
+        self.by_vps.remove(&name_key(&r.vps_id));
+        self.by_mac.remove(&r.mac);
+        if let Some(n) = self.by_env.get_mut(&r.environment) {
+            *n -= 1;
+            if *n == 0 {
+                self.by_env.remove(&r.environment);
+            }
+        }
+        Some(r)
+    }
+
+    /// Reservations `environment` holds, in the pool or not.
+    pub fn held_by(&self, environment: &str) -> u64 {
+        self.by_env.get(environment).copied().unwrap_or(0)
     }
 
     pub fn len(&self) -> usize {
@@ -371,7 +420,8 @@ impl Table {
 
     /// Reserves an address for `req`, or answers the one the VPS already
     /// holds. `leased` maps addresses of active leases to their MAC: an
-    /// address leased to another MAC is never handed out.
+    /// address leased to another MAC is never handed out. `quota` is how
+    /// many `environment` may hold at most (`None`: no limit).
     pub fn allocate(
         &mut self,
         pool: &Pool,
@@ -379,9 +429,20 @@ impl Table {
         environment: &str,
         leased: &HashMap<Ipv4Addr, Mac>,
         now: u64,
+        quota: Option<u64>,
     ) -> Result<Done, Refused> {
-        if let Some(ip) = self.by_vps.get(&req.vps_id) {
+        if let Some(ip) = self.by_vps.get(&name_key(&req.vps_id)) {
             let held = &self.by_ip[ip];
+            if held.vps_id != req.vps_id {
+                return Err(Refused::new(
+                    IpRefusal::Conflict,
+                    format!(
+                        "VPS {} differs only in case from VPS {}, which holds {}: DNS would \
+                         give both one name",
+                        req.vps_id, held.vps_id, held.ip
+                    ),
+                ));
+            }
             if held.mac != req.mac {
                 return Err(Refused::new(
                     IpRefusal::Conflict,
@@ -418,6 +479,18 @@ impl Table {
                 format!(
                     "MAC {} already holds {} for VPS {}",
                     req.mac, held.ip, held.vps_id
+                ),
+            ));
+        }
+        let held = self.held_by(environment);
+        if let Some(quota) = quota
+            && held >= quota
+        {
+            return Err(Refused::new(
+                IpRefusal::Quota,
+                format!(
+                    "environment {environment:?} holds {held} addresses, its quota \
+                     (GATEWAY_IP_QUOTA); release one first"
                 ),
             ));
         }
@@ -489,8 +562,9 @@ impl Table {
         let by_vps = match &req.vps_id {
             Some(v) => Some(
                 self.by_vps
-                    .get(v)
+                    .get(&name_key(v))
                     .copied()
+                    .filter(|ip| self.by_ip[ip].vps_id == *v)
                     .ok_or_else(|| missing(format!("VPS {v}")))?,
             ),
             None => None,
@@ -529,9 +603,7 @@ impl Table {
                 ),
             ));
         }
-        let r = self.by_ip.remove(&ip).expect("indexed");
-        self.by_vps.remove(&r.vps_id);
-        self.by_mac.remove(&r.mac);
+        let r = self.remove(ip).expect("indexed");
         Ok(Done {
             reservation: r,
             changed: true,
@@ -558,6 +630,20 @@ fn hostname<'a>(vps_id: &'a str, prefix: &str) -> Option<&'a str> {
     .then_some(vps_id)
 }
 
+/// How an organization or environment is written: `-` when empty, and
+/// a value that is `-` itself (a valid id) as [`DASH`], so the two read
+/// back apart.
+fn token(value: &str) -> &str {
+    match value {
+        "" => "-",
+        "-" => DASH,
+        value => value,
+    }
+}
+
+/// A value that is `-` itself; `%` is no id's character.
+const DASH: &str = "%2D";
+
 /// The file: dnsmasq reads it as a `dhcp-hostsfile` (`<mac>,<ip>[,<host>]`
 /// per reservation, `#` lines are comments to it), and the allocator reads
 /// back only the record comment above each line, which holds everything.
@@ -566,16 +652,7 @@ pub fn render(table: &Table, hostname_prefix: &str) -> String {
     let mut out = String::with_capacity(HEADER.len() + table.len() * 160);
     out.push_str(HEADER);
     for r in table.iter() {
-        let org = if r.organization_id.is_empty() {
-            "-"
-        } else {
-            &r.organization_id
-        };
-        let env = if r.environment.is_empty() {
-            "-"
-        } else {
-            &r.environment
-        };
+        let (org, env) = (token(&r.organization_id), token(&r.environment));
         out.push_str(&format!(
             "{RECORD}ip={} mac={} vps={} org={org} env={env} at={}\n{},{}",
             r.ip, r.mac, r.vps_id, r.allocated_at, r.mac, r.ip
@@ -594,7 +671,7 @@ pub fn render(table: &Table, hostname_prefix: &str) -> String {
 /// share a key, is an error naming the line: a reservation is never
 /// dropped on a guess.
 pub fn parse(text: &str) -> Result<Table, String> {
-    let mut list = Vec::new();
+    let mut table = Table::default();
     for (n, line) in text.lines().enumerate() {
         let Some(record) = line.strip_prefix(RECORD) else {
             continue;
@@ -605,7 +682,9 @@ pub fn parse(text: &str) -> Result<Table, String> {
             let (k, v) = pair
                 .split_once('=')
                 .ok_or_else(|| bad("expected key=value"))?;
-            fields.insert(k, v);
+            if fields.insert(k, v).is_some() {
+                return Err(bad(&format!("{k} given twice")));
+            }
         }
         let get = |k: &str| {
             fields
@@ -616,20 +695,22 @@ pub fn parse(text: &str) -> Result<Table, String> {
         let id = |k: &str| -> Result<String, String> {
             match get(k)? {
                 "-" if k != "vps" => Ok(String::new()),
+                DASH if k != "vps" => Ok("-".into()),
                 v if valid_id(v) => Ok(v.to_string()),
                 _ => Err(bad(&format!("bad {k}"))),
             }
         };
-        list.push(Reservation {
+        let reservation = Reservation {
             ip: get("ip")?.parse().map_err(|_| bad("bad ip"))?,
             mac: get("mac")?.parse().map_err(|()| bad("bad mac"))?,
             vps_id: id("vps")?,
             organization_id: id("org")?,
             environment: id("env")?,
             allocated_at: get("at")?.parse().map_err(|_| bad("bad at"))?,
-        });
+        };
+        table.add(reservation).map_err(|e| bad(&e))?;
     }
-    Table::from_reservations(list)
+    Ok(table)
 }
 
 #[cfg(test)]
@@ -741,12 +822,12 @@ mod tests {
         let mut t = Table::default();
         let none = HashMap::new();
         let a = t
-            .allocate(&pool, &req("vps-a", MAC1, None), "prod", &none, 1)
+            .allocate(&pool, &req("vps-a", MAC1, None), "prod", &none, 1, None)
             .unwrap();
         assert_eq!(a.reservation.ip.to_string(), "10.0.0.10");
         assert!(a.changed);
         let again = t
-            .allocate(&pool, &req("vps-a", MAC1, None), "prod", &none, 2)
+            .allocate(&pool, &req("vps-a", MAC1, None), "prod", &none, 2, None)
             .unwrap();
         assert_eq!(
             again.reservation, a.reservation,
@@ -755,12 +836,14 @@ mod tests {
         assert!(!again.changed);
         let same_ip = req("vps-a", MAC1, Some("10.0.0.10"));
         assert!(
-            !t.allocate(&pool, &same_ip, "prod", &none, 3)
+            !t.allocate(&pool, &same_ip, "prod", &none, 3, None)
                 .unwrap()
                 .changed
         );
         let why = |t: &mut Table, r: Allocate, env: &str| {
-            t.allocate(&pool, &r, env, &none, 4).unwrap_err().reason
+            t.allocate(&pool, &r, env, &none, 4, None)
+                .unwrap_err()
+                .reason
         };
         assert_eq!(
             why(&mut t, req("vps-a", MAC2, None), "prod"),
@@ -793,11 +876,12 @@ mod tests {
                 "beta",
                 &none,
                 5,
+                None,
             )
             .unwrap();
         assert_eq!(b.reservation.ip.to_string(), "10.0.0.12");
         assert_eq!(b.reservation.environment, "beta");
-        t.allocate(&pool, &req("vps-c", MAC3, None), "prod", &none, 6)
+        t.allocate(&pool, &req("vps-c", MAC3, None), "prod", &none, 6, None)
             .unwrap();
         let full = t
             .allocate(
@@ -806,6 +890,7 @@ mod tests {
                 "prod",
                 &none,
                 7,
+                None,
             )
             .unwrap_err();
         assert_eq!(full.reason, IpRefusal::Exhausted);
@@ -820,7 +905,7 @@ mod tests {
         let leased: HashMap<Ipv4Addr, Mac> =
             [("10.0.0.10".parse().unwrap(), MAC2.parse().unwrap())].into();
         let a = t
-            .allocate(&pool, &req("vps-a", MAC1, None), "prod", &leased, 1)
+            .allocate(&pool, &req("vps-a", MAC1, None), "prod", &leased, 1, None)
             .unwrap();
         assert_eq!(
             a.reservation.ip.to_string(),
@@ -834,6 +919,7 @@ mod tests {
                 "prod",
                 &leased,
                 1,
+                None,
             )
             .unwrap_err();
         assert_eq!(e.reason, IpRefusal::Leased);
@@ -845,6 +931,7 @@ mod tests {
                 "prod",
                 &leased,
                 1,
+                None,
             )
             .unwrap();
         assert_eq!(b.reservation.ip.to_string(), "10.0.0.10");
@@ -855,9 +942,9 @@ mod tests {
         let pool = pool("10.0.0.10-10.0.0.20");
         let mut t = Table::default();
         let none = HashMap::new();
-        t.allocate(&pool, &req("vps-a", MAC1, None), "prod", &none, 1)
+        t.allocate(&pool, &req("vps-a", MAC1, None), "prod", &none, 1, None)
             .unwrap();
-        t.allocate(&pool, &req("vps-b", MAC2, None), "prod", &none, 1)
+        t.allocate(&pool, &req("vps-b", MAC2, None), "prod", &none, 1, None)
             .unwrap();
         let e = t.release(&release_vps("vps-a"), "beta", false).unwrap_err();
         assert_eq!(e.reason, IpRefusal::Environment);
@@ -902,13 +989,14 @@ mod tests {
             "prod",
             &none,
             1_700_000_000,
+            None,
         )
         .unwrap();
         let odd = Allocate {
             organization_id: String::new(),
             ..req("42", MAC2, None)
         };
-        t.allocate(&pool, &odd, "", &none, 5).unwrap();
+        t.allocate(&pool, &odd, "", &none, 5, None).unwrap();
         let text = render(&t, "vps-");
         assert_eq!(
             text,
@@ -926,6 +1014,123 @@ mod tests {
         assert!(parse(&clash).unwrap_err().contains("reserved twice"));
         let bad = format!("{RECORD}ip=10.0.0.300 mac={MAC3} vps=vps-c org=- env=- at=1\n");
         assert!(parse(&bad).unwrap_err().starts_with("line 1: bad ip"));
+    }
+
+    #[test]
+    fn an_empty_value_and_a_dash_read_back_apart() {
+        let pool = pool("10.0.0.10-10.0.0.20");
+        let mut t = Table::default();
+        let none = HashMap::new();
+        let dash = Allocate {
+            organization_id: "-".into(),
+            ..req("vps-a", MAC1, None)
+        };
+        t.allocate(&pool, &dash, "-", &none, 1, None).unwrap();
+        let empty = Allocate {
+            organization_id: String::new(),
+            ..req("vps-b", MAC2, None)
+        };
+        t.allocate(&pool, &empty, "", &none, 2, None).unwrap();
+        let text = render(&t, "vps-");
+        assert!(text.contains("vps=vps-a org=%2D env=%2D at=1\n"), "{text}");
+        assert!(text.contains("vps=vps-b org=- env=- at=2\n"), "{text}");
+        let back = parse(&text).unwrap();
+        assert_eq!(back, t);
+        let a = back.get("10.0.0.10".parse().unwrap()).unwrap();
+        assert_eq!(
+            (a.organization_id.as_str(), a.environment.as_str()),
+            ("-", "-")
+        );
+        assert_eq!(back.held_by("-"), 1);
+        assert_eq!(back.held_by(""), 1);
+    }
+
+    #[test]
+    fn a_record_with_a_key_given_twice_is_refused_naming_the_line() {
+        for dup in [
+            "ip=10.0.0.11",
+            "env=dev",
+            "vps=vps-b",
+            "mac=52:54:00:00:00:09",
+        ] {
+            let text = format!(
+                "{HEADER}{RECORD}ip=10.0.0.10 mac={MAC1} vps=vps-a org=- env=prod at=1 {dup}\n"
+            );
+            let e = parse(&text).unwrap_err();
+            let key = dup.split('=').next().unwrap();
+            assert_eq!(e, format!("line 2: {key} given twice"));
+        }
+    }
+
+    #[test]
+    fn vps_ids_that_differ_only_in_case_are_one_name() {
+        let pool = pool("10.0.0.10-10.0.0.20");
+        let mut t = Table::default();
+        let none = HashMap::new();
+        t.allocate(&pool, &req("vps-web", MAC1, None), "prod", &none, 1, None)
+            .unwrap();
+        let e = t
+            .allocate(&pool, &req("VPS-Web", MAC2, None), "dev", &none, 2, None)
+            .unwrap_err();
+        assert_eq!(e.reason, IpRefusal::Conflict);
+        assert!(e.message.contains("differs only in case"), "{}", e.message);
+        // Released only under its own spelling.
+        let other = t
+            .release(&release_vps("VPS-WEB"), "prod", false)
+            .unwrap_err();
+        assert_eq!(other.reason, IpRefusal::NotFound);
+        assert_eq!(t.len(), 1);
+        // A file holding both (an older gateway's) stops the start.
+        let text = format!(
+            "{HEADER}{RECORD}ip=10.0.0.10 mac={MAC1} vps=vps-web org=- env=prod at=1\n\
+             {RECORD}ip=10.0.0.11 mac={MAC2} vps=VPS-Web org=- env=dev at=1\n"
+        );
+        assert_eq!(
+            parse(&text).unwrap_err(),
+            "line 3: VPS ids vps-web and VPS-Web differ only in case: one DNS name"
+        );
+        t.release(&release_vps("vps-web"), "prod", false).unwrap();
+        t.allocate(&pool, &req("VPS-Web", MAC2, None), "dev", &none, 3, None)
+            .unwrap();
+    }
+
+    #[test]
+    fn an_environment_at_its_quota_is_refused_but_answered_for_what_it_holds() {
+        let pool = pool("10.0.0.10-10.0.0.20");
+        let mut t = Table::default();
+        let none = HashMap::new();
+        for (vps, mac) in [("vps-a", MAC1), ("vps-b", MAC2)] {
+            t.allocate(&pool, &req(vps, mac, None), "dev", &none, 1, Some(2))
+                .unwrap();
+        }
+        let again = t
+            .allocate(&pool, &req("vps-a", MAC1, None), "dev", &none, 2, Some(2))
+            .unwrap();
+        assert!(!again.changed, "a retry is answered at the quota");
+        let e = t
+            .allocate(&pool, &req("vps-c", MAC3, None), "dev", &none, 3, Some(2))
+            .unwrap_err();
+        assert_eq!(e.reason, IpRefusal::Quota);
+        assert_eq!(e.reason.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            e.message.contains("environment \"dev\" holds 2"),
+            "{}",
+            e.message
+        );
+        t.allocate(&pool, &req("vps-c", MAC3, None), "prod", &none, 3, Some(2))
+            .unwrap();
+        assert_eq!((t.held_by("dev"), t.held_by("prod")), (2, 1));
+        t.release(&release_vps("vps-a"), "dev", false).unwrap();
+        assert_eq!(t.held_by("dev"), 1);
+        t.allocate(
+            &pool,
+            &req("vps-d", "52:54:00:00:00:04", None),
+            "dev",
+            &none,
+            4,
+            Some(2),
+        )
+        .unwrap();
     }
 
     /// One step of a random history.
@@ -971,7 +1176,7 @@ mod tests {
                             ip: ip.map(|i| Ipv4Addr::new(10, 9, 0, i)),
                         };
                         let before = t.clone();
-                        match t.allocate(&pool, &r, env(e), &leased, now as u64) {
+                        match t.allocate(&pool, &r, env(e), &leased, now as u64, None) {
                             Ok(done) => {
                                 let ip = done.reservation.ip;
                                 prop_assert!(pool.contains(ip));
@@ -986,7 +1191,7 @@ mod tests {
                                 } else {
                                     prop_assert!(before.get(ip).is_none(), "{} handed out twice", ip);
                                 }
-                                let again = t.allocate(&pool, &r, env(e), &leased, 0).unwrap();
+                                let again = t.allocate(&pool, &r, env(e), &leased, 0, None).unwrap();
                                 prop_assert_eq!(again.reservation.ip, ip);
                                 prop_assert!(!again.changed);
                             }

@@ -18,7 +18,8 @@
 //! - [`metrics`]: the `/metrics` exposition: format negotiation, process
 //!   metrics, `build_info`.
 //! - [`http`]: the operator endpoints' HTTP server, with header and idle
-//!   deadlines.
+//!   deadlines and a connection cap that closes the longest idle
+//!   connection to make room.
 //! - [`served`]: [`Served`], the counters of the requests an end serves
 //!   (the dispatcher's observer), the same on both ends.
 //! - [`error_chain`]: an error and all its causes on one line;

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::ConfigError;
 use crate::env::{Env, bind_addr, ensure, fields, range};
+use crate::http::HttpLimits;
 
 /// The variables, as given.
 #[derive(Debug, Deserialize)]
@@ -20,6 +21,10 @@ struct OpsVars {
     http_bind: Option<String>,
     #[serde(default)]
     http_timeout_ms: Option<u64>,
+    #[serde(default)]
+    http_idle_timeout_ms: Option<u64>,
+    #[serde(default)]
+    http_max_connections: Option<usize>,
     #[serde(default)]
     log_format: Option<String>,
 }
@@ -46,11 +51,19 @@ pub struct OpsSettings {
     /// request's headers within this, and an idle keep-alive connection is
     /// closed after it.
     pub http_timeout_ms: u64,
+    /// `<PREFIX>HTTP_IDLE_TIMEOUT_MS`: a connection on which no byte moves
+    /// for this long, no request of it being handled, is closed.
+    pub http_idle_timeout_ms: u64,
+    /// `<PREFIX>HTTP_MAX_CONNECTIONS`: connections open at most; unset,
+    /// derived from the descriptor limit at start
+    /// ([`crate::http::default_max_connections`]).
+    pub http_max_connections: Option<usize>,
     /// `<PREFIX>LOG_FORMAT`: `text` or `json`.
     pub log_format: Option<String>,
 }
 
 const HTTP_TIMEOUT_MS: u64 = 5_000;
+const HTTP_IDLE_TIMEOUT_MS: u64 = 30_000;
 
 impl OpsSettings {
     /// The names of the section's variables, after the prefix.
@@ -72,6 +85,15 @@ impl OpsSettings {
             http_timeout_ms,
             100..=600_000,
         )?;
+        let http_idle_timeout_ms = vars.http_idle_timeout_ms.unwrap_or(HTTP_IDLE_TIMEOUT_MS);
+        range(
+            &format!("{prefix}HTTP_IDLE_TIMEOUT_MS"),
+            http_idle_timeout_ms,
+            100..=600_000,
+        )?;
+        if let Some(max) = vars.http_max_connections {
+            range(&format!("{prefix}HTTP_MAX_CONNECTIONS"), max, 1..=100_000)?;
+        }
         if let Some(format) = &vars.log_format {
             ensure(
                 matches!(format.as_str(), "text" | "json"),
@@ -88,6 +110,8 @@ impl OpsSettings {
             http_bind,
             http_bind_ip,
             http_timeout_ms,
+            http_idle_timeout_ms,
+            http_max_connections: vars.http_max_connections,
             log_format: vars.log_format,
         })
     }
@@ -106,6 +130,15 @@ impl OpsSettings {
     pub fn http_timeout(&self) -> Duration {
         Duration::from_millis(self.http_timeout_ms)
     }
+
+    /// The HTTP server's deadlines and cap.
+    pub fn http_limits(&self) -> HttpLimits {
+        HttpLimits {
+            header_timeout: self.http_timeout(),
+            idle_timeout: Duration::from_millis(self.http_idle_timeout_ms),
+            max_connections: self.http_max_connections,
+        }
+    }
 }
 
 impl Default for OpsSettings {
@@ -116,6 +149,8 @@ impl Default for OpsSettings {
             http_bind: "127.0.0.1".into(),
             http_bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             http_timeout_ms: HTTP_TIMEOUT_MS,
+            http_idle_timeout_ms: HTTP_IDLE_TIMEOUT_MS,
+            http_max_connections: None,
             log_format: None,
         }
     }
@@ -160,6 +195,21 @@ mod tests {
             ops(&[("X_HTTP_TIMEOUT_MS", "1")]).unwrap_err(),
             "X_HTTP_TIMEOUT_MS=1: expected 100 to 600000"
         );
+        assert_eq!(
+            ops(&[("X_HTTP_IDLE_TIMEOUT_MS", "0")]).unwrap_err(),
+            "X_HTTP_IDLE_TIMEOUT_MS=0: expected 100 to 600000"
+        );
+        assert_eq!(
+            ops(&[("X_HTTP_MAX_CONNECTIONS", "0")]).unwrap_err(),
+            "X_HTTP_MAX_CONNECTIONS=0: expected 1 to 100000"
+        );
+        let limits = ops_default.http_limits();
+        assert_eq!(
+            (limits.idle_timeout, limits.max_connections),
+            (Duration::from_secs(30), None)
+        );
+        let set = ops(&[("X_HTTP_MAX_CONNECTIONS", "64")]).unwrap();
+        assert_eq!(set.http_limits().max_connections, Some(64));
         assert_eq!(
             ops(&[("X_LOG_FORMAT", "xml")]).unwrap_err(),
             "X_LOG_FORMAT: expected `text` or `json`"

@@ -17,7 +17,6 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -26,7 +25,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use gatemesh_runtime::http::HttpStats;
+use gatemesh_runtime::http::{HttpLimits, HttpStats};
 use gatemesh_runtime::metrics::{BuildInfo, Format, ProcessCollector};
 use gatemesh_runtime::{Served, ServedNames};
 use prometheus_client::collector::Collector;
@@ -119,7 +118,7 @@ pub struct HttpState {
     links: Vec<Arc<Link>>,
     registry: Arc<Registry>,
     http: Arc<HttpStats>,
-    timeout: Duration,
+    limits: HttpLimits,
 }
 
 /// The HTTP server's counters, read when scraped.
@@ -128,32 +127,7 @@ struct HttpCollector(Arc<HttpStats>);
 
 impl Collector for HttpCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
-        let counters: [(&str, &str, &AtomicU64); 3] = [
-            (
-                "http_connections",
-                "Connections accepted by the operator HTTP endpoints",
-                &self.0.connections,
-            ),
-            (
-                "http_timeouts",
-                "HTTP connections closed for sending no complete request header in time",
-                &self.0.timeouts,
-            ),
-            (
-                "http_accept_errors",
-                "Failed accepts on the HTTP port (out of file descriptors, ...)",
-                &self.0.accept_errors,
-            ),
-        ];
-        for (name, help, value) in counters {
-            ConstCounter::new(HttpStats::get(value)).encode(encoder.encode_descriptor(
-                name,
-                help,
-                None,
-                MetricType::Counter,
-            )?)?;
-        }
-        Ok(())
+        self.0.encode(&mut encoder)
     }
 }
 
@@ -190,14 +164,21 @@ impl HttpState {
             links: links.to_vec(),
             registry: Arc::new(root),
             http,
-            timeout: Duration::from_secs(5),
+            limits: HttpLimits::default(),
         }
     }
 
-    /// The request-header and idle deadline (`VPS_HTTP_TIMEOUT_MS`); 5 s
-    /// unless set.
+    /// The request-header deadline (`VPS_HTTP_TIMEOUT_MS`); 5 s unless
+    /// set.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
+        self.limits.header_timeout = timeout;
+        self
+    }
+
+    /// The deadlines and the connection cap (`VPS_HTTP_TIMEOUT_MS`,
+    /// `VPS_HTTP_IDLE_TIMEOUT_MS`, `VPS_HTTP_MAX_CONNECTIONS`).
+    pub fn with_limits(mut self, limits: HttpLimits) -> Self {
+        self.limits = limits;
         self
     }
 
@@ -224,6 +205,7 @@ impl HttpState {
             .collect();
         reasons.extend(gatemesh_runtime::limits::fd_pressure());
         reasons.extend(gatemesh_runtime::telemetry::export_problem());
+        reasons.extend(self.http.problem());
         let status = if up == 0 {
             HealthStatus::Unhealthy
         } else if reasons.is_empty() {
@@ -263,8 +245,8 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (timeout, stats) = (state.timeout, state.http.clone());
-    gatemesh_runtime::http::serve(listener, state.router(), timeout, stats, shutdown)
+    let (limits, stats) = (state.limits, state.http.clone());
+    gatemesh_runtime::http::serve(listener, state.router(), limits, stats, shutdown)
         .await
         .context("HTTP server failed")
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod e2e;
+pub mod fds;
 pub mod http;
 pub mod process;
 pub mod tls;
@@ -142,6 +143,44 @@ pub fn lease(ip: &str, mac: &str) -> FindVpsByLeaseRequest {
     FindVpsByLeaseRequest {
         ip: ip.into(),
         mac: mac.into(),
+    }
+}
+
+/// An `AllocateIP` request for `vps` and `mac` (organization `org-1`, the
+/// lowest free address).
+pub fn alloc(vps: &str, mac: &str) -> gatemesh_proto::pb::AllocateIpRequest {
+    gatemesh_proto::pb::AllocateIpRequest {
+        vps_id: vps.into(),
+        organization_id: "org-1".into(),
+        mac: mac.into(),
+        ip: String::new(),
+    }
+}
+
+/// A client of a test gateway's `GatewayAdmin` API.
+pub type AdminClient =
+    gatemesh_proto::pb::gateway_admin_client::GatewayAdminClient<tonic::transport::Channel>;
+
+/// Calls `method` (a gateway-served one: one result) through the admin
+/// API with the secret: its answer, or the call's status. An answer
+/// carrying a status fails the test.
+pub async fn admin_call<Req: prost::Message, Resp: prost::Message + Default>(
+    client: &mut AdminClient,
+    method: &str,
+    request: Req,
+) -> Result<Resp, tonic::Status> {
+    use gatemesh_proto::pb;
+    let mut call = tonic::Request::new(pb::CallRequest {
+        method: method.into(),
+        payload: request.encode_to_vec().into(),
+        ..Default::default()
+    });
+    call.metadata_mut()
+        .insert(gatemesh_proto::SECRET_METADATA_KEY, SECRET.parse().unwrap());
+    let response = client.call(call).await?.into_inner();
+    match response.results[0].outcome.as_ref().unwrap() {
+        pb::instance_result::Outcome::Payload(p) => Ok(Resp::decode(p.as_ref()).unwrap()),
+        pb::instance_result::Outcome::Status(s) => panic!("{method} failed: {s:?}"),
     }
 }
 

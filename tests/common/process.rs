@@ -68,6 +68,24 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `program` with exactly `env`, `PATH` and the test log filter
+/// (`GATEMESH_TEST_LOG`, else `warn`) as `RUST_LOG`, no standard input.
+pub fn command(program: impl AsRef<std::ffi::OsStr>, env: &[(&str, String)]) -> Command {
+    let mut command = Command::new(program);
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env(
+            "RUST_LOG",
+            std::env::var("GATEMESH_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command
+}
+
 /// A child process killed when dropped.
 pub struct Proc {
     pub name: String,
@@ -91,20 +109,9 @@ impl Proc {
         env: &[(&str, String)],
         stderr: Option<std::fs::File>,
     ) -> Self {
-        let mut command = Command::new(binary);
+        let mut command = command(binary, env);
         if let Some(file) = stderr {
             command.stderr(file);
-        }
-        command
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env(
-                "RUST_LOG",
-                std::env::var("GATEMESH_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null());
-        for (k, v) in env {
-            command.env(k, v);
         }
         let child = command
             .spawn()
@@ -152,6 +159,19 @@ pub fn gateway_env(port: u16, secret: &str) -> Vec<(&'static str, String)> {
         ("GATEWAY_HTTP_PORT", free_port().to_string()),
         ("GATEWAY_ID", "gw-proc".into()),
     ]
+}
+
+/// Where the operator endpoints of a gateway run with `env` (from
+/// [`gateway_env`]) listen.
+pub fn http_addr(env: &[(&str, String)]) -> SocketAddr {
+    let port = env
+        .iter()
+        .find(|(k, _)| *k == "GATEWAY_HTTP_PORT")
+        .expect("GATEWAY_HTTP_PORT is set")
+        .1
+        .parse()
+        .expect("a port");
+    loopback(port)
 }
 
 pub fn loopback(port: u16) -> SocketAddr {

@@ -5,15 +5,13 @@
 //! ([`gatemesh_dnsmasq::read_settled`]), parsed, its malformed lines
 //! logged once, and cut to the lease limit.
 
-use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use gatemesh_dnsmasq::leases::{self, Lease, ParseWarning};
 use gatemesh_dnsmasq::names::short;
-use gatemesh_dnsmasq::{Settle, read_settled, unix_now};
-use notify::Watcher as _;
+use gatemesh_dnsmasq::{Settle, read_settled, unix_now, watch_file};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -180,32 +178,4 @@ impl LeaseReader {
         }
         self.last_warnings = std::mem::take(warnings);
     }
-}
-
-/// Watches the directory that holds `path` and signals `changed` on any
-/// event about that file other than a read.
-fn watch_file(path: &Path, changed: Arc<Notify>) -> notify::Result<notify::RecommendedWatcher> {
-    use notify::event::{AccessKind, AccessMode, EventKind};
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-        _ => Path::new(".").to_path_buf(),
-    };
-    let name: Option<OsString> = path.file_name().map(OsString::from);
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let Ok(event) = event else {
-            // The watch lost events: read the file to be sure.
-            changed.notify_one();
-            return;
-        };
-        let relevant = match event.kind {
-            EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-            EventKind::Access(_) => false,
-            _ => true,
-        };
-        if relevant && event.paths.iter().any(|p| p.file_name() == name.as_deref()) {
-            changed.notify_one();
-        }
-    })?;
-    watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
-    Ok(watcher)
 }

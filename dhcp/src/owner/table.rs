@@ -33,8 +33,33 @@ pub(crate) struct Synced {
     pub(crate) recheck: Option<Instant>,
 }
 
+/// The names leases hold, by their lowercase form: DNS does not tell
+/// `vps-a` from `VPS-A`, so a name is held in one spelling only. The
+/// spelling, and how many leases hold it (a VPS's IPv4 and IPv6 leases
+/// share theirs).
+type Names = HashMap<String, (String, usize)>;
+
+/// One more lease holds `name`.
+fn claim(names: &mut Names, name: &str) {
+    names
+        .entry(name.to_ascii_lowercase())
+        .or_insert_with(|| (name.to_string(), 0))
+        .1 += 1;
+}
+
+/// Whether `name` is held spelt otherwise by a lease other than the one
+/// now named `own`.
+fn clashes(names: &Names, name: &str, own: Option<&str>) -> bool {
+    let Some((spelling, holders)) = names.get(&name.to_ascii_lowercase()) else {
+        return false;
+    };
+    let only_own = *holders == 1 && own.is_some_and(|own| own.eq_ignore_ascii_case(name));
+    spelling != name && !only_own
+}
+
 pub(crate) struct LeaseTable {
     entries: BTreeMap<Key, Entry>,
+    names: Names,
     /// Leases waiting for an attempt, earliest first; an item whose entry
     /// moved on since it was pushed is skipped when popped.
     due: BinaryHeap<Reverse<(Instant, Key)>>,
@@ -51,6 +76,7 @@ impl LeaseTable {
     pub(crate) fn new() -> Self {
         Self {
             entries: BTreeMap::new(),
+            names: Names::new(),
             due: BinaryHeap::new(),
             cache: HashMap::new(),
             generation: 0,
@@ -117,7 +143,8 @@ impl LeaseTable {
             .collect();
         let mut synced = self.drop_missing(&current, config, now);
         for (key, lease) in current {
-            let name = named(&lease);
+            let own = self.entries.get(&key).and_then(Entry::vps_id);
+            let name = named(&lease).filter(|name| !clashes(&self.names, name, own));
             synced.renamed |= match self.entries.contains_key(&key) {
                 true => self.update(key, lease, name, now),
                 false => self.insert(key, lease, name, config, now),
@@ -160,7 +187,8 @@ impl LeaseTable {
     /// name changed.
     fn update(&mut self, key: Key, lease: Lease, name: Option<String>, now: Instant) -> bool {
         let entry = self.entries.get_mut(&key).expect("checked by the caller");
-        let was_resolved = entry.vps_id().is_some();
+        let old = entry.vps_id().map(str::to_owned);
+        let was_resolved = old.is_some();
         let renamed = match (name, &entry.state) {
             (Some(new), State::Named(old)) if *old == new => false,
             (Some(new), _) => {
@@ -178,7 +206,27 @@ impl LeaseTable {
             (None, _) => false,
         };
         entry.lease = lease;
+        if renamed {
+            let new = entry.vps_id().map(str::to_owned);
+            self.rename(old.as_deref(), new.as_deref());
+        }
         renamed
+    }
+
+    /// Keeps [`Names`] right when a lease's name goes from `old` to `new`.
+    fn rename(&mut self, old: Option<&str>, new: Option<&str>) {
+        if let Some(old) = old {
+            let folded = old.to_ascii_lowercase();
+            if let Some((_, holders)) = self.names.get_mut(&folded) {
+                *holders -= 1;
+                if *holders == 0 {
+                    self.names.remove(&folded);
+                }
+            }
+        }
+        if let Some(new) = new {
+            claim(&mut self.names, new);
+        }
     }
 
     /// A lease new to the table: named by its hostname, by an answer kept
@@ -195,7 +243,8 @@ impl LeaseTable {
         let cached = self
             .cache
             .remove(&key)
-            .filter(|(_, since)| since.elapsed() < config.cache_ttl);
+            .filter(|(_, since)| since.elapsed() < config.cache_ttl)
+            .filter(|(id, _)| !clashes(&self.names, id, None));
         let state = match (name, cached) {
             (Some(id), _) => State::Named(id),
             (None, Some((id, _))) => State::Resolved(id),
@@ -214,10 +263,11 @@ impl LeaseTable {
             generation: self.generation,
             missing_since: None,
         };
-        let named = entry.vps_id().is_some();
-        self.resolved += usize::from(named);
+        let name = entry.vps_id().map(str::to_owned);
+        self.rename(None, name.as_deref());
+        self.resolved += usize::from(name.is_some());
         self.entries.insert(key, entry);
-        named
+        name.is_some()
     }
 
     /// Forgets a lease, keeping its answer a while in case it comes back;
@@ -230,6 +280,7 @@ impl LeaseTable {
         let named = entry.vps_id().is_some();
         if named {
             self.resolved -= 1;
+            self.rename(entry.vps_id(), None);
         }
         if let State::Resolved(id) = entry.state
             && self.cache.len() < max_kept
@@ -317,13 +368,19 @@ impl LeaseTable {
         let (error, delay) = match outcome {
             Ok(Ok(answer)) => {
                 let checked = if namespace.allows_environment(&answer.environment) {
-                    namespace.check(&answer.vps_id)
+                    namespace.check(&answer.vps_id).and_then(|()| {
+                        match clashes(&self.names, &answer.vps_id, None) {
+                            true => Err(NameRefusal::CaseClash),
+                            false => Ok(()),
+                        }
+                    })
                 } else {
                     Err(NameRefusal::Environment)
                 };
                 match checked {
                     Ok(()) => {
                         tracing::debug!(%ip, vps_id = %answer.vps_id, instance = %answer.instance, "lease resolved");
+                        claim(&mut self.names, &answer.vps_id);
                         entry.state = State::Resolved(answer.vps_id);
                         entry.set_error(&mut self.holder_failing, None);
                         self.resolved += 1;
@@ -402,4 +459,89 @@ pub(crate) fn short_backoff(config: &DhcpConfig) -> Backoff {
         config.holder_retry_max,
         Duration::MAX,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gatemesh_dnsmasq::leases::Hardware;
+
+    fn lease(ip: &str, mac: &str, hostname: Option<&str>) -> Lease {
+        Lease {
+            expires: None,
+            hardware: Hardware::Mac(mac.into()),
+            ip: ip.parse().unwrap(),
+            hostname: hostname.map(String::from),
+            client_id: None,
+        }
+    }
+
+    fn answer(vps_id: &str) -> Outcome {
+        Ok(Ok(Resolved {
+            vps_id: vps_id.into(),
+            instance: "inst".into(),
+            environment: "prod".into(),
+        }))
+    }
+
+    /// Resolves every lease due with `answers`, in order.
+    fn resolve_all(table: &mut LeaseTable, answers: &[&str], status: &mut DhcpStatus) {
+        let namespace = Namespace::default();
+        for vps_id in answers {
+            let (key, generation, _) = table.start_next(Instant::now()).expect("a lease due");
+            table.finished((key, generation), answer(vps_id), &namespace, status);
+        }
+    }
+
+    fn names(table: &LeaseTable) -> Vec<String> {
+        table
+            .names()
+            .map(|(ip, name)| format!("{ip} {name}"))
+            .collect()
+    }
+
+    #[test]
+    fn names_that_differ_only_in_case_are_never_held_by_two_leases() {
+        let config = DhcpConfig::new("/l", "/h");
+        let mut table = LeaseTable::new();
+        let mut status = DhcpStatus::default();
+        let leases = vec![
+            lease("10.0.0.10", "52:54:00:00:00:01", None),
+            lease("10.0.0.11", "52:54:00:00:00:02", None),
+            lease("10.0.0.12", "52:54:00:00:00:03", None),
+        ];
+        table.sync(leases.clone(), |_| None, &config, Instant::now());
+        resolve_all(&mut table, &["vps-web", "VPS-Web", "vps-web"], &mut status);
+        assert_eq!(
+            names(&table),
+            ["10.0.0.10 vps-web", "10.0.0.12 vps-web"],
+            "the same spelling twice is one VPS (two NICs, IPv4 and IPv6); another is refused"
+        );
+        assert_eq!(status.refused.get(&NameRefusal::CaseClash), Some(&1));
+        // Once no lease holds the name, another spelling may have it.
+        table.sync(vec![leases[1].clone()], |_| None, &config, Instant::now());
+        let later = Instant::now() + config.vanish_grace;
+        table.sync(vec![leases[1].clone()], |_| None, &config, later);
+        table.retry_all_now(Instant::now());
+        resolve_all(&mut table, &["VPS-Web"], &mut status);
+        assert_eq!(names(&table), ["10.0.0.11 VPS-Web"]);
+    }
+
+    #[test]
+    fn a_trusted_hostname_spelt_like_a_held_name_otherwise_is_not_taken() {
+        let mut config = DhcpConfig::new("/l", "/h");
+        config.trust_hostnames = true;
+        let mut table = LeaseTable::new();
+        let leases = vec![
+            lease("10.0.0.10", "52:54:00:00:00:01", Some("vps-db")),
+            lease("10.0.0.11", "52:54:00:00:00:02", Some("VPS-DB")),
+        ];
+        let named = |l: &Lease| l.hostname.clone();
+        table.sync(leases.clone(), named, &config, Instant::now());
+        assert_eq!(names(&table), ["10.0.0.10 vps-db"]);
+        // Its own name, respelt, is no clash with itself.
+        let respelt = vec![lease("10.0.0.10", "52:54:00:00:00:01", Some("Vps-Db"))];
+        table.sync(respelt, named, &config, Instant::now());
+        assert_eq!(names(&table)[0], "10.0.0.10 Vps-Db");
+    }
 }

@@ -93,7 +93,7 @@ async fn run() -> anyhow::Result<()> {
     let http = http_listener.map(|(addr, listener)| {
         tracing::info!(%addr, "operator endpoints listening");
         let state = HttpState::new(instance.id(), instance.links(), metrics)
-            .with_timeout(config.http_timeout());
+            .with_limits(config.ops.http_limits());
         tokio::spawn(gatemesh_service::http::serve(state, listener, async {
             let _ = http_stopped.await;
         }))
