@@ -238,7 +238,10 @@ async fn the_callers_grpc_timeout_is_the_calls_deadline() {
 
 #[tokio::test]
 async fn caller_metadata_reaches_the_handler_without_the_routing_keys_or_the_secret() {
-    let gw = TestGateway::start().await;
+    // The same allow-list as the admin API: the operator names what crosses.
+    let mut config = common::config();
+    config.forward = gatemesh_gateway::headers::ForwardHeaders::parse("x-request-id").unwrap();
+    let gw = TestGateway::start_with(config).await;
     let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
     let record = seen.clone();
     let _instance = start_instance(&gw, "prod-1", "prod", move |ctx: Context, _req| {
