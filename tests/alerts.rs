@@ -274,7 +274,10 @@ async fn live_exposition() -> (BTreeSet<String>, String) {
     settings.ipam.ip_reservations_file = Some(dir.join("vps.dhcp-hosts"));
     let node = Node::start(settings).unwrap();
     let dhcp = node.dhcp.expect("the DHCP manager is on");
-    let gw = TestGateway::serve(node.gateway, TcpListener::bind("127.0.0.1:0").await.unwrap());
+    let gw = TestGateway::serve(
+        node.gateway,
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    );
     let http = common::http::serve(&gw.gateway).await;
 
     let (instance, _, instance_http) = common::http::serve_instance(&gw, "inst-a", "prod").await;
