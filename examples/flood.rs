@@ -162,8 +162,8 @@ fn report(what: &str, sorted: &[Duration]) {
     println!(
         "{what}: {} calls, p50 {:?}, p99 {:?}, max {:?}",
         sorted.len(),
-        percentile(&sorted, 50.0),
-        percentile(&sorted, 99.0),
+        percentile(sorted, 50.0),
+        percentile(sorted, 99.0),
         sorted.last().copied().unwrap_or_default()
     );
 }
