@@ -193,7 +193,7 @@ async fn wrong_or_missing_secret_is_refused_before_registration() {
         .wait_for(|s| {
             s.last_error
                 .as_deref()
-                .is_some_and(|e| e.contains("Unauthenticated"))
+                .is_some_and(|e| e.contains("UNAUTHENTICATED"))
         })
         .await;
     assert_eq!(gw.gateway.instances().len(), 0);

@@ -999,7 +999,7 @@ async fn certificates_rotate_under_a_running_gateway_and_instance() {
     let instance_ca = old_ca.write(&dir.0, "instance-ca");
     let short = old_ca.instance_until("dev", "dev-1", SystemTime::now() + Duration::from_secs(12));
     let (instance_cert, instance_key) = short.write(&dir.0, "dev-1");
-    let mut instance = common::process::Proc::spawn(
+    let instance = common::process::Proc::spawn(
         "vps-service",
         &service,
         &[
@@ -1068,10 +1068,12 @@ async fn certificates_rotate_under_a_running_gateway_and_instance() {
         .close(gatemesh_gateway::Disconnect::Shutdown {
             reconnect_after_ms: 0,
         });
-    gw.gateway
+    let redialed = gw
+        .gateway
         .instances()
-        .wait_until(|i| i.get("dev-1").is_some_and(|p| p.conn_id() != first))
-        .await;
-    instance.signal("TERM");
-    instance.wait();
+        .wait_until(|i| i.get("dev-1").is_some_and(|p| p.conn_id() != first));
+    tokio::time::timeout(Duration::from_secs(30), redialed)
+        .await
+        .expect("the instance dials again with its new certificate and CA");
+    drop(instance);
 }

@@ -1,5 +1,8 @@
 //! `GatewayAdmin`: the unary API for callers outside the gateway process.
-//! Authenticated by the shared secret (see [`crate::auth::SecretInterceptor`]).
+//! Each call's caller is established by [`crate::auth::CallerAuth`] from
+//! its credential: a [`Principal`], the environments it may reach. Its
+//! calls go only there (naming another environment, or an instance of
+//! one, is `PERMISSION_DENIED`), and it lists only their instances.
 //!
 //! A call of an instance-served method goes through the [`Mesh`]; a call of
 //! a gateway-served method (`GatewayMethods` in `methods.proto`) is answered
@@ -17,12 +20,16 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Response, Status};
 use tracing::Instrument as _;
 
+use crate::credentials::Principal;
+use crate::refusal::{Port, Refusal, Refusals};
 use crate::stats::Stats;
-use crate::{Instances, Mesh, Peer, Reply, Route, Strategy};
+use crate::{CallError, Instances, Mesh, Peer, Reply, Route, Strategy};
 
 pub struct AdminService {
     pub(crate) mesh: Mesh,
     pub(crate) instances: Arc<Instances>,
+    /// Where a confined caller's refusals are counted.
+    pub(crate) refusals: Arc<Refusals>,
     /// What the gateway itself serves, for calls of gateway-served methods.
     pub(crate) local: LocalMethods,
 }
@@ -93,9 +100,10 @@ impl LocalMethods {
         method: &'static KnownMethod,
         payload: Bytes,
         route: &Route,
+        caller: Caller,
     ) -> Result<pb::CallResponse, Status> {
         let started = Instant::now();
-        let result = self.run(method, payload, route).await;
+        let result = self.run(method, payload, route, caller).await;
         let code = result.as_ref().err().map_or(Code::Ok, LocalCallError::code);
         self.stats
             .record_call(method.name, route.strategy.label(), code, started.elapsed());
@@ -125,6 +133,7 @@ impl LocalMethods {
         method: &'static KnownMethod,
         payload: Bytes,
         route: &Route,
+        caller: Caller,
     ) -> Result<Bytes, LocalCallError> {
         let refuse = |what: String| LocalCallError::Route {
             method: method.name,
@@ -154,12 +163,8 @@ impl LocalMethods {
             gatemesh_handlers::trace::outgoing_current(route.metadata.clone()),
         )
         .unwrap_or_default();
-        let ctx = Context::new(
-            Caller::new("admin", ""),
-            Instant::now() + timeout,
-            cancel.clone(),
-        )
-        .with_metadata(metadata);
+        let ctx =
+            Context::new(caller, Instant::now() + timeout, cancel.clone()).with_metadata(metadata);
         // A panicking handler fails this call only (the panic is caught),
         // not the admin connection.
         let work = self
@@ -204,8 +209,8 @@ pub(crate) fn instance_info(peer: &Peer) -> pb::InstanceInfo {
     let mut methods: Vec<String> = peer.info.methods.iter().cloned().collect();
     methods.sort();
     pb::InstanceInfo {
-        instance_id: peer.info.id.to_string(),
-        environment: peer.info.environment.to_string(),
+        instance_id: peer.info.id().to_string(),
+        environment: peer.info.environment().to_string(),
         version: peer.info.version.clone(),
         methods,
         remote_addr: peer
@@ -239,6 +244,8 @@ impl pb::gateway_admin_server::GatewayAdmin for AdminService {
         &self,
         request: Request<pb::CallRequest>,
     ) -> Result<Response<pb::CallResponse>, Status> {
+        let principal = crate::auth::principal(&request)?;
+        let remote = request.remote_addr();
         // The caller's gRPC headers go on to the instances as metadata; a
         // `traceparent` among them makes this call part of its trace.
         let mut metadata = crate::trace::admin_metadata(request.metadata())
@@ -254,26 +261,65 @@ impl pb::gateway_admin_server::GatewayAdmin for AdminService {
             strategy,
             instance: non_empty(request.instance_id),
             environment: non_empty(request.environment),
+            within: principal.scope.clone(),
             timeout: (request.timeout_ms > 0)
                 .then(|| Duration::from_millis(request.timeout_ms.into())),
             metadata,
         };
-        self.route_call(request.method, request.payload, route)
+        let result = self
+            .route_call(request.method, request.payload, route, &principal)
             .instrument(span)
-            .await
+            .await;
+        if let Err(AdminError::Refused(refusal)) = &result {
+            self.refusals.record(Port::Grpc, refusal, remote);
+        }
+        result.map_err(|e| e.into_status())
     }
 
     async fn list_instances(
         &self,
-        _request: Request<pb::ListInstancesRequest>,
+        request: Request<pb::ListInstancesRequest>,
     ) -> Result<Response<pb::ListInstancesResponse>, Status> {
+        let principal = crate::auth::principal(&request)?;
         let instances = self
             .instances
             .snapshot()
             .iter()
+            .filter(|p| principal.scope.allows(p.info.environment()))
             .map(|p| instance_info(p))
             .collect();
         Ok(Response::new(pb::ListInstancesResponse { instances }))
+    }
+}
+
+/// A failed admin call: refused at the trust boundary (counted as such),
+/// or failed for any other reason.
+enum AdminError {
+    Refused(Refusal),
+    Failed(Status),
+}
+
+impl AdminError {
+    fn into_status(self) -> Status {
+        match self {
+            AdminError::Refused(refusal) => Status::from(&refusal),
+            AdminError::Failed(status) => status,
+        }
+    }
+}
+
+impl From<Status> for AdminError {
+    fn from(status: Status) -> Self {
+        AdminError::Failed(status)
+    }
+}
+
+impl From<CallError> for AdminError {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::OutsideScope(why) => AdminError::Refused(Refusal::Environment(why)),
+            other => AdminError::Failed(other.into()),
+        }
     }
 }
 
@@ -285,15 +331,17 @@ impl AdminService {
         method: String,
         payload: Bytes,
         route: Route,
-    ) -> Result<Response<pb::CallResponse>, Status> {
+        principal: &Principal,
+    ) -> Result<Response<pb::CallResponse>, AdminError> {
         if let Some(known) = methods::known_method(&method)
             && known.served_by == Side::Gateway
         {
-            return self
+            let caller = principal.local_caller().map_err(AdminError::Refused)?;
+            return Ok(self
                 .local
-                .call(known, payload, &route)
+                .call(known, payload, &route, caller)
                 .await
-                .map(Response::new);
+                .map(Response::new)?);
         }
         let replies = self.mesh.call_raw(&method, payload, &route).await?;
         Ok(Response::new(pb::CallResponse {

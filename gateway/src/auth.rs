@@ -1,69 +1,68 @@
-//! The shared-secret check, done before a stream or call does anything.
+//! What a request presents, and the admin API's check of it before it
+//! does anything. What a credential proves is [`crate::credentials`]';
+//! refusals are counted and logged by [`crate::refusal`].
+
+use std::sync::Arc;
 
 use gatemesh_proto::SECRET_METADATA_KEY;
-use gatemesh_runtime::Secret;
-use tonic::Status;
 use tonic::metadata::MetadataMap;
+use tonic::{Request, Status};
 
-/// Fails with UNAUTHENTICATED unless `metadata` carries `secret`.
-pub fn check(metadata: &MetadataMap, secret: &Secret) -> Result<(), Status> {
-    match metadata.get(SECRET_METADATA_KEY) {
-        None => Err(Status::unauthenticated(format!(
-            "missing {SECRET_METADATA_KEY} metadata"
-        ))),
-        Some(value) if secret.matches(value.as_bytes()) => Ok(()),
-        Some(_) => Err(Status::unauthenticated("wrong secret")),
-    }
+use crate::credentials::{Credentials, Principal};
+use crate::refusal::{Port, Refusals};
+
+/// The secret a request presents: its `x-gatemesh-secret` metadata. What
+/// it is worth is [`Credentials::secret`]'s to say, the one place a
+/// secret is matched, whatever header carried it.
+pub fn presented_secret(metadata: &MetadataMap) -> Option<&[u8]> {
+    metadata.get(SECRET_METADATA_KEY).map(|v| v.as_bytes())
 }
 
-/// [`check`], except that when `optional_with_cert` is set a request over
-/// a connection with a verified client certificate may leave the secret
-/// out. A wrong secret is refused either way.
-pub fn check_request<T>(
-    request: &tonic::Request<T>,
-    secret: &Secret,
-    optional_with_cert: bool,
-) -> Result<(), Status> {
-    if optional_with_cert
-        && request.metadata().get(SECRET_METADATA_KEY).is_none()
-        && crate::tls::has_client_cert(request)
-    {
-        return Ok(());
-    }
-    check(request.metadata(), secret)
-}
-
-/// A tonic interceptor for unary services.
+/// The admin API's interceptor: establishes the caller's [`Principal`]
+/// from its credential and puts it in the request's extensions, where the
+/// service reads it ([`principal`]); a refusal is counted and logged with
+/// the peer's address, and the call ends with its status.
 #[derive(Clone)]
-pub struct SecretInterceptor(pub Secret);
+pub struct CallerAuth {
+    credentials: Arc<Credentials>,
+    refusals: Arc<Refusals>,
+}
 
-impl SecretInterceptor {
-    /// Like the plain interceptor, but honours `GATEWAY_TLS_SECRET_OPTIONAL`.
-    pub fn for_config(config: &crate::GatewayConfig) -> SecretOrCertInterceptor {
-        SecretOrCertInterceptor {
-            secret: config.api_secret.clone(),
-            optional_with_cert: config.secret_optional_with_cert(),
+impl CallerAuth {
+    pub(crate) fn new(credentials: Arc<Credentials>, refusals: Arc<Refusals>) -> Self {
+        Self {
+            credentials,
+            refusals,
         }
     }
 }
 
-impl tonic::service::Interceptor for SecretInterceptor {
-    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        check(request.metadata(), &self.0)?;
-        Ok(request)
+impl tonic::service::Interceptor for CallerAuth {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let certificates = request.peer_certs();
+        let principal = self.credentials.caller(
+            presented_secret(request.metadata()),
+            certificates.as_deref().map(Vec::as_slice),
+        );
+        match principal {
+            Ok(principal) => {
+                request.extensions_mut().insert(principal);
+                Ok(request)
+            }
+            Err(refusal) => {
+                self.refusals
+                    .record(Port::Grpc, &refusal, request.remote_addr());
+                Err((&refusal).into())
+            }
+        }
     }
 }
 
-/// The secret check of [`check_request`] as a tonic interceptor.
-#[derive(Clone)]
-pub struct SecretOrCertInterceptor {
-    secret: Secret,
-    optional_with_cert: bool,
-}
-
-impl tonic::service::Interceptor for SecretOrCertInterceptor {
-    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        check_request(&request, &self.secret, self.optional_with_cert)?;
-        Ok(request)
-    }
+/// The caller [`CallerAuth`] established for `request`.
+pub(crate) fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
+    request
+        .extensions()
+        .get::<Principal>()
+        .cloned()
+        .ok_or_else(|| Status::internal("no caller was established for this request"))
 }

@@ -194,11 +194,27 @@ impl Mesh {
             )));
         }
         let instances = &self.inner.instances;
+        if let Some(environment) = &route.environment
+            && !route.within.allows(environment)
+        {
+            return Err(CallError::OutsideScope(format!(
+                "environment {environment:?} is outside this caller's environments ({})",
+                route.within
+            )));
+        }
         if let Some(id) = &route.instance {
             let peer = instances
                 .for_call(id)
                 .map_err(|_| CallError::Draining)?
                 .ok_or_else(|| CallError::NotConnected(id.clone()))?;
+            if !route.within.allows(peer.info.environment()) {
+                return Err(CallError::OutsideScope(format!(
+                    "instance {id:?} is of environment {:?}, outside this caller's environments \
+                     ({})",
+                    peer.info.environment(),
+                    route.within
+                )));
+            }
             if !peer.info.methods.contains(method) {
                 return Err(CallError::NotServed {
                     instance: id.clone(),
@@ -208,7 +224,7 @@ impl Mesh {
             if route
                 .environment
                 .as_deref()
-                .is_some_and(|e| e != &*peer.info.environment)
+                .is_some_and(|e| e != &**peer.info.environment())
                 || !peer.open()
             {
                 return Err(CallError::NoResponders {
@@ -219,7 +235,7 @@ impl Mesh {
             return Ok(smallvec::smallvec![peer]);
         }
         let peers = instances
-            .routable(method, route.environment.as_deref())
+            .routable(method, route.environment.as_deref(), &route.within)
             .map_err(|_| CallError::Draining)?;
         if peers.is_empty() {
             if methods::known_method(method).is_none() && !instances.anyone_serves(method) {
@@ -273,8 +289,8 @@ impl Mesh {
                     // Dropping `running` cancels the calls still out.
                     return Ok(Answer {
                         value,
-                        instance: peer.info.id.clone(),
-                        environment: peer.info.environment.clone(),
+                        instance: peer.info.id().clone(),
+                        environment: peer.info.environment().clone(),
                         latency,
                     });
                 }
@@ -283,7 +299,7 @@ impl Mesh {
                     not_mine += 1
                 }
                 Ok(Verdict::Bad(reason)) => errors.push(CallError::BadAnswer {
-                    instance: peer.info.id.clone(),
+                    instance: peer.info.id().clone(),
                     reason,
                 }),
                 Err(e) => errors.push(e),
@@ -347,7 +363,7 @@ impl Mesh {
             }
             let outcome = outcome.and_then(|bytes| {
                 decode(bytes).map_err(|reason| CallError::BadAnswer {
-                    instance: peer.info.id.clone(),
+                    instance: peer.info.id().clone(),
                     reason,
                 })
             });
@@ -409,13 +425,13 @@ impl Mesh {
                 Ok(bytes) => {
                     trace.mark(&peer, "answered");
                     let value = decode(bytes).map_err(|reason| CallError::BadAnswer {
-                        instance: peer.info.id.clone(),
+                        instance: peer.info.id().clone(),
                         reason,
                     })?;
                     return Ok(Answer {
                         value,
-                        instance: peer.info.id.clone(),
-                        environment: peer.info.environment.clone(),
+                        instance: peer.info.id().clone(),
+                        environment: peer.info.environment().clone(),
                         latency,
                     });
                 }
@@ -467,8 +483,8 @@ impl<T> Answer<T> {
 impl<T> Reply<T> {
     fn of(peer: &Peer, outcome: Result<T, CallError>, latency: Duration) -> Self {
         Self {
-            instance: peer.info.id.clone(),
-            environment: peer.info.environment.clone(),
+            instance: peer.info.id().clone(),
+            environment: peer.info.environment().clone(),
             outcome,
             latency,
         }

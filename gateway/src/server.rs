@@ -16,14 +16,16 @@ use tokio::time::Instant;
 use tonic_health::ServingStatus;
 
 use crate::admin::AdminService;
-use crate::auth::SecretInterceptor;
+use crate::auth::CallerAuth;
 use crate::health::{Health, Readiness};
 use crate::http::InstanceView;
 use crate::listener::{ConnMetrics, Connections};
 use crate::metrics::Metrics;
+use crate::refusal::Refusals;
 use crate::state::{Parts, Shared};
 use crate::stats::Stats;
 use crate::stream::GatewayService;
+use crate::tls::{TlsIncoming, TlsMetrics};
 use crate::{Disconnect, GatewayConfig, Instances, Mesh};
 use gatemesh_runtime::Served;
 
@@ -78,10 +80,20 @@ impl Gateway {
         );
         let started = Instant::now();
         let served = Arc::new(Served::for_gateway());
-        let metrics = Metrics::new(stats.clone(), Arc::downgrade(&instances), started, &served);
+        let refusals = Arc::new(Refusals::default());
+        let metrics = Metrics::new(
+            stats.clone(),
+            Arc::downgrade(&instances),
+            started,
+            &served,
+            refusals.clone(),
+        );
         metrics.set_per_instance(config.metrics_per_instance);
         let connections = Arc::new(Connections::default());
         metrics.register_collector(Box::new(ConnMetrics(connections.clone())));
+        if let Some(tls) = &config.tls {
+            metrics.register_collector(Box::new(TlsMetrics(tls.clone())));
+        }
         let dispatch = DispatchConfig {
             default_timeout: config.call_timeout(),
             observer: Some(served.clone()),
@@ -94,6 +106,7 @@ impl Gateway {
         Ok(Self {
             shared: Arc::new(Shared::new(Parts {
                 config,
+                refusals,
                 gateway_id,
                 instances,
                 stats,
@@ -217,6 +230,7 @@ impl Gateway {
             GatewayAdminServer::new(AdminService {
                 mesh: shared.mesh.clone(),
                 instances: shared.instances.clone(),
+                refusals: shared.refusals.clone(),
                 local: crate::admin::LocalMethods {
                     handlers: shared.registry.clone(),
                     gateway_id: shared.gateway_id.clone(),
@@ -226,7 +240,7 @@ impl Gateway {
             })
             .max_decoding_message_size(max_frame)
             .max_encoding_message_size(max_frame),
-            SecretInterceptor::for_config(config),
+            CallerAuth::new(shared.credentials.clone(), shared.refusals.clone()),
         );
         let health = tonic_health::pb::health_server::HealthServer::new(
             tonic_health::server::HealthService::from_health_reporter(shared.health.clone()),
@@ -255,7 +269,11 @@ impl Gateway {
                 .await;
         }
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = crate::tls::apply(tonic::transport::Server::builder(), config.tls.as_ref())?
+        crate::tls::announce(config.tls.as_ref());
+        if let Some(tls) = config.tls.clone() {
+            shared.checks.add_health("tls", move || tls.problem());
+        }
+        let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(config.heartbeat_interval()))
             .http2_keepalive_timeout(Some(config.liveness_timeout()))
             .layer(crate::listener::layer(
@@ -266,13 +284,22 @@ impl Gateway {
             .add_service(admin)
             .add_service(health)
             .add_service(reflection)
-            .add_service(reflection_alpha)
-            .serve_with_incoming_shutdown(
-                crate::listener::incoming(&self.shared, self.connections.clone(), listener),
-                async {
-                    let _ = stop_rx.await;
-                },
-            );
+            .add_service(reflection_alpha);
+        let incoming = crate::listener::incoming(&self.shared, self.connections.clone(), listener);
+        let stopped = async {
+            let _ = stop_rx.await;
+        };
+        // The gateway runs the TLS handshake itself, so that certificates
+        // can be reloaded (see `crate::tls`); tonic gets the finished streams.
+        let server: std::pin::Pin<
+            Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,
+        > = match &config.tls {
+            Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
+                TlsIncoming::new(incoming, tls.clone(), shared.refusals.clone()),
+                stopped,
+            )),
+            None => Box::pin(router.serve_with_incoming_shutdown(incoming, stopped)),
+        };
         tokio::pin!(server);
         shared.serving.store(true, Ordering::Relaxed);
         tokio::select! {

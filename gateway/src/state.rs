@@ -11,14 +11,21 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
+use crate::credentials::Credentials;
 use crate::health::{Checks, Health, HealthStatus, Readiness};
 use crate::metrics::Metrics;
+use crate::refusal::Refusals;
 use crate::stats::Stats;
 use crate::{GatewayConfig, Instances, Mesh};
 
 pub(crate) struct Shared {
     /// The settings, fixed at start.
     pub(crate) config: GatewayConfig,
+    /// Every credential the gateway accepts and what each may name, from
+    /// the settings.
+    pub(crate) credentials: Arc<Credentials>,
+    /// Refusals at the boundary, counted and logged.
+    pub(crate) refusals: Arc<Refusals>,
     /// This gateway's name, sent in welcome and `GetGatewayInfo`.
     pub(crate) gateway_id: String,
     /// The connected instances; streams insert and remove themselves.
@@ -55,6 +62,7 @@ pub(crate) struct Shared {
 /// The parts of [`Shared`] a caller must build; the rest start empty.
 pub(crate) struct Parts {
     pub(crate) config: GatewayConfig,
+    pub(crate) refusals: Arc<Refusals>,
     pub(crate) gateway_id: String,
     pub(crate) instances: Arc<Instances>,
     pub(crate) stats: Arc<Stats>,
@@ -70,6 +78,8 @@ impl Shared {
     pub(crate) fn new(parts: Parts) -> Self {
         let permits = Arc::new(Semaphore::new(parts.config.max_concurrency));
         Self {
+            credentials: Arc::new(Credentials::from_config(&parts.config)),
+            refusals: parts.refusals,
             config: parts.config,
             gateway_id: parts.gateway_id,
             instances: parts.instances,

@@ -130,7 +130,7 @@ impl CallTrace {
             otel.kind = "client",
             method,
             instance = %peer.id(),
-            environment = %peer.info.environment,
+            environment = %peer.info.environment(),
             outcome = Empty,
             otel.status_code = Empty,
         );

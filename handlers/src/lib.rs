@@ -1,7 +1,8 @@
 //! Handlers: what a developer implements to serve a mesh method, and the
 //! dispatcher that runs the requests a stream brings on them.
 //!
-//! - [`handler`]: the [`RequestHandler`] trait and the [`Context`] it gets.
+//! - [`handler`]: the [`RequestHandler`] trait, the [`Context`] it gets,
+//!   and [`Caller`], who sent the request and its [`Proof`].
 //! - [`typed`]: [`MethodHandler`], the typed layer over a [`Method`](gatemesh_proto::Method).
 //! - [`registry`]: [`Registry`], method name to handler for one side of the
 //!   stream (only that side's methods compile), and [`Handlers`], the
@@ -27,7 +28,7 @@ pub mod typed;
 
 pub use dispatch::{DispatchConfig, DispatchObserver, Dispatcher};
 pub use error::HandlerError;
-pub use handler::{Caller, Context, RequestHandler};
+pub use handler::{Caller, Context, Proof, RequestHandler};
 pub use metadata::{Metadata, MetadataError};
 pub use registry::{GatewayRegistry, Handlers, InstanceRegistry, Registry, RegistryError};
 pub use typed::MethodHandler;

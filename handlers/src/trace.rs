@@ -124,7 +124,9 @@ pub fn serve_span(method: &str, caller: &Caller, metadata: &Metadata) -> Span {
         "gatemesh.serve",
         otel.kind = "server",
         method,
-        caller = %caller.id,
+        caller = %caller.id(),
+        environment = %caller.environment(),
+        proof = caller.proof().as_str(),
         trace_id = Empty,
         outcome = Empty,
         otel.status_code = Empty,
@@ -205,7 +207,7 @@ mod tests {
 
     #[test]
     fn without_export_or_trace_context_there_is_no_span() {
-        let caller = Caller::new("gw", "");
+        let caller = Caller::new("gw", "", crate::Proof::Dialed);
         assert!(serve_span("Ping", &caller, &Metadata::new()).is_none());
     }
 }

@@ -71,7 +71,7 @@ pub async fn serve(
     let mut shutdown = std::pin::pin!(shutdown);
     let mut accept_failing = false;
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => {
                     accept_failing = false;
@@ -91,7 +91,13 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         stats.connections.fetch_add(1, Ordering::Relaxed);
-        let service = TowerToHyperService::new(router.clone());
+        // Handlers that log or count by peer take its address from the
+        // `ConnectInfo<SocketAddr>` extractor.
+        let service = TowerToHyperService::new(
+            router
+                .clone()
+                .layer(axum::Extension(axum::extract::ConnectInfo(remote))),
+        );
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())

@@ -142,20 +142,20 @@ impl Ca {
 /// `client_ca` when given.
 pub fn gateway_tls(ca: &Ca, client_ca: Option<&Ca>) -> GatewayTls {
     let server = ca.server(&["127.0.0.1", "localhost"]);
-    GatewayTls {
-        cert_pem: server.cert_pem.into_bytes(),
-        key_pem: server.key_pem.into_bytes(),
-        client_ca_pem: client_ca.map(|c| c.pem.clone().into_bytes()),
-    }
+    GatewayTls::from_pem(
+        server.cert_pem.as_bytes(),
+        server.key_pem.as_bytes(),
+        client_ca.map(|c| c.pem.as_bytes()),
+    )
+    .unwrap()
 }
 
 /// The instance side: trust `ca`, present `identity` when given.
 pub fn client_tls(ca: &Ca, identity: Option<&Issued>) -> ClientTls {
-    ClientTls {
-        ca_pem: Some(ca.pem.clone().into_bytes()),
-        identity: identity.map(Issued::identity),
-        domain: None,
-    }
+    ClientTls::from_pem(
+        Some(ca.pem.clone().into_bytes()),
+        identity.map(Issued::identity),
+    )
 }
 
 pub fn https_url(gw: &TestGateway) -> String {
