@@ -223,6 +223,7 @@ pub(crate) fn instance_info(peer: &Peer) -> pb::InstanceInfo {
         in_flight: peer.in_flight() as u64,
         calls_served: peer.calls_served.load(Relaxed),
         errors: peer.errors.load(Relaxed),
+        proof: peer.info.proof().as_str().into(),
     }
 }
 

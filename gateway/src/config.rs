@@ -537,6 +537,42 @@ mod tests {
     }
 
     #[test]
+    fn scoped_secrets_trust_domain_and_dns_san_environments() {
+        let file = std::env::temp_dir().join(format!("gatemesh-cfg-{}", std::process::id()));
+        std::fs::write(&file, "dev d\n* all\n").unwrap();
+        let path = file.to_str().unwrap();
+        let c = GatewayConfig::from_vars(vars(&[("GATEWAY_API_SECRETS_FILE", path)])).unwrap();
+        assert!(c.api_secret.is_none(), "the shared secret is optional then");
+        assert_eq!(c.instance_secrets.len(), 2);
+        assert_eq!(c.tls_trust_domain, "gatemesh");
+        assert_eq!(c.dns_san_environments(), None);
+        let c = GatewayConfig::from_vars(vars(&[
+            ("GATEWAY_API_SECRET", "s"),
+            ("GATEWAY_CALLER_SECRETS_FILE", path),
+        ]))
+        .unwrap();
+        assert_eq!(c.caller_secrets.len(), 2);
+        let _ = std::fs::remove_file(&file);
+        let e = error(&[("GATEWAY_CALLER_SECRETS_FILE", "/nonexistent/callers")]);
+        assert!(
+            e.starts_with("GATEWAY_CALLER_SECRETS_FILE: cannot read /nonexistent/callers"),
+            "{e}"
+        );
+        let e = error(&[("GATEWAY_TLS_TRUST_DOMAIN", "Gate Mesh")]);
+        assert!(e.starts_with("GATEWAY_TLS_TRUST_DOMAIN: expected"), "{e}");
+        let e = error(&[("GATEWAY_TLS_DNS_SAN_ENVIRONMENTS", "dev")]);
+        assert!(
+            e.starts_with("GATEWAY_TLS_DNS_SAN_ENVIRONMENTS: expected to be set only with"),
+            "{e}"
+        );
+        let e = error(&[("GATEWAY_TLS_DNS_SAN_ENVIRONMENTS", "dev,,beta")]);
+        assert!(
+            e.starts_with("GATEWAY_TLS_DNS_SAN_ENVIRONMENTS: expected comma"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn half_given_or_unreadable_tls_settings_name_what_is_wrong() {
         let err = |list: &[(&str, &str)]| {
             let mut all = vec![("GATEWAY_API_SECRET", "s")];

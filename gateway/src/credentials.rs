@@ -490,11 +490,14 @@ mod tests {
                 "X_FILE: <path>:2: expected `<environments> <secret>`",
             ),
             (
-                "dev s\n\nd ev s2\n",
+                "dev s\n\nbeta ev\ts2\n",
                 "X_FILE: <path>:3: the secret: expected printable ASCII",
             ),
             ("dev,,beta s\n", "X_FILE: <path>:1: environment \"\""),
-            ("de v s\n", "X_FILE: <path>:1: the secret"),
+            (
+                "dev\n",
+                "X_FILE: <path>:1: expected `<environments> <secret>`",
+            ),
             ("a/b s\n", "X_FILE: <path>:1: environment \"a/b\""),
             (
                 "dev s\nprod s\n",

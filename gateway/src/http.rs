@@ -71,6 +71,8 @@ pub struct InstanceView {
     pub in_flight: u64,
     pub calls_served: u64,
     pub errors: u64,
+    /// How its id and environment were proven (`InstanceInfo.proof`).
+    pub proof: String,
     pub queue_depth: usize,
     pub draining: bool,
 }
@@ -94,6 +96,7 @@ pub(crate) fn instance_views(shared: &Shared) -> Vec<InstanceView> {
                 in_flight: info.in_flight,
                 calls_served: info.calls_served,
                 errors: info.errors,
+                proof: info.proof,
                 queue_depth: peer.queue_depth(),
                 draining: peer.is_draining(),
             }

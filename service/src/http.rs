@@ -218,6 +218,12 @@ impl HttpState {
             .map(|l| format!("{}: not connected", l.gateway))
             .collect();
         reasons.extend(gatemesh_runtime::limits::fd_pressure());
+        reasons.extend(
+            self.links
+                .first()
+                .and_then(|l| l.tls_problem())
+                .map(|p| format!("tls: {p}")),
+        );
         let status = if up == 0 {
             HealthStatus::Unhealthy
         } else if reasons.is_empty() {

@@ -198,6 +198,12 @@ impl Link {
         self.status.subscribe()
     }
 
+    /// Why the TLS files as they are now do not load (the previous ones
+    /// stay in use); the same for every link of the instance.
+    pub fn tls_problem(&self) -> Option<String> {
+        self.config.tls.problem()
+    }
+
     /// Keeps the link up until `shutdown` fires.
     pub(crate) async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(
