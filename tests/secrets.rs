@@ -8,37 +8,21 @@
 
 mod common;
 
-use std::sync::Arc;
-
+use common::logs::Logs;
 use common::*;
 use gatemesh_gateway::GatewayConfig;
 use gatemesh_handlers::Registry;
 use gatemesh_proto::methods::FindVpsByLease;
-
-/// Collects everything logged on this thread.
-#[derive(Clone, Default)]
-struct Captured(Arc<parking_lot::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[tokio::test(flavor = "current_thread")]
 async fn secrets_never_reach_logs_or_debug_output() {
     const GOOD: &str = "s3cr3t-good-7f1d";
     const BAD: &str = "s3cr3t-wrong-42aa";
     const SCOPED: &str = "s3cr3t-scoped-9c0e";
-    let logs = Captured::default();
-    let writer = logs.clone();
+    let logs = Logs::default();
     let subscriber = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new("trace"))
-        .with_writer(move || writer.clone())
+        .with_writer(logs.clone())
         .finish();
     // Every task of this single-threaded runtime logs here.
     let _guard = tracing::subscriber::set_default(subscriber);
@@ -118,7 +102,7 @@ async fn secrets_never_reach_logs_or_debug_output() {
     drop(bad);
     gw.stop().await;
 
-    let logs = String::from_utf8(logs.0.lock().clone()).unwrap();
+    let logs = logs.text();
     assert!(logs.contains("instance registered"), "logs were captured");
     assert!(
         logs.contains("refused at the boundary"),

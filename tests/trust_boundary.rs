@@ -23,10 +23,10 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use common::logs::Logs;
 use common::process::{binary, free_port};
 use common::tls::{Ca, Issued, replace_file, spiffe_id};
 use common::{SECRET, TestGateway, http, knows, start_instance};
@@ -34,7 +34,6 @@ use dnsmasq_support::TempDir;
 use gatemesh_gateway::GatewayConfig;
 use gatemesh_node::{Node, NodeSettings};
 use gatemesh_proto::pb;
-use parking_lot::Mutex;
 use prost::Message;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -684,48 +683,6 @@ async fn a_legacy_dns_san_certificate_is_refused_unless_allowed_for_its_environm
     let _prod = hello(Dial::tls(gw.addr, &ca, &prod), "prod-1", "prod")
         .await
         .unwrap();
-}
-
-/// Log lines written while the guard lives, on this thread: a
-/// `#[tokio::test]` runs the gateway's tasks on the test's own thread.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
-    type Writer = Logs;
-    fn make_writer(&'a self) -> Logs {
-        self.clone()
-    }
-}
-
-impl Logs {
-    fn capture() -> (Self, tracing::subscriber::DefaultGuard) {
-        let logs = Self::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(logs.clone())
-            .with_ansi(false)
-            .with_env_filter("info")
-            .finish();
-        (logs, tracing::subscriber::set_default(subscriber))
-    }
-
-    fn lines_with(&self, needle: &str) -> Vec<String> {
-        String::from_utf8_lossy(&self.0.lock())
-            .lines()
-            .filter(|l| l.contains(needle))
-            .map(str::to_string)
-            .collect()
-    }
 }
 
 /// Wrong and missing secrets on both ports: each is counted by port and

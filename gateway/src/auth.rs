@@ -14,7 +14,7 @@ use crate::refusal::{Port, Refusals};
 /// The secret a request presents: its `x-gatemesh-secret` metadata. What
 /// it is worth is [`Credentials::secret`]'s to say, the one place a
 /// secret is matched, whatever header carried it.
-pub fn presented_secret(metadata: &MetadataMap) -> Option<&[u8]> {
+pub fn presented(metadata: &MetadataMap) -> Option<&[u8]> {
     metadata.get(SECRET_METADATA_KEY).map(|v| v.as_bytes())
 }
 
@@ -41,7 +41,7 @@ impl tonic::service::Interceptor for CallerAuth {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         let certificates = request.peer_certs();
         let principal = self.credentials.caller(
-            presented_secret(request.metadata()),
+            presented(request.metadata()),
             certificates.as_deref().map(Vec::as_slice),
         );
         match principal {

@@ -658,10 +658,9 @@ impl tonic::service::Interceptor for Track {
             _ => {
                 conn.reach(Progress::Requested);
                 let has_certificate = request.peer_certs().is_some_and(|c| !c.is_empty());
-                self.credentials.authenticates(
-                    crate::auth::presented_secret(request.metadata()),
-                    has_certificate,
-                ) && !self.connections.authenticated(&conn)
+                self.credentials
+                    .authenticates(crate::auth::presented(request.metadata()), has_certificate)
+                    && !self.connections.authenticated(&conn)
             }
         };
         if evicted {

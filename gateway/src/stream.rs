@@ -64,7 +64,7 @@ async fn handshake(
     let presented = shared
         .credentials
         .stream(
-            auth::presented_secret(request.metadata()),
+            auth::presented(request.metadata()),
             certificates.as_deref().map(Vec::as_slice),
         )
         .map_err(refuse)?;

@@ -5,6 +5,7 @@
 
 pub mod e2e;
 pub mod http;
+pub mod logs;
 pub mod process;
 pub mod tls;
 
