@@ -24,11 +24,10 @@ const RULE_TESTS: &str = "deploy/prometheus/gatemesh.rules.test.yml";
 const SCRAPE_CONFIG: &str = "deploy/prometheus/prometheus.yml";
 const DASHBOARD: &str = "deploy/grafana/gatemesh.json";
 
-/// Metrics the rules and the dashboard use that no gateway exports yet:
-/// the refusal counter that issue 24's change adds. The alert and the
-/// panel are written against it already;
-/// `the_awaited_metrics_are_exported_too` turns on once it lands.
-const AWAITED: &[&str] = &["gatemesh_auth_refused_total"];
+/// Metrics the rules and the dashboard use that no gateway exports yet;
+/// `the_awaited_metrics_are_exported_too` says when they land. None now:
+/// `gatemesh_auth_refused_total` came with issue 24.
+const AWAITED: &[&str] = &[];
 
 fn path(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
@@ -348,14 +347,39 @@ async fn every_metric_the_rules_and_the_dashboard_name_is_exported() {
     );
 }
 
-// The alert on authentication refusals and its panel are written against
-// the counter issue 24 adds; until it lands this test would fail. Then:
-// drop the `ignore` and empty AWAITED.
+/// A metric awaited by the rules is exported once it lands; and the
+/// refusal counter's series in the rules' unit tests use label values the
+/// gateway exports (`port` and `reason`, every pair from the start), so
+/// the alert's tests exercise series that exist.
 #[tokio::test]
-#[ignore = "until gatemesh_auth_refused_total lands (issue 24)"]
 async fn the_awaited_metrics_are_exported_too() {
-    let (exported, _) = live_exposition().await;
+    let (exported, text) = live_exposition().await;
     for awaited in AWAITED {
         assert!(exported.contains(*awaited), "{awaited} is not exported yet");
+    }
+    let tests = read(RULE_TESTS);
+    let series: Vec<&str> = tests
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- series: '"))
+        .filter(|s| s.starts_with("gatemesh_auth_refused_total{"))
+        .collect();
+    assert!(!series.is_empty(), "{RULE_TESTS} tests the refusal alert");
+    let value = |series: &str, label: &str| -> String {
+        let start = series
+            .find(&format!("{label}=\""))
+            .unwrap_or_else(|| panic!("{series}: no {label} label"));
+        let rest = &series[start + label.len() + 2..];
+        rest[..rest.find('"').unwrap()].to_string()
+    };
+    for series in series {
+        let exported_series = format!(
+            "gatemesh_auth_refused_total{{port=\"{}\",reason=\"{}\"}}",
+            value(series, "port"),
+            value(series, "reason")
+        );
+        assert!(
+            text.contains(&exported_series),
+            "{RULE_TESTS} tests {series}, but a gateway exports no {exported_series}"
+        );
     }
 }

@@ -69,7 +69,7 @@ impl TlsMesh {
         }
         let gateway = Proc::spawn("vps-gateway", &binary("vps-gateway"), &env);
 
-        let (instance_cert, instance_key) = ca.client("prod-1").write(&dir.0, "prod-1");
+        let (instance_cert, instance_key) = ca.instance("prod", "prod-1").write(&dir.0, "prod-1");
         let inventory = dir.0.join("inventory.json");
         std::fs::write(
             &inventory,
@@ -91,7 +91,11 @@ impl TlsMesh {
             service_env.push(("VPS_TLS_KEY", instance_key.display().to_string()));
         }
         let instance = Proc::spawn("vps-service", &binary("vps-service"), &service_env);
-        let operator = ca.client("operator").write(&dir.0, "operator");
+        // Without a secret (GATEWAY_TLS_SECRET_OPTIONAL), the certificate
+        // binds the caller: an operator of every environment.
+        let operator = ca
+            .with_uri("spiffe://gatemesh/operator/ops", None, None)
+            .write(&dir.0, "operator");
         let mesh = Self {
             port,
             ca: ca_path,

@@ -1,4 +1,5 @@
-//! Secrets (issue 5): the shared secret and private keys never show in
+//! Secrets (issue 5): the secrets (the shared one, and those of the
+//! secrets files) and private keys never show in
 //! `Debug` output or in logs, even at trace level, through a registration,
 //! a refused one and a call.
 //!
@@ -7,36 +8,21 @@
 
 mod common;
 
-use std::sync::Arc;
-
+use common::logs::Logs;
 use common::*;
 use gatemesh_gateway::GatewayConfig;
 use gatemesh_handlers::Registry;
 use gatemesh_proto::methods::FindVpsByLease;
 
-/// Collects everything logged on this thread.
-#[derive(Clone, Default)]
-struct Captured(Arc<parking_lot::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn secrets_never_reach_logs_or_debug_output() {
     const GOOD: &str = "s3cr3t-good-7f1d";
     const BAD: &str = "s3cr3t-wrong-42aa";
-    let logs = Captured::default();
-    let writer = logs.clone();
+    const SCOPED: &str = "s3cr3t-scoped-9c0e";
+    let logs = Logs::default();
     let subscriber = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new("trace"))
-        .with_writer(move || writer.clone())
+        .with_writer(logs.clone())
         .finish();
     // Every task of this single-threaded runtime logs here.
     let _guard = tracing::subscriber::set_default(subscriber);
@@ -46,13 +32,29 @@ async fn secrets_never_reach_logs_or_debug_output() {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
     };
-    let mut gw_config =
-        GatewayConfig::from_vars(vars(&[("GATEWAY_API_SECRET", GOOD), ("GATEWAY_ID", "gw")]))
-            .unwrap();
+    let secrets_file =
+        std::env::temp_dir().join(format!("gatemesh-secrets-{}", std::process::id()));
+    std::fs::write(&secrets_file, format!("dev {SCOPED}\n")).unwrap();
+    let mut gw_config = GatewayConfig::from_vars(vars(&[
+        ("GATEWAY_API_SECRET", GOOD),
+        ("GATEWAY_ID", "gw"),
+        ("GATEWAY_API_SECRETS_FILE", secrets_file.to_str().unwrap()),
+        (
+            "GATEWAY_CALLER_SECRETS_FILE",
+            secrets_file.to_str().unwrap(),
+        ),
+    ]))
+    .unwrap();
+    let _ = std::fs::remove_file(&secrets_file);
     let ca = common::tls::Ca::new("secrets CA");
-    let tls = common::tls::gateway_tls(&ca, None);
-    let key_body = String::from_utf8(tls.key_pem.clone()).unwrap();
-    let key_line = key_body.lines().nth(1).unwrap().to_string();
+    let server = ca.server(&["127.0.0.1"]);
+    let tls = gatemesh_gateway::GatewayTls::from_pem(
+        server.cert_pem.as_bytes(),
+        server.key_pem.as_bytes(),
+        None,
+    )
+    .unwrap();
+    let key_line = server.key_pem.lines().nth(1).unwrap().to_string();
     gw_config.tls = Some(tls.clone());
     let service_config = gatemesh_service::ServiceConfig::from_vars(vars(&[
         ("VPS_GATEWAY_URL", "http://127.0.0.1:1"),
@@ -62,7 +64,7 @@ async fn secrets_never_reach_logs_or_debug_output() {
     let mut options = gatemesh_service::InstanceOptions::from_config(&service_config);
     options.tls = common::tls::client_tls(&ca, Some(&ca.client("x")));
     let debug = format!("{gw_config:?} {service_config:?} {options:?} {tls:?}");
-    for leak in [GOOD, key_line.as_str()] {
+    for leak in [GOOD, SCOPED, key_line.as_str()] {
         assert!(
             !debug.contains(leak),
             "Debug output shows {leak:?}: {debug}"
@@ -100,10 +102,13 @@ async fn secrets_never_reach_logs_or_debug_output() {
     drop(bad);
     gw.stop().await;
 
-    let logs = String::from_utf8(logs.0.lock().clone()).unwrap();
+    let logs = logs.text();
     assert!(logs.contains("instance registered"), "logs were captured");
-    assert!(logs.contains("stream refused"), "the refusal was logged");
-    for leak in [GOOD, BAD] {
+    assert!(
+        logs.contains("refused at the boundary"),
+        "the refusal was logged"
+    );
+    for leak in [GOOD, BAD, SCOPED] {
         assert!(!logs.contains(leak), "the logs show {leak:?}");
     }
 }

@@ -480,7 +480,7 @@ async fn an_instance_calls_methods_the_gateway_hosts() {
     registry
         .method::<WhoAmI>(|ctx: Context, _req| async move {
             Ok::<_, tonic::Status>(pb::GetLeasesResponse {
-                last_error: format!("{}/{}", ctx.caller().id, ctx.caller().environment),
+                last_error: format!("{}/{}", ctx.caller().id(), ctx.caller().environment()),
                 ..Default::default()
             })
         })

@@ -1,7 +1,9 @@
 //! TLS and mTLS (issue 5), with certificates made inside the test: TLS
-//! works end to end; mTLS takes a good client and refuses one with no
-//! certificate, one from another CA, an expired one, and one whose hello
-//! names another instance.
+//! works end to end; mTLS takes a good client (its SPIFFE ID naming its id
+//! and environment, or the older DNS-SAN form where allowed) and refuses
+//! one with no certificate, one from another CA, an expired one, and one
+//! whose hello names another instance. The attacks of issue 24 are in
+//! `tests/trust_boundary.rs`.
 
 mod common;
 
@@ -94,16 +96,32 @@ async fn an_instance_refuses_a_gateway_signed_by_an_unknown_ca() {
 async fn mtls_accepts_a_client_whose_certificate_names_its_instance_id() {
     let ca = Ca::new("gatemesh test CA");
     let gw = tls_gateway(&ca, Some(&ca)).await;
-    let cert = ca.client("prod-1");
+    let cert = ca.instance("prod", "prod-1");
     let instance = tls_instance(&gw, "prod-1", &ca, Some(&cert));
     instance.wait_connected().await;
     gw.wait_instances(1).await;
     resolves(&gw).await;
-    // With no DNS SAN, the common name is the identity.
-    let cn_only = ca.client_cn_only("prod-2");
-    tls_register(&gw, &ca, Some(&cn_only), "prod-2", Some(SECRET))
+    assert_eq!(
+        gw.gateway.instances().get("prod-1").unwrap().info.proof(),
+        gatemesh_handlers::Proof::Spiffe
+    );
+    // The older form, where GATEWAY_TLS_DNS_SAN_ENVIRONMENTS allows it:
+    // the DNS SAN is the id, or with none the common name.
+    let mut config = config();
+    config.tls = Some(gateway_tls(&ca, Some(&ca)));
+    config.tls_dns_san_environments = Some("prod".into());
+    let gw = TestGateway::start_with(config).await;
+    tls_register(&gw, &ca, Some(&ca.client("prod-2")), "prod-2", Some(SECRET))
         .await
         .unwrap();
+    let cn_only = ca.client_cn_only("prod-3");
+    tls_register(&gw, &ca, Some(&cn_only), "prod-3", Some(SECRET))
+        .await
+        .unwrap();
+    assert_eq!(
+        gw.gateway.instances().get("prod-3").unwrap().info.proof(),
+        gatemesh_handlers::Proof::LegacyCertificate
+    );
 }
 
 #[tokio::test]
@@ -154,7 +172,7 @@ async fn mtls_refuses_an_expired_certificate() {
 async fn mtls_refuses_a_hello_that_names_another_instance_with_permission_denied() {
     let ca = Ca::new("gatemesh test CA");
     let gw = tls_gateway(&ca, Some(&ca)).await;
-    let cert = ca.client("prod-1");
+    let cert = ca.instance("prod", "prod-1");
     let err = tls_register(&gw, &ca, Some(&cert), "prod-2", Some(SECRET))
         .await
         .unwrap_err();
@@ -177,7 +195,7 @@ async fn mtls_refuses_a_hello_that_names_another_instance_with_permission_denied
 #[tokio::test]
 async fn under_mtls_the_secret_still_applies_unless_made_optional() {
     let ca = Ca::new("gatemesh test CA");
-    let cert = ca.client("prod-1");
+    let cert = ca.instance("prod", "prod-1");
     let gw = tls_gateway(&ca, Some(&ca)).await;
     let err = tls_register(&gw, &ca, Some(&cert), "prod-1", None)
         .await
@@ -234,7 +252,8 @@ async fn admin_list(
 #[tokio::test]
 async fn the_admin_api_follows_the_same_secret_rule_under_mtls() {
     let ca = Ca::new("gatemesh test CA");
-    let cert = ca.client("ops-cli");
+    // An operator of every environment, in the SPIFFE form.
+    let cert = ca.with_uri("spiffe://gatemesh/operator/ops-cli", None, None);
     let gw = tls_gateway(&ca, Some(&ca)).await;
     assert_eq!(admin_list(&gw, &ca, &cert, Some(SECRET)).await.unwrap(), 0);
     let err = admin_list(&gw, &ca, &cert, None).await.unwrap_err();
@@ -249,4 +268,10 @@ async fn the_admin_api_follows_the_same_secret_rule_under_mtls() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
+    // Without a secret, a certificate binds the caller to what it names:
+    // one with no SPIFFE ID names no environment, and is refused.
+    let err = admin_list(&gw, &ca, &ca.client("ops-cli"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
 }

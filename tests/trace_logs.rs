@@ -4,36 +4,13 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::Arc;
-
+use common::logs::Logs;
 use common::*;
 use gatemesh_handlers::Context;
 use gatemesh_proto::methods::FindVpsByLease;
 use gatemesh_proto::pb::{FindVpsByLeaseRequest, FindVpsByLeaseResponse};
-use parking_lot::Mutex;
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
-
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
-    type Writer = Logs;
-    fn make_writer(&'a self) -> Logs {
-        self.clone()
-    }
-}
 
 #[tokio::test]
 async fn a_handlers_log_lines_carry_the_callers_trace_id() {

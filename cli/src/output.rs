@@ -27,6 +27,7 @@ pub fn instances_json(instances: &[pb::InstanceInfo]) -> Value {
                     "in_flight": i.in_flight,
                     "calls_served": i.calls_served,
                     "errors": i.errors,
+                    "proof": i.proof,
                 })
             })
             .collect(),
@@ -153,6 +154,7 @@ mod tests {
             in_flight: 1,
             calls_served: 42,
             errors: 3,
+            proof: "spiffe".into(),
         };
         let table = instances_table(&[info], now);
         let lines: Vec<&str> = table.lines().collect();

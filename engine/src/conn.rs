@@ -552,7 +552,14 @@ mod tests {
                 ..Default::default()
             };
             conn.dispatcher()
-                .dispatch(gatemesh_handlers::Caller::new("i", "prod"), request)
+                .dispatch(
+                    gatemesh_handlers::Caller::new(
+                        "i",
+                        "prod",
+                        gatemesh_handlers::Proof::SharedSecret,
+                    ),
+                    request,
+                )
                 .unwrap();
         }
         assert_eq!(conn.queue_depth(), 2);

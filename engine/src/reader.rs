@@ -195,7 +195,7 @@ where
                             if let Err(violation) = handle(conn, end, session, frame) {
                                 conn.observer().violation();
                                 violations += 1;
-                                tracing::warn!(peer = %session.peer.id, conn = conn.id(), violation, "protocol violation");
+                                tracing::warn!(peer = %session.peer.id(), conn = conn.id(), violation, "protocol violation");
                                 if violations >= MAX_VIOLATIONS {
                                     return Disconnect::Violations { count: violations, last: violation };
                                 }
@@ -345,7 +345,7 @@ mod tests {
 
     fn session() -> Session {
         Session {
-            peer: Caller::new("i", "prod"),
+            peer: Caller::new("i", "prod", gatemesh_handlers::Proof::SharedSecret),
             heartbeat: HEARTBEAT,
             max_payload: 0,
         }

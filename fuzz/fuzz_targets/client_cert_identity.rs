@@ -6,5 +6,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = gatemesh_gateway::tls::certificate_identity(data);
+    let _ = gatemesh_runtime::identity::certificate_name(data);
 });

@@ -1,5 +1,8 @@
 //! `GatewayAdmin`: the unary API for callers outside the gateway process.
-//! Authenticated by the shared secret (see [`crate::auth::SecretInterceptor`]).
+//! Each call's caller is established by [`crate::auth::CallerAuth`] from
+//! its credential: a [`Principal`], the environments it may reach. Its
+//! calls go only there (naming another environment, or an instance of
+//! one, is `PERMISSION_DENIED`), and it lists only their instances.
 //!
 //! A call of an instance-served method goes through the [`Mesh`]; a call of
 //! a gateway-served method (`GatewayMethods` in `methods.proto`) is answered
@@ -17,9 +20,11 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Response, Status};
 use tracing::Instrument as _;
 
+use crate::credentials::Principal;
 use crate::headers::ForwardHeaders;
+use crate::refusal::{Port, Refusal, Refusals};
 use crate::stats::Stats;
-use crate::{Instances, Mesh, Peer, Reply, Route, Strategy};
+use crate::{CallError, Instances, Mesh, Peer, Reply, Route, Strategy};
 
 pub struct AdminService {
     pub(crate) mesh: Mesh,
@@ -28,6 +33,8 @@ pub struct AdminService {
     pub(crate) instances: Arc<Instances>,
     /// What the gateway itself serves, for calls of gateway-served methods.
     pub(crate) local: LocalMethods,
+    /// Where a confined caller's refusals are counted.
+    pub(crate) refusals: Arc<Refusals>,
 }
 
 /// The gateway's own methods, as the admin API calls them.
@@ -93,9 +100,10 @@ impl LocalMethods {
         method: &'static KnownMethod,
         payload: Bytes,
         route: &Route,
+        caller: Caller,
     ) -> Result<(Bytes, Duration), Status> {
         let started = Instant::now();
-        let result = self.run(method, payload, route).await;
+        let result = self.run(method, payload, route, caller).await;
         let code = result.as_ref().err().map_or(Code::Ok, LocalCallError::code);
         self.stats
             .record_call(method.name, route.strategy.label(), code, started.elapsed());
@@ -125,6 +133,7 @@ impl LocalMethods {
         method: &'static KnownMethod,
         payload: Bytes,
         route: &Route,
+        caller: Caller,
     ) -> Result<Bytes, LocalCallError> {
         let refuse = |what: String| LocalCallError::Route {
             method: method.name,
@@ -154,12 +163,8 @@ impl LocalMethods {
             gatemesh_handlers::trace::outgoing_current(route.metadata.clone()),
         )
         .unwrap_or_default();
-        let ctx = Context::new(
-            Caller::new("admin", ""),
-            Instant::now() + timeout,
-            cancel.clone(),
-        )
-        .with_metadata(metadata);
+        let ctx =
+            Context::new(caller, Instant::now() + timeout, cancel.clone()).with_metadata(metadata);
         // A panicking handler fails this call only (the panic is caught),
         // not the admin connection.
         let work = self
@@ -204,8 +209,8 @@ pub(crate) fn instance_info(peer: &Peer) -> pb::InstanceInfo {
     let mut methods: Vec<String> = peer.info.methods.iter().cloned().collect();
     methods.sort();
     pb::InstanceInfo {
-        instance_id: peer.info.id.to_string(),
-        environment: peer.info.environment.to_string(),
+        instance_id: peer.info.id().to_string(),
+        environment: peer.info.environment().to_string(),
         version: peer.info.version.clone(),
         methods,
         remote_addr: peer
@@ -218,6 +223,7 @@ pub(crate) fn instance_info(peer: &Peer) -> pb::InstanceInfo {
         in_flight: peer.in_flight() as u64,
         calls_served: peer.calls_served.load(Relaxed),
         errors: peer.errors.load(Relaxed),
+        proof: peer.info.proof().as_str().into(),
     }
 }
 
@@ -239,6 +245,8 @@ impl pb::gateway_admin_server::GatewayAdmin for AdminService {
         &self,
         request: Request<pb::CallRequest>,
     ) -> Result<Response<pb::CallResponse>, Status> {
+        let principal = crate::auth::principal(&request)?;
+        let remote = request.remote_addr();
         // The caller's gRPC headers on the allow-list go on to the
         // instances as metadata; a `traceparent` among them makes this call
         // part of its trace.
@@ -265,26 +273,64 @@ impl pb::gateway_admin_server::GatewayAdmin for AdminService {
             timeout: (request.timeout_ms > 0)
                 .then(|| Duration::from_millis(request.timeout_ms.into())),
             metadata,
+            within: principal.scope.clone(),
         };
         let result = self
-            .route_call(request.method, request.payload, route)
+            .route_call(request.method, request.payload, route, &principal)
             .instrument(span.clone())
             .await;
+        if let Err(AdminError::Refused(refusal)) = &result {
+            self.refusals.record(Port::Grpc, refusal, remote);
+        }
+        let result = result.map_err(AdminError::into_status);
         crate::trace::admin_finished(&span, result.as_ref().map(|_| ()));
         result
     }
 
     async fn list_instances(
         &self,
-        _request: Request<pb::ListInstancesRequest>,
+        request: Request<pb::ListInstancesRequest>,
     ) -> Result<Response<pb::ListInstancesResponse>, Status> {
+        let principal = crate::auth::principal(&request)?;
         let instances = self
             .instances
             .snapshot()
             .iter()
+            .filter(|p| principal.scope.allows(p.info.environment()))
             .map(|p| instance_info(p))
             .collect();
         Ok(Response::new(pb::ListInstancesResponse { instances }))
+    }
+}
+
+/// A failed admin call: refused at the trust boundary (counted as such),
+/// or failed for any other reason.
+enum AdminError {
+    Refused(Refusal),
+    Failed(Status),
+}
+
+impl AdminError {
+    fn into_status(self) -> Status {
+        match self {
+            AdminError::Refused(refusal) => Status::from(&refusal),
+            AdminError::Failed(status) => status,
+        }
+    }
+}
+
+impl From<Status> for AdminError {
+    fn from(status: Status) -> Self {
+        AdminError::Failed(status)
+    }
+}
+
+impl From<CallError> for AdminError {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::OutsideScope(why) => AdminError::Refused(Refusal::Environment(why)),
+            other => AdminError::Failed(other.into()),
+        }
     }
 }
 
@@ -296,11 +342,13 @@ impl AdminService {
         method: String,
         payload: Bytes,
         route: Route,
-    ) -> Result<Response<pb::CallResponse>, Status> {
+        principal: &Principal,
+    ) -> Result<Response<pb::CallResponse>, AdminError> {
         if let Some(known) = self.mesh.catalogue().get(&method)
             && known.served_by == Side::Gateway
         {
-            let (payload, latency) = self.local.call(known, payload, &route).await?;
+            let caller = principal.local_caller().map_err(AdminError::Refused)?;
+            let (payload, latency) = self.local.call(known, payload, &route, caller).await?;
             return Ok(Response::new(pb::CallResponse {
                 results: vec![pb::InstanceResult {
                     instance_id: self.local.gateway_id.clone(),

@@ -1,16 +1,23 @@
-//! The shared-secret check, done before a stream or call does anything.
+//! What a request presents, and the callers' check of it before a call
+//! does anything. What a credential proves is [`crate::credentials`]';
+//! refusals are counted and logged by [`crate::refusal`].
 //!
-//! A caller presents the secret in either of two headers: gatemesh's own
+//! A peer presents the secret in either of two headers: gatemesh's own
 //! `x-gatemesh-secret`, or `authorization: Bearer <secret>`, what gRPC
 //! libraries and tools send for a token (grpcurl's `-H`, grpcio's call
 //! credentials). [`presented`] is the one place that reads them; every
 //! check (the streams, the admin API, the methods served as plain gRPC,
 //! the listener's tracking of authenticated connections) goes through it.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+
 use gatemesh_proto::SECRET_METADATA_KEY;
-use gatemesh_runtime::Secret;
-use tonic::Status;
-use tonic::metadata::MetadataMap;
+use tonic::codegen::http::HeaderMap;
+use tonic::{Request, Status};
+
+use crate::credentials::{Credentials, Principal};
+use crate::refusal::{Port, Refusal, Refusals};
 
 /// The standard header that carries a bearer token.
 pub const AUTHORIZATION: &str = "authorization";
@@ -18,107 +25,105 @@ pub const AUTHORIZATION: &str = "authorization";
 /// The secret `metadata` presents: `x-gatemesh-secret`, else the token of
 /// `authorization: Bearer <token>` (the scheme in any case, as RFC 7235
 /// has it). `None` when neither is there: another scheme (`Basic ...`)
-/// presents nothing.
-pub fn presented(metadata: &MetadataMap) -> Option<&[u8]> {
-    if let Some(value) = metadata.get(SECRET_METADATA_KEY) {
+/// presents nothing. What it is worth is [`Credentials::secret`]'s to
+/// say, the one place a secret is matched, whatever header carried it.
+/// Both ports read it: the gRPC port with a request's metadata
+/// (`metadata.as_ref()`), the HTTP port with its headers.
+pub fn presented(headers: &HeaderMap) -> Option<&[u8]> {
+    if let Some(value) = headers.get(SECRET_METADATA_KEY) {
         return Some(value.as_bytes());
     }
-    let value = metadata.get(AUTHORIZATION)?.as_bytes();
+    let value = headers.get(AUTHORIZATION)?.as_bytes();
     let (scheme, token) = value.split_at_checked(7)?;
     scheme.eq_ignore_ascii_case(b"bearer ").then_some(token)
 }
 
-/// Fails with UNAUTHENTICATED unless `metadata` presents `secret`.
-pub fn check(metadata: &MetadataMap, secret: &Secret) -> Result<(), Status> {
-    match presented(metadata) {
-        None => Err(Status::unauthenticated(format!(
-            "missing secret: send {SECRET_METADATA_KEY} or authorization: Bearer"
-        ))),
-        Some(given) if secret.matches(given) => Ok(()),
-        Some(_) => Err(Status::unauthenticated("wrong secret")),
-    }
-}
-
-/// [`check`], except that when `optional_with_cert` is set a request over
-/// a connection with a verified client certificate may leave the secret
-/// out. A wrong secret is refused either way.
-pub fn check_request<T>(
-    request: &tonic::Request<T>,
-    secret: &Secret,
-    optional_with_cert: bool,
-) -> Result<(), Status> {
-    if optional_with_cert
-        && presented(request.metadata()).is_none()
-        && crate::tls::has_client_cert(request)
-    {
-        return Ok(());
-    }
-    check(request.metadata(), secret)
-}
-
-/// A tonic interceptor for unary services.
+/// The callers' check (the admin API's interceptor, and the methods
+/// served as plain gRPC): establishes the caller's [`Principal`]
+/// from its credential and puts it in the request's extensions, where the
+/// service reads it ([`principal`]); a refusal is counted and logged with
+/// the peer's address, and the call ends with its status.
 #[derive(Clone)]
-pub struct SecretInterceptor(pub Secret);
+pub struct CallerAuth {
+    credentials: Arc<Credentials>,
+    refusals: Arc<Refusals>,
+}
 
-impl SecretInterceptor {
-    /// Like the plain interceptor, but honours `GATEWAY_TLS_SECRET_OPTIONAL`.
-    pub fn for_config(config: &crate::GatewayConfig) -> SecretOrCertInterceptor {
-        SecretOrCertInterceptor {
-            secret: config.api_secret.clone(),
-            optional_with_cert: config.secret_optional_with_cert(),
+impl CallerAuth {
+    pub(crate) fn new(credentials: Arc<Credentials>, refusals: Arc<Refusals>) -> Self {
+        Self {
+            credentials,
+            refusals,
         }
     }
 }
 
-impl tonic::service::Interceptor for SecretInterceptor {
-    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        check(request.metadata(), &self.0)?;
+impl CallerAuth {
+    /// The caller `request`'s credential proves; a refusal is counted and
+    /// logged with the peer's address.
+    pub(crate) fn principal_of<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
+        let certificates = request.peer_certs();
+        self.credentials
+            .caller(
+                presented(request.metadata().as_ref()),
+                certificates.as_deref().map(Vec::as_slice),
+            )
+            .map_err(|refusal| {
+                self.refusals
+                    .record(Port::Grpc, &refusal, request.remote_addr());
+                (&refusal).into()
+            })
+    }
+}
+
+impl CallerAuth {
+    /// Counts and logs `refusal` of a caller already established (e.g. a
+    /// call outside its environments), and the status the call ends with.
+    pub(crate) fn refused(&self, refusal: &Refusal, remote: Option<SocketAddr>) -> Status {
+        self.refusals.record(Port::Grpc, refusal, remote);
+        refusal.into()
+    }
+}
+
+impl tonic::service::Interceptor for CallerAuth {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let principal = self.principal_of(&request)?;
+        request.extensions_mut().insert(principal);
         Ok(request)
     }
 }
 
-/// The secret check of [`check_request`] as a tonic interceptor.
-#[derive(Clone)]
-pub struct SecretOrCertInterceptor {
-    secret: Secret,
-    optional_with_cert: bool,
-}
-
-impl SecretOrCertInterceptor {
-    /// [`check_request`] with this interceptor's settings.
-    pub fn check<T>(&self, request: &tonic::Request<T>) -> Result<(), Status> {
-        check_request(request, &self.secret, self.optional_with_cert)
-    }
-}
-
-impl tonic::service::Interceptor for SecretOrCertInterceptor {
-    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        SecretOrCertInterceptor::check(self, &request)?;
-        Ok(request)
-    }
+/// The caller [`CallerAuth`] established for `request`.
+pub(crate) fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
+    request
+        .extensions()
+        .get::<Principal>()
+        .cloned()
+        .ok_or_else(|| Status::internal("no caller was established for this request"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn with(key: &'static str, value: &str) -> MetadataMap {
-        let mut metadata = MetadataMap::new();
-        metadata.insert(key, value.parse().unwrap());
-        metadata
+    fn with(key: &'static str, value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(key, value.parse().unwrap());
+        headers
     }
 
     #[test]
     fn either_header_presents_the_secret() {
-        let secret = Secret::new("s3cret");
-        assert!(check(&with(SECRET_METADATA_KEY, "s3cret"), &secret).is_ok());
-        assert!(check(&with(AUTHORIZATION, "Bearer s3cret"), &secret).is_ok());
-        assert!(check(&with(AUTHORIZATION, "bearer s3cret"), &secret).is_ok());
-        let wrong = check(&with(AUTHORIZATION, "Bearer nope"), &secret).unwrap_err();
         assert_eq!(
-            (wrong.code(), wrong.message()),
-            (tonic::Code::Unauthenticated, "wrong secret")
+            presented(&with(SECRET_METADATA_KEY, "s3cret")),
+            Some(&b"s3cret"[..])
         );
+        for bearer in ["Bearer s3cret", "bearer s3cret", "BEARER s3cret"] {
+            assert_eq!(
+                presented(&with(AUTHORIZATION, bearer)),
+                Some(&b"s3cret"[..])
+            );
+        }
     }
 
     #[test]
@@ -127,14 +132,9 @@ mod tests {
             with(AUTHORIZATION, "Basic czNjcmV0"),
             with(AUTHORIZATION, "Bearer"),
             with(AUTHORIZATION, "s3cret"),
-            MetadataMap::new(),
+            HeaderMap::new(),
         ] {
             assert_eq!(presented(&metadata), None, "{metadata:?}");
-            let refused = check(&metadata, &Secret::new("s3cret")).unwrap_err();
-            assert!(
-                refused.message().starts_with("missing secret"),
-                "{refused:?}"
-            );
         }
         assert_eq!(
             presented(&with(AUTHORIZATION, "Bearer ")),

@@ -211,11 +211,27 @@ impl Mesh {
             )));
         }
         let instances = &self.inner.instances;
+        if let Some(environment) = &route.environment
+            && !route.within.allows(environment)
+        {
+            return Err(CallError::OutsideScope(format!(
+                "environment {environment:?} is outside this caller's environments ({})",
+                route.within
+            )));
+        }
         if let Some(id) = &route.instance {
             let peer = instances
                 .for_call(id)
                 .map_err(|_| CallError::Draining)?
                 .ok_or_else(|| CallError::NotConnected(id.clone()))?;
+            if !route.within.allows(peer.info.environment()) {
+                return Err(CallError::OutsideScope(format!(
+                    "instance {id:?} is of environment {:?}, outside this caller's environments \
+                     ({})",
+                    peer.info.environment(),
+                    route.within
+                )));
+            }
             if !peer.info.methods.contains(method) {
                 return Err(CallError::NotServed {
                     instance: id.clone(),
@@ -225,7 +241,7 @@ impl Mesh {
             if route
                 .environment
                 .as_deref()
-                .is_some_and(|e| e != &*peer.info.environment)
+                .is_some_and(|e| e != &**peer.info.environment())
                 || !peer.open()
             {
                 return Err(CallError::NoResponders {
@@ -236,7 +252,7 @@ impl Mesh {
             return Ok(smallvec::smallvec![peer]);
         }
         let peers = instances
-            .routable(method, route.environment.as_deref())
+            .routable(method, route.environment.as_deref(), &route.within)
             .map_err(|_| CallError::Draining)?;
         if peers.is_empty() {
             if self.inner.catalogue.get(method).is_none() && !instances.anyone_serves(method) {
@@ -290,8 +306,8 @@ impl Mesh {
                     // Dropping `running` cancels the calls still out.
                     return Ok(Answer {
                         value,
-                        instance: peer.info.id.clone(),
-                        environment: peer.info.environment.clone(),
+                        instance: peer.info.id().clone(),
+                        environment: peer.info.environment().clone(),
                         latency,
                     });
                 }
@@ -302,7 +318,7 @@ impl Mesh {
                 Ok(Verdict::Bad(reason)) => {
                     trace.mark(&peer, Ended::Failed(tonic::Code::Internal));
                     errors.push(CallError::BadAnswer {
-                        instance: peer.info.id.clone(),
+                        instance: peer.info.id().clone(),
                         reason,
                     })
                 }
@@ -367,7 +383,7 @@ impl Mesh {
             }
             let outcome = outcome.and_then(|bytes| {
                 decode(bytes).map_err(|reason| CallError::BadAnswer {
-                    instance: peer.info.id.clone(),
+                    instance: peer.info.id().clone(),
                     reason,
                 })
             });
@@ -433,13 +449,13 @@ impl Mesh {
                 Ok(bytes) => {
                     trace.mark(&peer, Ended::Answered("answered"));
                     let value = decode(bytes).map_err(|reason| CallError::BadAnswer {
-                        instance: peer.info.id.clone(),
+                        instance: peer.info.id().clone(),
                         reason,
                     })?;
                     return Ok(Answer {
                         value,
-                        instance: peer.info.id.clone(),
-                        environment: peer.info.environment.clone(),
+                        instance: peer.info.id().clone(),
+                        environment: peer.info.environment().clone(),
                         latency,
                     });
                 }
@@ -491,8 +507,8 @@ impl<T> Answer<T> {
 impl<T> Reply<T> {
     fn of(peer: &Peer, outcome: Result<T, CallError>, latency: Duration) -> Self {
         Self {
-            instance: peer.info.id.clone(),
-            environment: peer.info.environment.clone(),
+            instance: peer.info.id().clone(),
+            environment: peer.info.environment().clone(),
             outcome,
             latency,
         }

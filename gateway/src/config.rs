@@ -10,12 +10,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use gatemesh_runtime::env::{
-    Env, bind_addr, check_label, check_secret, ensure, fields, id_or_hostname, range,
+    Env, bind_addr, check_label, check_secret, ensure, fields, id_or_hostname, is_label, range,
 };
+use gatemesh_runtime::identity::check_trust_domain;
 use gatemesh_runtime::ops::{OpsDefaults, OpsSettings};
 use gatemesh_runtime::{ConfigError, Secret};
 use serde::Deserialize;
 
+use crate::credentials::{Scope, ScopedSecret, read_secrets_file};
 use crate::headers::ForwardHeaders;
 use crate::tls::GatewayTls;
 
@@ -34,8 +36,29 @@ const OPS_DEFAULTS: OpsDefaults = OpsDefaults {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct GatewayConfig {
-    /// `GATEWAY_API_SECRET`: instances and callers must present it.
-    pub api_secret: Secret,
+    /// `GATEWAY_API_SECRET`: a secret for instances and callers of every
+    /// environment, the small-setup form. Required unless
+    /// `GATEWAY_API_SECRETS_FILE` gives the instances theirs (or, under
+    /// mTLS, `GATEWAY_TLS_SECRET_OPTIONAL` lets certificates alone do).
+    #[serde(default)]
+    pub api_secret: Option<Secret>,
+    /// `GATEWAY_API_SECRETS_FILE`: instance secrets scoped to
+    /// environments, one `<environments> <secret>` a line (see
+    /// [`crate::credentials::read_secrets_file`]).
+    #[serde(default)]
+    pub api_secrets_file: Option<PathBuf>,
+    /// `GATEWAY_CALLER_SECRETS_FILE`: caller secrets (the admin API, HTTP
+    /// `/instances`) scoped to the environments their calls may reach,
+    /// same syntax.
+    #[serde(default)]
+    pub caller_secrets_file: Option<PathBuf>,
+    /// The lines of `GATEWAY_API_SECRETS_FILE`, read at start; set
+    /// directly when embedding or testing.
+    #[serde(skip)]
+    pub instance_secrets: Vec<ScopedSecret>,
+    /// The lines of `GATEWAY_CALLER_SECRETS_FILE`, read at start.
+    #[serde(skip)]
+    pub caller_secrets: Vec<ScopedSecret>,
     /// `GATEWAY_GRPC_PORT`.
     #[serde(default = "defaults::grpc_port")]
     pub grpc_port: u16,
@@ -111,8 +134,18 @@ pub struct GatewayConfig {
     /// still refused). Off by default.
     #[serde(default)]
     pub tls_secret_optional: bool,
-    /// The TLS material read from the files above at start; set directly
-    /// when embedding or testing.
+    /// `GATEWAY_TLS_TRUST_DOMAIN`: the SPIFFE trust domain of instance
+    /// certificates (`spiffe://<it>/env/<environment>/instance/<id>`).
+    #[serde(default = "defaults::trust_domain")]
+    pub tls_trust_domain: String,
+    /// `GATEWAY_TLS_DNS_SAN_ENVIRONMENTS`: comma-separated environments
+    /// in which a client certificate without a SPIFFE ID (its DNS SAN the
+    /// instance id, the form before SPIFFE IDs) is accepted; unset: such
+    /// certificates are refused.
+    #[serde(default)]
+    pub tls_dns_san_environments: Option<String>,
+    /// The TLS material read from the files above at start (and again
+    /// when they change); set directly when embedding or testing.
     #[serde(skip)]
     pub tls: Option<GatewayTls>,
     /// `GATEWAY_CONN_HANDSHAKE_TIMEOUT_MS`: a new gRPC connection must
@@ -184,6 +217,9 @@ mod defaults {
     pub fn conn_handshake_timeout_ms() -> u64 {
         5_000
     }
+    pub fn trust_domain() -> String {
+        gatemesh_runtime::identity::DEFAULT_TRUST_DOMAIN.into()
+    }
 }
 
 impl GatewayConfig {
@@ -217,6 +253,12 @@ impl GatewayConfig {
             config.tls_key.as_deref(),
             config.tls_client_ca.as_deref(),
         )?;
+        if let Some(path) = &config.api_secrets_file {
+            config.instance_secrets = read_secrets_file("GATEWAY_API_SECRETS_FILE", path)?;
+        }
+        if let Some(path) = &config.caller_secrets_file {
+            config.caller_secrets = read_secrets_file("GATEWAY_CALLER_SECRETS_FILE", path)?;
+        }
         Ok(config)
     }
 
@@ -227,7 +269,31 @@ impl GatewayConfig {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        check_secret("GATEWAY_API_SECRET", self.api_secret.expose())?;
+        match &self.api_secret {
+            Some(secret) => check_secret("GATEWAY_API_SECRET", secret.expose())?,
+            None if self.api_secrets_file.is_some() || self.tls_secret_optional => {}
+            None => {
+                return Err(ConfigError(
+                    "GATEWAY_API_SECRET is required but not set (or give instances scoped \
+                     secrets with GATEWAY_API_SECRETS_FILE)"
+                        .into(),
+                ));
+            }
+        }
+        check_trust_domain("GATEWAY_TLS_TRUST_DOMAIN", &self.tls_trust_domain)?;
+        if let Some(list) = &self.tls_dns_san_environments {
+            ensure(
+                list.split(',')
+                    .all(|e| is_label(e.trim(), 64) && !e.contains('/')),
+                "GATEWAY_TLS_DNS_SAN_ENVIRONMENTS",
+                "comma-separated environment labels such as `dev` or `dev,beta`",
+            )?;
+            ensure(
+                self.tls_client_ca.is_some(),
+                "GATEWAY_TLS_DNS_SAN_ENVIRONMENTS",
+                "to be set only with GATEWAY_TLS_CLIENT_CA (mTLS)",
+            )?;
+        }
         if let Some(id) = &self.id {
             check_label("GATEWAY_ID", id, 128)?;
         }
@@ -279,6 +345,14 @@ impl GatewayConfig {
             "GATEWAY_TLS_SECRET_OPTIONAL",
             "`true` only with GATEWAY_TLS_CLIENT_CA set (mTLS)",
         )
+    }
+
+    /// `GATEWAY_TLS_DNS_SAN_ENVIRONMENTS` as a scope; `None` when unset
+    /// (certificates without a SPIFFE ID are refused).
+    pub fn dns_san_environments(&self) -> Option<Scope> {
+        self.tls_dns_san_environments
+            .as_ref()
+            .map(|list| Scope::only(list.split(',').map(str::trim)))
     }
 
     /// Whether a peer holding a verified client certificate may leave the
@@ -370,7 +444,10 @@ mod tests {
         assert_eq!(c.http_addr().to_string(), "0.0.0.0:9100");
         assert!(!format!("{c:?}").contains("\"s\""), "secret is masked");
         let e = GatewayConfig::from_vars(vars(&[])).unwrap_err().to_string();
-        assert_eq!(e, "GATEWAY_API_SECRET is required but not set");
+        assert!(
+            e.starts_with("GATEWAY_API_SECRET is required but not set"),
+            "{e}"
+        );
         let e = GatewayConfig::from_vars(vars(&[
             ("GATEWAY_API_SECRET", "s"),
             ("GATEWAY_GRPC_PORT", "70000"),
@@ -487,6 +564,42 @@ mod tests {
         assert_eq!(
             error(&[("GATEWAY_FORWARD_HEADERS", "x-request-id,cookie")]),
             "GATEWAY_FORWARD_HEADERS: \"cookie\" carries a credential: never forwarded to instances"
+        );
+    }
+
+    #[test]
+    fn scoped_secrets_trust_domain_and_dns_san_environments() {
+        let file = std::env::temp_dir().join(format!("gatemesh-cfg-{}", std::process::id()));
+        std::fs::write(&file, "dev d\n* all\n").unwrap();
+        let path = file.to_str().unwrap();
+        let c = GatewayConfig::from_vars(vars(&[("GATEWAY_API_SECRETS_FILE", path)])).unwrap();
+        assert!(c.api_secret.is_none(), "the shared secret is optional then");
+        assert_eq!(c.instance_secrets.len(), 2);
+        assert_eq!(c.tls_trust_domain, "gatemesh");
+        assert_eq!(c.dns_san_environments(), None);
+        let c = GatewayConfig::from_vars(vars(&[
+            ("GATEWAY_API_SECRET", "s"),
+            ("GATEWAY_CALLER_SECRETS_FILE", path),
+        ]))
+        .unwrap();
+        assert_eq!(c.caller_secrets.len(), 2);
+        let _ = std::fs::remove_file(&file);
+        let e = error(&[("GATEWAY_CALLER_SECRETS_FILE", "/nonexistent/callers")]);
+        assert!(
+            e.starts_with("GATEWAY_CALLER_SECRETS_FILE: cannot read /nonexistent/callers"),
+            "{e}"
+        );
+        let e = error(&[("GATEWAY_TLS_TRUST_DOMAIN", "Gate Mesh")]);
+        assert!(e.starts_with("GATEWAY_TLS_TRUST_DOMAIN: expected"), "{e}");
+        let e = error(&[("GATEWAY_TLS_DNS_SAN_ENVIRONMENTS", "dev")]);
+        assert!(
+            e.starts_with("GATEWAY_TLS_DNS_SAN_ENVIRONMENTS: expected to be set only with"),
+            "{e}"
+        );
+        let e = error(&[("GATEWAY_TLS_DNS_SAN_ENVIRONMENTS", "dev,,beta")]);
+        assert!(
+            e.starts_with("GATEWAY_TLS_DNS_SAN_ENVIRONMENTS: expected comma"),
+            "{e}"
         );
     }
 

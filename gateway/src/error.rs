@@ -65,6 +65,10 @@ pub enum CallError {
     },
     #[error("invalid call: {0}")]
     InvalidArgument(String),
+    /// The caller named an environment, or an instance of one, that it
+    /// may not reach ([`Route::within`](crate::Route::within)).
+    #[error("{0}")]
+    OutsideScope(String),
     #[error("gateway is draining")]
     Draining,
 }
@@ -113,6 +117,7 @@ impl CallError {
             Self::Remote { code, .. } => *code,
             Self::BadAnswer { .. } => Code::Internal,
             Self::InvalidArgument(_) => Code::InvalidArgument,
+            Self::OutsideScope(_) => Code::PermissionDenied,
             // All failed the same way: that way. Otherwise: unavailable.
             Self::AllFailed(errors) | Self::NoValidAnswer { failed: errors, .. } => {
                 match errors.first().map(Self::code) {

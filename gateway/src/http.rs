@@ -9,8 +9,10 @@
 //! - `GET /instances`: the connected instances, as [`InstanceView`]s, with
 //!   the admin API's `InstanceInfo` field names. It tells as much as the
 //!   secret-protected `ListInstances`, so on any address but loopback it
-//!   asks for the secret too (`Authorization: Bearer <secret>` or the
-//!   gRPC API's `x-gatemesh-secret` header).
+//!   asks for a caller secret too (`Authorization: Bearer <secret>` or the
+//!   gRPC API's `x-gatemesh-secret` header), and lists only the instances
+//!   of the environments that secret may reach. A refusal is counted in
+//!   `gatemesh_auth_refused_total{port="http"}`.
 //! - `GET /metrics`: Prometheus text, or OpenMetrics when the `Accept`
 //!   header prefers it (see [`crate::metrics`]).
 //!
@@ -58,17 +60,20 @@
 //! Checks run on every request to the endpoint, outside any lock.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
+use crate::credentials::{Principal, Scope};
+use crate::refusal::{Port, Refusal};
 use crate::state::Shared;
 
 /// One entry of `GET /instances`: the fields of the admin API's
@@ -88,6 +93,8 @@ pub struct InstanceView {
     pub in_flight: u64,
     pub calls_served: u64,
     pub errors: u64,
+    /// How its id and environment were proven (`InstanceInfo.proof`).
+    pub proof: String,
     pub queue_depth: usize,
     pub draining: bool,
 }
@@ -111,6 +118,7 @@ pub(crate) fn instance_views(shared: &Shared) -> Vec<InstanceView> {
                 in_flight: info.in_flight,
                 calls_served: info.calls_served,
                 errors: info.errors,
+                proof: info.proof,
                 queue_depth: peer.queue_depth(),
                 draining: peer.is_draining(),
             }
@@ -125,7 +133,7 @@ pub(crate) fn router(shared: Arc<Shared>, exposure: Exposure) -> axum::Router {
         .route("/ready", get(ready))
         .route(
             "/instances",
-            get(move |state, headers| instances(state, headers, exposure)),
+            get(move |state, remote, headers| instances(state, remote, headers, exposure)),
         )
         .route("/metrics", get(metrics))
         .with_state(shared)
@@ -152,17 +160,12 @@ pub(crate) async fn serve(
         .context("HTTP server failed")
 }
 
-/// Whether `headers` carry the shared secret, as a bearer token or the
-/// gRPC API's metadata header.
-fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
-    let secret = &shared.config.api_secret;
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
-    let custom = headers
-        .get(gatemesh_proto::SECRET_METADATA_KEY)
-        .map(|v| v.as_bytes());
-    bearer.or(custom).is_some_and(|given| secret.matches(given))
+/// The caller of an HTTP request: the secret it presents as a bearer
+/// token or the gRPC API's metadata header, matched as a caller secret.
+fn principal(shared: &Shared, headers: &HeaderMap) -> Result<Principal, Refusal> {
+    shared
+        .credentials
+        .caller(crate::auth::presented(headers), None)
 }
 
 /// Who may read `/instances`.
@@ -192,28 +195,32 @@ async fn ready(State(shared): State<Arc<Shared>>) -> Response {
 
 async fn instances(
     State(shared): State<Arc<Shared>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     exposure: Exposure,
 ) -> Response {
-    if exposure == Exposure::SecretRequired && !authorized(&shared, &headers) {
-        let stats = shared.metrics.http_stats();
-        if stats
-            .unauthorized
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            == 0
-        {
-            tracing::warn!(
-                "GET /instances without the secret refused (logged once; counted in /metrics)"
-            );
-        }
-        return (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            "/instances needs the gateway secret: Authorization: Bearer <GATEWAY_API_SECRET>\n",
-        )
-            .into_response();
-    }
-    Json(instance_views(&shared)).into_response()
+    let scope = match exposure {
+        Exposure::Open => Scope::Any,
+        Exposure::SecretRequired => match principal(&shared, &headers) {
+            Ok(principal) => principal.scope,
+            Err(refusal) => {
+                shared.refusals.record(Port::Http, &refusal, Some(remote));
+                let stats = shared.metrics.http_stats();
+                stats
+                    .unauthorized
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    [(header::WWW_AUTHENTICATE, "Bearer")],
+                    "/instances needs a caller secret: Authorization: Bearer <secret>\n",
+                )
+                    .into_response();
+            }
+        },
+    };
+    let mut views = instance_views(&shared);
+    views.retain(|view| scope.allows(&view.environment));
+    Json(views).into_response()
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {

@@ -10,6 +10,7 @@ use parking_lot::RwLock;
 use tokio::sync::watch;
 
 use crate::Peer;
+use crate::credentials::Scope;
 
 #[derive(Debug)]
 pub struct Instances {
@@ -129,16 +130,25 @@ impl Instances {
         Ok(map.get(id).cloned())
     }
 
-    /// Instances that may take a new call for `method`, optionally only those
-    /// of one environment; `Closed` once the gateway drains.
-    pub fn routable(&self, method: &str, environment: Option<&str>) -> Result<Targets, Closed> {
+    /// Instances that may take a new call for `method`, of the environments
+    /// `within` allows, optionally only those of one environment; `Closed`
+    /// once the gateway drains.
+    pub fn routable(
+        &self,
+        method: &str,
+        environment: Option<&str>,
+        within: &Scope,
+    ) -> Result<Targets, Closed> {
         let map = self.by_id.read();
         if map.closed {
             return Err(Closed);
         }
         Ok(map
             .values()
-            .filter(|p| p.routable(method) && environment.is_none_or(|e| &*p.info.environment == e))
+            .filter(|p| {
+                let env = &**p.info.environment();
+                p.routable(method) && environment.is_none_or(|e| env == e) && within.allows(env)
+            })
             .cloned()
             .collect())
     }

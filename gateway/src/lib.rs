@@ -8,9 +8,15 @@
 //! `vps-gateway` binary that wires them is `gatemesh-node`.
 //!
 //! - [`config`]: [`GatewayConfig`], read from `GATEWAY_*` variables.
-//! - [`auth`]: the shared-secret check on every gRPC call.
-//! - [`tls`]: [`GatewayTls`], TLS and mTLS on the gRPC port, and the
-//!   binding of an instance id to its client certificate.
+//! - [`credentials`]: what secrets and client certificates prove: the
+//!   secrets files, the environments each credential may name, the one
+//!   place a secret is matched, and an instance's identity established at
+//!   its hello.
+//! - [`auth`]: what a request presents, and the admin API's check of it.
+//! - [`refusal`]: why a peer was refused, counted
+//!   (`gatemesh_auth_refused_total`) and logged once a minute per address.
+//! - [`tls`]: [`GatewayTls`], TLS and mTLS on the gRPC port, terminated by
+//!   the gateway so its files are reloaded when they change.
 //! - [`peer`]: [`Peer`], one connected instance: its outbound queue, its
 //!   pending calls, its incoming requests.
 //! - [`instances`]: [`Instances`], the registry of connected peers.
@@ -46,6 +52,7 @@ pub mod admin;
 pub mod auth;
 pub mod call;
 pub mod config;
+pub mod credentials;
 pub mod error;
 pub mod headers;
 pub mod health;
@@ -56,6 +63,7 @@ pub mod listener;
 pub mod metrics;
 pub mod peer;
 pub mod plain;
+pub mod refusal;
 pub mod route;
 pub mod server;
 mod state;

@@ -1,9 +1,11 @@
 //! The gRPC port before a connection proves itself.
 //!
-//! A connection goes through stages: the TLS handshake (when TLS is on),
-//! the HTTP/2 preface, then requests. Until one of its requests carries the
-//! shared secret (or, under `GATEWAY_TLS_SECRET_OPTIONAL`, a verified client
-//! certificate), it is *unauthenticated*, and two limits apply to it:
+//! A connection goes through stages: the TLS handshake (when TLS is on,
+//! run by the gateway itself: [`crate::tls::TlsIncoming`] over the sockets
+//! accepted here), the HTTP/2 preface, then requests. Until one of its
+//! requests carries a secret the gateway knows (or, under
+//! `GATEWAY_TLS_SECRET_OPTIONAL`, a verified client certificate), it is
+//! *unauthenticated*, and two limits apply to it:
 //!
 //! - **A deadline** (`GATEWAY_CONN_HANDSHAKE_TIMEOUT_MS`) from accept: a
 //!   connection that sends nothing, half a preface or half a TLS handshake,
@@ -29,7 +31,7 @@
 //! Tonic has no option for any of this: its TLS handshake timeout covers
 //! only TLS, hyper has no HTTP/2 preface or first-request deadline, and
 //! its accept loop retries EMFILE at once. So the listener is wrapped
-//! here ([`ConnIo`] around each accepted socket, under tonic's TLS), and an
+//! here ([`ConnIo`] around each accepted socket, under the TLS), and an
 //! interceptor layer ([`Track`]) tells a connection when a request on it
 //! authenticated.
 
@@ -57,9 +59,10 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::Status;
 use tonic::service::interceptor::InterceptorLayer;
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::{Connected, TcpConnectInfo, TlsConnectInfo};
 
 use crate::GatewayConfig;
+use crate::credentials::Credentials;
 use crate::state::Shared;
 
 /// The cap on unauthenticated connections when none is set, unless half
@@ -625,27 +628,33 @@ pub(crate) fn incoming(
 pub(crate) fn layer(shared: &Shared, connections: Arc<Connections>) -> InterceptorLayer<Track> {
     InterceptorLayer::new(Track {
         connections,
-        secret: shared.config.api_secret.clone(),
-        secret_optional: shared.config.secret_optional_with_cert(),
+        credentials: shared.credentials.clone(),
+    })
+}
+
+/// The addresses of a request's connection, cleartext or TLS.
+fn tcp_info(extensions: &tonic::Extensions) -> Option<&TcpConnectInfo> {
+    extensions.get::<TcpConnectInfo>().or_else(|| {
+        extensions
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .map(TlsConnectInfo::get_ref)
     })
 }
 
 /// Sees every request before the services do and refuses none for its
-/// secret (each service checks that itself); a request that passes the
-/// check lifts its connection's deadline and takes it out of the cap. The
-/// one refusal: a connection the cap evicted a moment before.
+/// credentials (each service checks its own role's); a request that
+/// carries a credential lifts its connection's deadline and takes it out
+/// of the cap. The one refusal: a connection the cap evicted a moment
+/// before.
 #[derive(Clone)]
 pub(crate) struct Track {
     connections: Arc<Connections>,
-    secret: gatemesh_runtime::Secret,
-    secret_optional: bool,
+    credentials: Arc<Credentials>,
 }
 
 impl tonic::service::Interceptor for Track {
     fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        let conn = request
-            .extensions()
-            .get::<TcpConnectInfo>()
+        let conn = tcp_info(request.extensions())
             .and_then(|info| self.connections.lookup(info.local_addr, info.remote_addr?));
         let Some(conn) = conn else {
             return Ok(request);
@@ -655,8 +664,11 @@ impl tonic::service::Interceptor for Track {
             Progress::Evicted => true,
             _ => {
                 conn.reach(Progress::Requested);
-                crate::auth::check_request(&request, &self.secret, self.secret_optional).is_ok()
-                    && !self.connections.authenticated(&conn)
+                let has_certificate = request.peer_certs().is_some_and(|c| !c.is_empty());
+                self.credentials.authenticates(
+                    crate::auth::presented(request.metadata().as_ref()),
+                    has_certificate,
+                ) && !self.connections.authenticated(&conn)
             }
         };
         if evicted {
@@ -790,6 +802,11 @@ impl ConnIo {
             read: 0,
             watch,
         }
+    }
+
+    /// The peer's address.
+    pub(crate) fn remote(&self) -> Option<SocketAddr> {
+        self.conn.remote
     }
 
     fn stage(&self) -> Stage {
@@ -1024,8 +1041,7 @@ mod tests {
         assert_eq!(evicted.progress(), Progress::Evicted);
         let mut track = Track {
             connections: c.clone(),
-            secret: gatemesh_runtime::Secret::new("s"),
-            secret_optional: false,
+            credentials: Arc::new(Credentials::from_config(&GatewayConfig::with_secret("s"))),
         };
         let request = |remote| {
             let mut request = tonic::Request::new(());

@@ -4,7 +4,8 @@
 //! none of them.
 //!
 //! Every name starts with `gatemesh_gateway_`, except the standard
-//! `process_*` metrics; see [`Metrics::render`]. Every labelled counter is
+//! `process_*` metrics and `gatemesh_auth_refused_total` (see
+//! [`crate::refusal`]); see [`Metrics::render`]. Every labelled counter is
 //! present from the start with all its known label values (catalogue
 //! methods, strategies, outcomes, disconnect reasons), so a rate over a
 //! series that has not moved yet is 0, not absent.
@@ -29,6 +30,7 @@ use tokio::time::Instant;
 
 use crate::Instances;
 use crate::peer::Peer;
+use crate::refusal::{RefusalMetrics, Refusals};
 use crate::stats::DISCONNECT_LABELS;
 use crate::stats::{ReasonLabels, Stats};
 use environments::Environments;
@@ -63,12 +65,15 @@ impl Metrics {
         instances: Weak<Instances>,
         started: Instant,
         served: &Served,
+        refusals: Arc<Refusals>,
     ) -> Self {
         precreate(&stats);
         let per_instance = Arc::new(AtomicBool::new(true));
         let http = Arc::new(HttpStats::default());
         let mut root = Registry::default();
         root.register_collector(Box::new(ProcessCollector));
+        // Named as the alert rules name it, without the gateway's prefix.
+        root.register_collector(Box::new(RefusalMetrics(refusals)));
         let registry = root.sub_registry_with_prefix(PREFIX);
         registry.register_collector(Box::new(BuildInfo {
             name: "build_info".into(),
@@ -266,7 +271,7 @@ impl Collector for ScrapeTime {
             )?;
             for (environment, n) in self
                 .environments
-                .count(peers.iter().map(|p| &p.info.environment))
+                .count(peers.iter().map(|p| p.info.environment()))
             {
                 ConstGauge::new(n)
                     .encode(family.encode_family(&[("environment", &*environment)])?)?;
@@ -296,8 +301,8 @@ impl Collector for ScrapeTime {
             for peer in &peers {
                 let labels = [
                     // `instance` is Prometheus' own target label.
-                    ("instance_id", &*peer.info.id),
-                    ("environment", &*peer.info.environment),
+                    ("instance_id", &**peer.info.id()),
+                    ("environment", &**peer.info.environment()),
                 ];
                 ConstGauge::new(value(peer) as i64).encode(family.encode_family(&labels)?)?;
             }

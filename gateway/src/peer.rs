@@ -1,5 +1,5 @@
-//! One connected instance, as the gateway sees it: who it said it is in
-//! hello, and its stream ([`Conn`]: the outbound queue, the calls
+//! One connected instance, as the gateway sees it: who it is (proven at
+//! its hello), and its stream ([`Conn`]: the outbound queue, the calls
 //! awaiting its answers, the dispatcher of its calls to the gateway, its
 //! lifecycle), plus what the admin API reports of it.
 
@@ -9,17 +9,34 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
 
 use gatemesh_engine::{AtGateway, Conn, Disconnect, Phase};
+use gatemesh_handlers::{Caller, Proof};
 
-/// What an instance said about itself in hello, plus where it came from.
+/// Who an instance is (established at its hello from its credential),
+/// what else its hello said, and where it came from.
 #[derive(Debug, Clone)]
 pub struct PeerInfo {
-    pub id: Arc<str>,
-    pub environment: Arc<str>,
+    /// Its id, environment and how they were proven: what routing, the
+    /// gateway's handlers, metrics and logs read, never the hello itself.
+    pub identity: Caller,
     pub version: String,
     /// Hashed with foldhash: every call looks its method up here.
     pub methods: foldhash::HashSet<String>,
     pub remote_addr: Option<SocketAddr>,
     pub connected_since: SystemTime,
+}
+
+impl PeerInfo {
+    pub fn id(&self) -> &Arc<str> {
+        self.identity.id()
+    }
+
+    pub fn environment(&self) -> &Arc<str> {
+        self.identity.environment()
+    }
+
+    pub fn proof(&self) -> Proof {
+        self.identity.proof()
+    }
 }
 
 pub struct Peer {
@@ -41,7 +58,7 @@ impl Peer {
     }
 
     pub fn id(&self) -> &Arc<str> {
-        &self.info.id
+        self.info.id()
     }
 
     /// Unique per stream, so cleanup of an old stream never removes a newer
@@ -102,9 +119,10 @@ impl Peer {
 impl std::fmt::Debug for Peer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Peer")
-            .field("id", &self.info.id)
+            .field("id", self.info.id())
             .field("conn_id", &self.conn_id())
-            .field("environment", &self.info.environment)
+            .field("environment", self.info.environment())
+            .field("proof", &self.info.proof())
             .finish_non_exhaustive()
     }
 }

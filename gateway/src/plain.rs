@@ -35,9 +35,11 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
 use crate::admin::LocalMethods;
-use crate::auth::SecretOrCertInterceptor;
+use crate::auth::CallerAuth;
+use crate::credentials::Principal;
 use crate::headers::ForwardHeaders;
-use crate::{Mesh, Reply, Route, Strategy};
+use crate::refusal::Refusal;
+use crate::{CallError, Mesh, Reply, Route, Strategy};
 
 /// Request metadata: only instances of this environment.
 pub const ENVIRONMENT: &str = "gatemesh-environment";
@@ -78,7 +80,7 @@ struct Inner {
     /// Which of the caller's headers cross into the mesh.
     forward: ForwardHeaders,
     local: LocalMethods,
-    auth: SecretOrCertInterceptor,
+    auth: CallerAuth,
     max_message_bytes: usize,
 }
 
@@ -87,7 +89,7 @@ impl MethodsService {
         mesh: Mesh,
         forward: ForwardHeaders,
         local: LocalMethods,
-        auth: SecretOrCertInterceptor,
+        auth: CallerAuth,
         max_message_bytes: usize,
     ) -> Self {
         Self {
@@ -226,9 +228,10 @@ struct Call {
 }
 
 impl Call {
-    /// The secret, then the route the metadata asks for.
-    fn route(&self, request: &Request<Bytes>) -> Result<Route, Status> {
-        self.inner.auth.check(request)?;
+    /// The caller its credential proves, then the route the metadata asks
+    /// for, within the caller's environments.
+    fn route(&self, request: &Request<Bytes>) -> Result<(Route, Principal), Status> {
+        let principal = self.inner.auth.principal_of(request)?;
         let headers = request.metadata();
         // The caller's headers on the allow-list, as for the admin API.
         let forwarded = self
@@ -248,26 +251,36 @@ impl Call {
             t.saturating_sub(DEADLINE_MARGIN.min(t / 20))
                 .max(Duration::from_millis(1))
         });
-        Ok(Route {
+        let route = Route {
             strategy: self.strategy,
             instance: text(headers, INSTANCE)?,
             environment: text(headers, ENVIRONMENT)?,
             timeout,
             metadata,
-        })
+            within: principal.scope.clone(),
+        };
+        Ok((route, principal))
     }
 
     /// The answers of the call: one for `first_valid` and `one`, one per
     /// instance for `all`.
     async fn answers(&self, request: Request<Bytes>) -> Result<Vec<Reply<Bytes>>, Status> {
-        let mut route = self.route(&request)?;
+        let remote = request.remote_addr();
+        let (mut route, principal) = self.route(&request)?;
+        let auth = &self.inner.auth;
         let payload = request.into_inner();
         let name = self.method.name;
         let span = crate::trace::admin_span(name, self.strategy, &mut route.metadata);
         async {
             if self.method.served_by == Side::Gateway {
-                let (payload, latency) =
-                    self.inner.local.call(self.method, payload, &route).await?;
+                let caller = principal
+                    .local_caller()
+                    .map_err(|refusal| auth.refused(&refusal, remote))?;
+                let (payload, latency) = self
+                    .inner
+                    .local
+                    .call(self.method, payload, &route, caller)
+                    .await?;
                 let reply = Reply {
                     instance: self.inner.local.gateway_id().into(),
                     environment: "".into(),
@@ -276,7 +289,15 @@ impl Call {
                 };
                 return Ok(vec![reply]);
             }
-            Ok(self.inner.mesh.call_raw(name, payload, &route).await?)
+            match self.inner.mesh.call_raw(name, payload, &route).await {
+                Ok(replies) => Ok(replies),
+                // A call outside the caller's environments is a refusal at
+                // the trust boundary, counted as one.
+                Err(CallError::OutsideScope(why)) => {
+                    Err(auth.refused(&Refusal::Environment(why), remote))
+                }
+                Err(e) => Err(e.into()),
+            }
         }
         .instrument(span)
         .await

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use crate::credentials::Scope;
+
 /// How a call picks its instances and its answer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Strategy {
@@ -34,6 +36,11 @@ pub struct Route {
     pub instance: Option<String>,
     /// Only instances with this environment label.
     pub environment: Option<String>,
+    /// The environments the caller may reach (a confined caller of the
+    /// admin API): without a filter, only their instances are asked;
+    /// naming another environment, or an instance of one, is refused
+    /// ([`CallError::OutsideScope`](crate::CallError::OutsideScope)).
+    pub within: Scope,
     /// The call's deadline; the gateway's default when `None`.
     pub timeout: Option<Duration>,
     /// Sent with every request of the call.

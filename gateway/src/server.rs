@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tonic_health::ServingStatus;
 
 use crate::admin::AdminService;
-use crate::auth::SecretInterceptor;
+use crate::auth::CallerAuth;
 use crate::health::{Health, Readiness};
 use crate::http::InstanceView;
 use crate::listener::{ConnMetrics, Connections};
@@ -25,6 +25,7 @@ use crate::plain::MethodsService;
 use crate::state::Shared;
 use crate::stats::Stats;
 use crate::stream::GatewayService;
+use crate::tls::{TlsIncoming, TlsMetrics};
 use crate::{Disconnect, GatewayConfig, Instances, Mesh};
 use gatemesh_runtime::Served;
 
@@ -85,6 +86,11 @@ impl Gateway {
         shared
             .metrics
             .register_collector(Box::new(ConnMetrics(connections.clone())));
+        if let Some(tls) = &shared.config.tls {
+            shared
+                .metrics
+                .register_collector(Box::new(TlsMetrics(tls.clone())));
+        }
         Ok(Self {
             shared: Arc::new(shared),
             connections,
@@ -211,22 +217,24 @@ impl Gateway {
             stats: shared.stats.clone(),
             default_timeout: shared.config.call_timeout(),
         };
+        let auth = CallerAuth::new(shared.credentials.clone(), shared.refusals.clone());
         let admin = tonic::service::interceptor::InterceptedService::new(
             GatewayAdminServer::new(AdminService {
                 mesh: shared.mesh.clone(),
                 forward: shared.config.forward.clone(),
                 instances: shared.instances.clone(),
+                refusals: shared.refusals.clone(),
                 local: local(),
             })
             .max_decoding_message_size(max_frame)
             .max_encoding_message_size(max_frame),
-            SecretInterceptor::for_config(config),
+            auth.clone(),
         );
         let methods = MethodsService::new(
             shared.mesh.clone(),
             shared.config.forward.clone(),
             local(),
-            SecretInterceptor::for_config(config),
+            auth,
             config.max_message_bytes,
         );
         let health = tonic_health::pb::health_server::HealthServer::new(
@@ -285,20 +293,33 @@ impl Gateway {
         let config = &shared.config;
         let routes = self.routes().await?;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = crate::tls::apply(tonic::transport::Server::builder(), config.tls.as_ref())?
+        crate::tls::announce(config.tls.as_ref());
+        if let Some(tls) = config.tls.clone() {
+            shared.checks.add_health("tls", move || tls.problem());
+        }
+        let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(config.heartbeat_interval()))
             .http2_keepalive_timeout(Some(config.liveness_timeout()))
             .layer(crate::listener::layer(
                 &self.shared,
                 self.connections.clone(),
             ))
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(
-                crate::listener::incoming(&self.shared, self.connections.clone(), listener),
-                async {
-                    let _ = stop_rx.await;
-                },
-            );
+            .add_routes(routes);
+        let incoming = crate::listener::incoming(&self.shared, self.connections.clone(), listener);
+        let stopped = async {
+            let _ = stop_rx.await;
+        };
+        // The gateway runs the TLS handshake itself, so that certificates
+        // can be reloaded (see `crate::tls`); tonic gets the finished streams.
+        let server: std::pin::Pin<
+            Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,
+        > = match &config.tls {
+            Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
+                TlsIncoming::new(incoming, tls.clone(), shared.refusals.clone()),
+                stopped,
+            )),
+            None => Box::pin(router.serve_with_incoming_shutdown(incoming, stopped)),
+        };
         tokio::pin!(server);
         tokio::select! {
             result = &mut server => return result.context("gRPC server failed"),

@@ -12,14 +12,21 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
+use crate::credentials::Credentials;
 use crate::health::{Checks, Health, HealthStatus, Readiness};
 use crate::metrics::Metrics;
+use crate::refusal::Refusals;
 use crate::stats::Stats;
 use crate::{GatewayConfig, Instances, Mesh};
 
 pub(crate) struct Shared {
     /// The settings, fixed at start.
     pub(crate) config: GatewayConfig,
+    /// Every credential the gateway accepts and what each may name, from
+    /// the settings.
+    pub(crate) credentials: Arc<Credentials>,
+    /// Refusals at the boundary, counted and logged.
+    pub(crate) refusals: Arc<Refusals>,
     /// This gateway's name, sent in welcome and `GetGatewayInfo`.
     pub(crate) gateway_id: String,
     /// The connected instances; streams insert and remove themselves.
@@ -79,7 +86,14 @@ impl Shared {
             Arc::new(catalogue),
         );
         let served = Arc::new(Served::for_gateway());
-        let metrics = Metrics::new(stats.clone(), Arc::downgrade(&instances), started, &served);
+        let refusals = Arc::new(Refusals::default());
+        let metrics = Metrics::new(
+            stats.clone(),
+            Arc::downgrade(&instances),
+            started,
+            &served,
+            refusals.clone(),
+        );
         metrics.set_per_instance(config.metrics_per_instance);
         let dispatch = DispatchConfig {
             default_timeout: config.call_timeout(),
@@ -92,6 +106,8 @@ impl Shared {
         };
         Ok(Self {
             permits: Arc::new(Semaphore::new(config.max_concurrency)),
+            credentials: Arc::new(Credentials::from_config(&config)),
+            refusals,
             config,
             gateway_id,
             instances,

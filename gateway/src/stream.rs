@@ -1,5 +1,5 @@
-//! `RegisterGateway`: the handshake (hello, its checks, the identity
-//! binding under mTLS, registration), then the stream engine's read loop
+//! `RegisterGateway`: the handshake (credentials, hello, its checks, the
+//! identity it establishes, registration), then the stream engine's read loop
 //! with the gateway's own part of it ([`Registered`]): goodbye, and the
 //! cleanup that takes the instance out of the table.
 
@@ -16,9 +16,10 @@ use gatemesh_proto::{PROTOCOL_VERSION, pb};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::peer::PeerInfo;
+use crate::refusal::{Port, Refusal};
 use crate::state::Shared;
 use crate::stats::Stats;
-use crate::{Peer, auth, tls};
+use crate::{Peer, auth};
 
 /// How long an instance has to send hello after opening the stream.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,35 +40,34 @@ impl pb::gateway_server::Gateway for GatewayService {
         request: Request<Streaming<pb::InstanceMessage>>,
     ) -> Result<Response<Outbound<AtGateway>>, Status> {
         let remote_addr = request.remote_addr();
-        let (hello, inbound) = handshake(&self.shared, request).await?;
-        register(&self.shared, hello, remote_addr, inbound).map(Response::new)
+        let (identity, hello, inbound) = handshake(&self.shared, request).await?;
+        register(&self.shared, identity, hello, remote_addr, inbound).map(Response::new)
     }
 }
 
-/// The secret, then a valid hello within [`HELLO_TIMEOUT`], then (under
-/// mTLS) the hello's id against the client certificate. Every refusal is
-/// counted and logged with the peer's address.
+/// The credentials, then a valid hello within [`HELLO_TIMEOUT`], then the
+/// identity: the hello's id and environment bound to what the
+/// credentials prove ([`crate::credentials::Credentials::bind_hello`]).
+/// Every refusal is counted and logged with the peer's address; nothing
+/// is registered before the identity holds.
 async fn handshake(
     shared: &Shared,
     request: Request<Streaming<pb::InstanceMessage>>,
-) -> Result<(pb::Hello, Streaming<pb::InstanceMessage>), Status> {
+) -> Result<(Caller, pb::Hello, Streaming<pb::InstanceMessage>), Status> {
     let remote_addr = request.remote_addr();
-    let refused = |status: Status, what: &str| {
+    let refuse = |refusal: Refusal| {
         Stats::bump(&shared.stats.refused_streams);
-        // Anyone who can reach the port can repeat this at will.
-        gatemesh_runtime::limited!(
-            tracing::Level::WARN,
-            remote = remote_addr.map(tracing::field::display),
-            reason = status.message(),
-            "{what}"
-        );
-        status
+        shared.refusals.record(Port::Grpc, &refusal, remote_addr);
+        Status::from(&refusal)
     };
-    let mtls = shared.config.tls.as_ref().is_some_and(|t| t.is_mtls());
-    let peer_certs = mtls.then(|| request.peer_certs()).flatten();
-    let secret_optional = shared.config.secret_optional_with_cert();
-    auth::check_request(&request, &shared.config.api_secret, secret_optional)
-        .map_err(|status| refused(status, "stream refused"))?;
+    let certificates = request.peer_certs();
+    let presented = shared
+        .credentials
+        .stream(
+            auth::presented(request.metadata().as_ref()),
+            certificates.as_deref().map(Vec::as_slice),
+        )
+        .map_err(refuse)?;
     if shared.is_draining() {
         return Err(Status::unavailable("gateway is draining"));
     }
@@ -84,25 +84,32 @@ async fn handshake(
             return Err(Status::invalid_argument("the first message must be hello"));
         }
     };
-    validate_hello(&hello).map_err(|status| refused(status, "hello refused"))?;
-    if mtls {
-        tls::check_identity(peer_certs.as_deref(), &hello.instance_id)
-            .map_err(|status| refused(status, "identity refused"))?;
-    }
-    Ok((hello, inbound))
+    validate_hello(&hello).inspect_err(|status| {
+        Stats::bump(&shared.stats.refused_streams);
+        tracing::warn!(
+            remote = remote_addr.map(tracing::field::display),
+            reason = status.message(),
+            "hello refused"
+        );
+    })?;
+    let identity = shared
+        .credentials
+        .bind_hello(&presented, &hello)
+        .map_err(refuse)?;
+    Ok((identity, hello, inbound))
 }
 
 /// Makes the instance's stream, welcomes it, puts it in the table (closing
 /// an older stream of the same id) and starts the engine's read loop.
 fn register(
     shared: &Arc<Shared>,
+    identity: Caller,
     hello: pb::Hello,
     remote_addr: Option<std::net::SocketAddr>,
     inbound: Streaming<pb::InstanceMessage>,
 ) -> Result<Outbound<AtGateway>, Status> {
     let info = PeerInfo {
-        id: hello.instance_id.into(),
-        environment: hello.environment.into(),
+        identity,
         version: hello.version,
         methods: hello.methods.into_iter().collect(),
         remote_addr,
@@ -144,8 +151,9 @@ fn register(
     }
     Stats::bump(&shared.stats.registrations);
     tracing::info!(
-        instance = %peer.info.id,
-        environment = %peer.info.environment,
+        instance = %peer.info.id(),
+        environment = %peer.info.environment(),
+        proof = peer.info.proof().as_str(),
         version = %peer.info.version,
         methods = ?gatemesh_runtime::logging::list(sorted(&peer.info.methods)),
         remote = remote_addr.map(tracing::field::display),
@@ -153,7 +161,7 @@ fn register(
         "instance registered"
     );
     let session = Session {
-        peer: Caller::new(peer.info.id.clone(), peer.info.environment.clone()),
+        peer: peer.info.identity.clone(),
         heartbeat: Heartbeat {
             interval: config.heartbeat_interval(),
             liveness: config.liveness_timeout(),
@@ -183,7 +191,7 @@ impl End<AtGateway> for Registered {
             FromInstance::Hello(_) => Err("hello sent twice".into()),
             FromInstance::Goodbye(goodbye) => {
                 conn.stop_calls();
-                tracing::info!(instance = %self.peer.info.id, reason = %goodbye.reason, "instance draining");
+                tracing::info!(instance = %self.peer.info.id(), reason = %goodbye.reason, "instance draining");
                 Ok(())
             }
         }
@@ -195,7 +203,7 @@ impl End<AtGateway> for Registered {
         let peer = &self.peer;
         let removed = self.shared.instances.remove(peer);
         self.shared.stats.record_disconnect(reason);
-        tracing::info!(instance = %peer.info.id, conn = peer.conn_id(),
+        tracing::info!(instance = %peer.info.id(), conn = peer.conn_id(),
             class = crate::stats::disconnect_label(reason), %reason, removed, "instance disconnected");
     }
 }

@@ -1,53 +1,93 @@
-//! TLS for the gRPC port: the server identity, and with a client CA, mTLS
-//! in which the instance id in hello must be the certificate's identity.
+//! TLS for the gRPC port, terminated by the gateway itself (in
+//! [`crate::listener`]) so that its certificates can change while it runs:
+//! the server certificate, and with a client CA, mTLS.
+//!
+//! Each new connection takes the rustls [`ServerConfig`] in force, built
+//! from the files `GATEWAY_TLS_CERT`, `GATEWAY_TLS_KEY` and
+//! `GATEWAY_TLS_CLIENT_CA`, which are read again when one of them changes
+//! ([`Reloading`]): short-lived certificates (SPIRE, ACME-style renewals)
+//! keep working, and connections already open keep theirs. Files that do
+//! not load (a key rotated before its certificate) leave the previous
+//! configuration in force, said in the log and in `/health` until a later
+//! change loads.
+//!
+//! What a client certificate proves (its SPIFFE ID, the id and
+//! environment a hello may name) is [`crate::credentials`]' part.
 
 use std::fmt;
-use std::path::Path;
-use std::time::Duration;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use futures_util::stream::FuturesUnordered;
+use futures_util::{Stream, StreamExt as _};
+use gatemesh_runtime::reload::Reloading;
 use gatemesh_runtime::{ConfigError, pem};
-use tonic::Status;
-use tonic::transport::server::ServerTlsConfig;
-use tonic::transport::{Certificate, CertificateDer, Identity, Server};
-use x509_parser::extensions::GeneralName;
+use parking_lot::Mutex;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use rustls::RootCertStore;
+use rustls::ServerConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 
-/// A client that opens a connection and never finishes the handshake must
-/// not hold a slot for ever.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::listener::{ConnIo, Incoming};
+use crate::refusal::{Port, Refusal, Refusals};
 
-/// PEM material for the gRPC port, in memory.
+/// HTTP/2, the one protocol of the port.
+const ALPN_H2: &[u8] = b"h2";
+
+/// The gRPC port's TLS: the configuration new connections get, and
+/// whether client certificates are required (mTLS). Cheap to clone.
 #[derive(Clone)]
 pub struct GatewayTls {
-    /// The server's certificate chain, leaf first.
-    pub cert_pem: Vec<u8>,
-    pub key_pem: Vec<u8>,
-    /// Set: mTLS. Only client certificates signed by these CAs are
-    /// accepted, and each instance id must match its certificate.
-    pub client_ca_pem: Option<Vec<u8>>,
+    mtls: bool,
+    config: Arc<Mutex<Reloading<ServerConfig>>>,
 }
 
 impl fmt::Debug for GatewayTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GatewayTls")
-            .field("cert_pem", &format_args!("{} bytes", self.cert_pem.len()))
-            .field("key_pem", &format_args!("***"))
-            .field("mtls", &self.client_ca_pem.is_some())
-            .finish()
+            .field("mtls", &self.mtls)
+            .field("problem", &self.problem())
+            .finish_non_exhaustive()
     }
 }
 
 impl GatewayTls {
+    /// From PEM in memory (embedding, tests): fixed, never reloaded.
+    pub fn from_pem(
+        cert_pem: &[u8],
+        key_pem: &[u8],
+        client_ca_pem: Option<&[u8]>,
+    ) -> Result<Self, ConfigError> {
+        let config = server_config(cert_pem, key_pem, client_ca_pem)?;
+        Ok(Self {
+            mtls: client_ca_pem.is_some(),
+            config: Arc::new(Mutex::new(Reloading::fixed("TLS", config))),
+        })
+    }
+
     /// Reads and checks the files named by `GATEWAY_TLS_CERT`,
     /// `GATEWAY_TLS_KEY` and `GATEWAY_TLS_CLIENT_CA`; `None` when TLS is
-    /// off. A half-given setting names what is missing.
+    /// off. A half-given setting names what is missing. They are read
+    /// again when they change.
     pub(crate) fn from_files(
         cert: Option<&Path>,
         key: Option<&Path>,
         client_ca: Option<&Path>,
     ) -> Result<Option<Self>, ConfigError> {
-        let Some(pem::KeyPair { cert_pem, key_pem }) =
-            pem::key_pair(("GATEWAY_TLS_CERT", cert), ("GATEWAY_TLS_KEY", key))?
-        else {
+        let (Some(cert), Some(key)) = (cert, key) else {
+            // Only to name what is missing.
+            pem::key_pair(("GATEWAY_TLS_CERT", cert), ("GATEWAY_TLS_KEY", key))?;
             if client_ca.is_some() {
                 return Err(ConfigError(
                     "GATEWAY_TLS_CLIENT_CA: mTLS needs GATEWAY_TLS_CERT and GATEWAY_TLS_KEY too"
@@ -56,105 +96,235 @@ impl GatewayTls {
             }
             return Ok(None);
         };
-        let tls = Self {
-            cert_pem,
-            key_pem,
-            client_ca_pem: client_ca
-                .map(|ca| pem::certificates("GATEWAY_TLS_CLIENT_CA", ca))
-                .transpose()?,
+        let files = Files {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            client_ca: client_ca.map(Path::to_path_buf),
         };
-        // rustls checks that the key belongs to the certificate.
-        tls.server_config_checked().map_err(|e| {
-            ConfigError(format!(
-                "GATEWAY_TLS_CERT, GATEWAY_TLS_KEY: not a usable TLS identity \
-                     (is the key the certificate's?): {e}"
-            ))
-        })?;
-        Ok(Some(tls))
+        let mut paths = vec![files.cert.clone(), files.key.clone()];
+        paths.extend(files.client_ca.clone());
+        let config = Reloading::new("the gRPC port's TLS files", paths, move || files.load())?;
+        Ok(Some(Self {
+            mtls: client_ca.is_some(),
+            config: Arc::new(Mutex::new(config)),
+        }))
     }
 
     pub fn is_mtls(&self) -> bool {
-        self.client_ca_pem.is_some()
+        self.mtls
     }
 
-    fn server_config(&self) -> ServerTlsConfig {
-        let mut config = ServerTlsConfig::new()
-            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
-            .timeout(HANDSHAKE_TIMEOUT);
-        if let Some(ca) = &self.client_ca_pem {
-            config = config.client_ca_root(Certificate::from_pem(ca));
-        }
-        config
+    /// The configuration for a new connection: the files read again
+    /// first when they changed since the last connection.
+    pub(crate) fn server_config(&self) -> Arc<ServerConfig> {
+        self.config.lock().current()
     }
 
-    fn server_config_checked(&self) -> Result<(), String> {
-        Server::builder()
-            .tls_config(self.server_config())
-            .map(drop)
-            .map_err(|e| gatemesh_runtime::error_chain(&e))
+    /// Why the files as they are now do not load (the previous ones stay
+    /// in force), for `/health`.
+    pub fn problem(&self) -> Option<String> {
+        self.config.lock().problem().map(str::to_string)
+    }
+
+    /// Changes loaded, and changes that did not load, since start.
+    pub fn reloads(&self) -> (u64, u64) {
+        let config = self.config.lock();
+        (config.reloads(), config.failures())
     }
 }
 
-/// Puts TLS on `builder` when there is one; warns when there is not.
-pub(crate) fn apply(builder: Server, tls: Option<&GatewayTls>) -> anyhow::Result<Server> {
+/// Where the files are.
+struct Files {
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Option<PathBuf>,
+}
+
+impl Files {
+    fn load(&self) -> Result<ServerConfig, ConfigError> {
+        let pair = pem::key_pair(
+            ("GATEWAY_TLS_CERT", Some(&self.cert)),
+            ("GATEWAY_TLS_KEY", Some(&self.key)),
+        )?
+        .expect("both are given");
+        let client_ca = self
+            .client_ca
+            .as_deref()
+            .map(|ca| pem::certificates("GATEWAY_TLS_CLIENT_CA", ca))
+            .transpose()?;
+        server_config(&pair.cert_pem, &pair.key_pem, client_ca.as_deref())
+    }
+}
+
+/// The rustls configuration of the port: HTTP/2 only; with `client_ca_pem`,
+/// client certificates signed by it are required.
+fn server_config(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    client_ca_pem: Option<&[u8]>,
+) -> Result<ServerConfig, ConfigError> {
+    let usable = |e: String| {
+        ConfigError(format!(
+            "GATEWAY_TLS_CERT, GATEWAY_TLS_KEY: not a usable TLS identity (is the key the \
+             certificate's?): {e}"
+        ))
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| usable(e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| usable(e.to_string()))?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| usable(e.to_string()))?;
+    let builder = match client_ca_pem {
+        None => builder.with_no_client_auth(),
+        Some(pem) => {
+            let ca = |e: String| ConfigError(format!("GATEWAY_TLS_CLIENT_CA: {e}"));
+            let mut roots = RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                roots
+                    .add(cert.map_err(|e| ca(e.to_string()))?)
+                    .map_err(|e| ca(format!("not a usable CA certificate: {e}")))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                .build()
+                .map_err(|e| ca(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| usable(e.to_string()))?;
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(config)
+}
+
+/// Says how the port serves: cleartext is for development.
+pub(crate) fn announce(tls: Option<&GatewayTls>) {
     match tls {
-        None => {
-            tracing::warn!(
-                "serving cleartext: development only (set GATEWAY_TLS_CERT and GATEWAY_TLS_KEY)"
-            );
-            Ok(builder)
+        None => tracing::warn!(
+            "serving cleartext: development only (set GATEWAY_TLS_CERT and GATEWAY_TLS_KEY)"
+        ),
+        Some(tls) => tracing::info!(mtls = tls.is_mtls(), "serving TLS"),
+    }
+}
+
+/// The gRPC port's connections over TLS, for `serve_with_incoming_shutdown`.
+/// Each accepted socket (a [`ConnIo`], under the listener's deadline and
+/// cap: a handshake that never ends is closed at stage `tls`) runs its
+/// handshake beside the others, with the configuration in force when it
+/// was accepted; a finished one goes to tonic, whose `Connected` impl for
+/// a rustls stream makes its `TlsConnectInfo`: `request.peer_certs()` and
+/// `request.remote_addr()` work as under tonic's own TLS. A client
+/// certificate the handshake refuses (unknown CA, expired, none under
+/// mTLS) is a refusal of reason `certificate`.
+pub(crate) struct TlsIncoming {
+    tcp: Incoming,
+    tls: GatewayTls,
+    refusals: Arc<Refusals>,
+    handshakes: FuturesUnordered<Handshake>,
+    tcp_done: bool,
+}
+
+type Handshake =
+    Pin<Box<dyn Future<Output = (io::Result<TlsStream<ConnIo>>, Option<SocketAddr>)> + Send>>;
+
+/// Sockets taken from the listener in one poll at most, so that a flood of
+/// connections cannot starve the handshakes under way.
+const ACCEPT_BATCH: usize = 64;
+
+impl TlsIncoming {
+    pub(crate) fn new(tcp: Incoming, tls: GatewayTls, refusals: Arc<Refusals>) -> Self {
+        Self {
+            tcp,
+            tls,
+            refusals,
+            handshakes: FuturesUnordered::new(),
+            tcp_done: false,
         }
-        Some(tls) => {
-            tracing::info!(mtls = tls.is_mtls(), "serving TLS");
-            builder
-                .tls_config(tls.server_config())
-                .map_err(|e| anyhow::anyhow!("TLS settings: {}", gatemesh_runtime::error_chain(&e)))
+    }
+
+    fn failed(&self, error: &io::Error, remote: Option<SocketAddr>) {
+        let tls_error = error
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+        match tls_error {
+            Some(
+                e @ (rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented),
+            ) => {
+                let refusal =
+                    Refusal::Certificate(format!("TLS handshake: client certificate: {e}"));
+                self.refusals.record(Port::Grpc, &refusal, remote);
+            }
+            _ => tracing::debug!(remote = remote.map(tracing::field::display), error = %error,
+                "TLS handshake failed"),
         }
     }
 }
 
-/// The identity a client certificate vouches for: its first DNS subject
-/// alternative name, or its common name when it has no DNS name.
-pub fn certificate_identity(der: &[u8]) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        let first_dns = san.value.general_names.iter().find_map(|name| match name {
-            GeneralName::DNSName(dns) => Some(dns.to_string()),
-            _ => None,
-        });
-        if first_dns.is_some() {
-            return first_dns;
+impl Stream for TlsIncoming {
+    type Item = io::Result<TlsStream<ConnIo>>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let mut accepted = 0;
+        while !this.tcp_done {
+            if accepted == ACCEPT_BATCH {
+                cx.waker().wake_by_ref();
+                break;
+            }
+            match Pin::new(&mut this.tcp).poll_next(cx) {
+                Poll::Ready(Some(Ok(io))) => {
+                    accepted += 1;
+                    let remote = io.remote();
+                    let accept = TlsAcceptor::from(this.tls.server_config()).accept(io);
+                    this.handshakes
+                        .push(Box::pin(async move { (accept.await, remote) }));
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => this.tcp_done = true,
+                Poll::Pending => break,
+            }
+        }
+        loop {
+            match this.handshakes.poll_next_unpin(cx) {
+                Poll::Ready(Some((Ok(stream), _))) => return Poll::Ready(Some(Ok(stream))),
+                Poll::Ready(Some((Err(e), remote))) => this.failed(&e, remote),
+                Poll::Ready(None) if this.tcp_done => return Poll::Ready(None),
+                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
+            }
         }
     }
-    cert.subject()
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .map(str::to_string)
 }
 
-/// Under mTLS, refuses a stream whose hello names another instance than
-/// the client certificate does.
-pub(crate) fn check_identity(
-    peer_certs: Option<&Vec<CertificateDer<'static>>>,
-    instance_id: &str,
-) -> Result<(), Status> {
-    let leaf = peer_certs
-        .and_then(|certs| certs.first())
-        .ok_or_else(|| Status::permission_denied("no client certificate"))?;
-    match certificate_identity(leaf) {
-        Some(identity) if identity == instance_id => Ok(()),
-        Some(identity) => Err(Status::permission_denied(format!(
-            "instance id {instance_id:?} does not match the client certificate's identity {identity:?}"
-        ))),
-        None => Err(Status::permission_denied(
-            "the client certificate names no DNS SAN and no common name",
-        )),
+/// The reloads of the port's TLS files for `/metrics`.
+#[derive(Debug)]
+pub(crate) struct TlsMetrics(pub(crate) GatewayTls);
+
+impl Collector for TlsMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
+        let (reloads, failures) = self.0.reloads();
+        for (name, help, value) in [
+            (
+                "tls_reloads",
+                "Changes of the gRPC port's TLS files loaded while running",
+                reloads,
+            ),
+            (
+                "tls_reload_failures",
+                "Changes of the gRPC port's TLS files that did not load (the previous ones stayed)",
+                failures,
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        Ok(())
     }
-}
-
-/// Whether `request` came over a connection with a verified client
-/// certificate (only mTLS connections have one).
-pub(crate) fn has_client_cert<T>(request: &tonic::Request<T>) -> bool {
-    request.peer_certs().is_some_and(|certs| !certs.is_empty())
 }

@@ -133,7 +133,7 @@ impl CallTrace {
             rpc.service = trace::rpc_service(method),
             rpc.method = method,
             instance = %peer.id(),
-            environment = %peer.info.environment,
+            environment = %peer.info.environment(),
             outcome = Empty,
             rpc.grpc.status_code = Empty,
             otel.status_description = Empty,

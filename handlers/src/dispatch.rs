@@ -741,7 +741,7 @@ mod tests {
     use tokio::sync::mpsc;
 
     fn caller() -> Caller {
-        Caller::new("gw", "")
+        Caller::new("gw", "", crate::Proof::Dialed)
     }
 
     type D = Arc<Dispatcher<pb::Response>>;

@@ -16,20 +16,91 @@ pub trait RequestHandler: Send + Sync + 'static {
     async fn handle(&self, ctx: Context, method: &str, payload: Bytes) -> Result<Bytes, Status>;
 }
 
-/// Who sent a request: the instance (on the gateway) or the gateway (on an
-/// instance).
+/// How a peer proved who it is: which credential the gateway checked when
+/// it established the peer's [`Caller`]. A metric label and a log field
+/// ([`Proof::as_str`]), never something a peer says about itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Proof {
+    /// An mTLS client certificate whose SPIFFE ID
+    /// (`spiffe://<trust domain>/env/<environment>/instance/<id>`) names
+    /// the id and the environment.
+    Spiffe,
+    /// An mTLS client certificate of the older form: its DNS SAN (or
+    /// common name) is the id; the environment is one the gateway allows
+    /// such certificates to name (`GATEWAY_TLS_DNS_SAN_ENVIRONMENTS`).
+    LegacyCertificate,
+    /// A secret scoped to environments (`GATEWAY_API_SECRETS_FILE`,
+    /// `GATEWAY_CALLER_SECRETS_FILE`) that include this one.
+    EnvironmentSecret,
+    /// A secret valid for any environment (`GATEWAY_API_SECRET`, or a `*`
+    /// line of a secrets file).
+    SharedSecret,
+    /// On an instance: the gateway it dialed (and, over `https://`, whose
+    /// certificate it verified).
+    Dialed,
+}
+
+impl Proof {
+    pub const ALL: [Proof; 5] = [
+        Proof::Spiffe,
+        Proof::LegacyCertificate,
+        Proof::EnvironmentSecret,
+        Proof::SharedSecret,
+        Proof::Dialed,
+    ];
+
+    /// Its spelling in logs, metrics and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proof::Spiffe => "spiffe",
+            Proof::LegacyCertificate => "legacy_certificate",
+            Proof::EnvironmentSecret => "environment_secret",
+            Proof::SharedSecret => "shared_secret",
+            Proof::Dialed => "dialed",
+        }
+    }
+}
+
+impl std::fmt::Display for Proof {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who sent a request, as established once from a credential: the
+/// instance (on the gateway, at its hello) or the gateway (on an
+/// instance). Every feature that cares whom it serves (the IP allocator's
+/// environment rule, logs, traces) reads it from here, never from a label
+/// the peer typed. Its fields are read-only.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
-    pub id: Arc<str>,
-    pub environment: Arc<str>,
+    id: Arc<str>,
+    environment: Arc<str>,
+    proof: Proof,
 }
 
 impl Caller {
-    pub fn new(id: impl Into<Arc<str>>, environment: impl Into<Arc<str>>) -> Self {
+    /// A caller whose `id` and `environment` `proof` has established.
+    pub fn new(id: impl Into<Arc<str>>, environment: impl Into<Arc<str>>, proof: Proof) -> Self {
         Self {
             id: id.into(),
             environment: environment.into(),
+            proof,
         }
+    }
+
+    pub fn id(&self) -> &Arc<str> {
+        &self.id
+    }
+
+    /// The caller's environment; empty for the gateway's admin API acting
+    /// for every environment.
+    pub fn environment(&self) -> &Arc<str> {
+        &self.environment
+    }
+
+    pub fn proof(&self) -> Proof {
+        self.proof
     }
 }
 

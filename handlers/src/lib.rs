@@ -1,12 +1,13 @@
 //! Handlers: what a developer implements to serve a mesh method, and the
 //! dispatcher that runs the requests a stream brings on them.
 //!
-//! - [`handler`]: the [`RequestHandler`] trait and the [`Context`] it gets.
+//! - [`handler`]: the [`RequestHandler`] trait, the [`Context`] it gets,
+//!   and [`Caller`], who sent the request and its [`Proof`].
 //! - [`typed`]: [`MethodHandler`], the typed layer over a [`Method`](gatemesh_proto::Method).
 //! - [`registry`]: [`Registry`], method name to handler for one side of the
 //!   stream (only that side's methods compile), and [`Handlers`], the
 //!   side-free table it turns into for the dispatcher.
-//! - [`error`]: [`Status`], a gRPC code and a message.
+//! - [`Status`]: what a handler fails with, tonic's own code and message.
 //! - [`dispatch`]: [`Dispatcher`], runs incoming requests with deadline,
 //!   cancellation and a concurrency limit.
 //! - [`metadata`]: [`Metadata`], the bounded, validated key/value pairs
@@ -25,7 +26,7 @@ pub mod trace;
 pub mod typed;
 
 pub use dispatch::{DispatchConfig, DispatchObserver, Dispatcher};
-pub use handler::{Caller, Context, RequestHandler};
+pub use handler::{Caller, Context, Proof, RequestHandler};
 pub use metadata::{Metadata, MetadataError};
 pub use registry::{GatewayRegistry, Handlers, InstanceRegistry, Registry, RegistryError};
 /// What a handler fails with: tonic's own status, so existing tonic code

@@ -140,7 +140,9 @@ pub fn serve_span(method: &str, caller: &Caller, metadata: &Metadata) -> Span {
         rpc.system = "grpc",
         rpc.service = rpc_service(method),
         rpc.method = method,
-        caller = %caller.id,
+        caller = %caller.id(),
+        environment = %caller.environment(),
+        proof = caller.proof().as_str(),
         trace_id = Empty,
         span_id = Empty,
         outcome = Empty,
@@ -274,7 +276,7 @@ mod tests {
 
     #[test]
     fn without_export_or_trace_context_there_is_no_span() {
-        let caller = Caller::new("gw", "");
+        let caller = Caller::new("gw", "", crate::Proof::Dialed);
         assert!(serve_span("Ping", &caller, &Metadata::new()).is_none());
     }
 }

@@ -165,12 +165,12 @@ impl Ipam {
         match refused.reason {
             IpRefusal::Persist | IpRefusal::Unavailable => gatemesh_runtime::limited!(
                 tracing::Level::WARN,
-                method, reason, instance = %caller.id, environment = %caller.environment,
+                method, reason, instance = %caller.id(), environment = %caller.environment(),
                 error = %refused.message, "IP request failed"
             ),
             _ => gatemesh_runtime::limited!(
                 tracing::Level::INFO,
-                method, reason, instance = %caller.id, environment = %caller.environment,
+                method, reason, instance = %caller.id(), environment = %caller.environment(),
                 error = %refused.message, "IP request refused"
             ),
         }
@@ -183,7 +183,7 @@ impl Ipam {
         self.jobs
             .send(Job {
                 op,
-                environment: caller.environment.to_string(),
+                environment: caller.environment().to_string(),
                 reply,
             })
             .await
@@ -208,8 +208,8 @@ impl Ipam {
                     self.stats.allocations.fetch_add(1, Relaxed);
                     tracing::info!(
                         ip = %done.reservation.ip, mac = %done.reservation.mac,
-                        vps_id = %done.reservation.vps_id, instance = %caller.id,
-                        environment = %caller.environment, "IP allocated"
+                        vps_id = %done.reservation.vps_id, instance = %caller.id(),
+                        environment = %caller.environment(), "IP allocated"
                     );
                 }
                 Ok(pb::AllocateIpResponse {
@@ -241,8 +241,8 @@ impl Ipam {
                 self.stats.releases.fetch_add(1, Relaxed);
                 tracing::info!(
                     ip = %done.reservation.ip, mac = %done.reservation.mac,
-                    vps_id = %done.reservation.vps_id, instance = %caller.id,
-                    environment = %caller.environment, "IP released"
+                    vps_id = %done.reservation.vps_id, instance = %caller.id(),
+                    environment = %caller.environment(), "IP released"
                 );
                 Ok(pb::ReleaseIpResponse {
                     reservation: Some((&done.reservation).into()),
@@ -352,7 +352,11 @@ mod tests {
     }
 
     fn caller(env: &str) -> Caller {
-        Caller::new(format!("{env}-1"), env)
+        Caller::new(
+            format!("{env}-1"),
+            env,
+            gatemesh_handlers::Proof::SharedSecret,
+        )
     }
 
     fn alloc(vps: &str, mac: &str) -> pb::AllocateIpRequest {

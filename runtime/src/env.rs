@@ -260,15 +260,20 @@ pub fn bind_addr(var: &str, value: &str) -> Result<IpAddr, ConfigError> {
     })
 }
 
-/// An id or environment label as the gateway's hello check accepts it:
-/// 1 to `max` bytes of letters, digits and `.`, `_`, `-`, `:`, `@`, `/`.
-pub fn check_label(var: &str, value: &str, max: usize) -> Result<(), ConfigError> {
-    let ok = (1..=max).contains(&value.len())
+/// Whether `value` is an id or environment label as the gateway's hello
+/// check accepts it: 1 to `max` bytes of letters, digits and `.`, `_`,
+/// `-`, `:`, `@`, `/`.
+pub fn is_label(value: &str, max: usize) -> bool {
+    (1..=max).contains(&value.len())
         && value
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b".-_:@/".contains(&b));
+            .all(|b| b.is_ascii_alphanumeric() || b".-_:@/".contains(&b))
+}
+
+/// [`is_label`], or an error naming `var`.
+pub fn check_label(var: &str, value: &str, max: usize) -> Result<(), ConfigError> {
     ensure(
-        ok,
+        is_label(value, max),
         var,
         &format!("1 to {max} bytes of letters, digits and . _ - : @ /, got {value:?}"),
     )

@@ -423,7 +423,7 @@ pub async fn serve(
     let mut accept_failing = false;
     let mut next_id: u64 = 0;
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => {
                     accept_failing = false;
@@ -449,7 +449,13 @@ pub async fn serve(
         if let Admitted::Full = open.admit(id, activity.clone(), &stats) {
             continue;
         }
-        let inner = TowerToHyperService::new(router.clone());
+        // Handlers that log or count by peer take its address from the
+        // `ConnectInfo<SocketAddr>` extractor.
+        let inner = TowerToHyperService::new(
+            router
+                .clone()
+                .layer(axum::Extension(axum::extract::ConnectInfo(remote))),
+        );
         let handling = activity.clone();
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             let busy = Busy::new(&handling);

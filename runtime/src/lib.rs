@@ -9,6 +9,10 @@
 //! - [`secret`]: [`Secret`], compared in constant time, never printed.
 //! - [`pem`]: TLS certificates and keys read from PEM files, checked at
 //!   start so a bad file names its variable.
+//! - [`identity`]: who a certificate names: a SPIFFE ID binding an
+//!   instance to its environment, or the older DNS-SAN form.
+//! - [`reload`]: [`reload::Reloading`], files read again when they change
+//!   (rotated certificates), the previous value kept when they do not load.
 //! - [`logging`]: `tracing` set up from `RUST_LOG` and a text/json format.
 //! - [`telemetry`]: span export over OTLP beside that output, switched on
 //!   by the standard `OTEL_*` variables.
@@ -31,11 +35,13 @@ pub mod backoff;
 pub mod env;
 pub mod histogram;
 pub mod http;
+pub mod identity;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod ops;
 pub mod pem;
+pub mod reload;
 pub mod secret;
 pub mod served;
 pub mod shutdown;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use gatemesh_runtime::env::{
     Env, check_label, check_secret, ensure, fields, id_or_hostname, range,
 };
+use gatemesh_runtime::identity::check_trust_domain;
 use gatemesh_runtime::ops::{OpsDefaults, OpsSettings};
 use gatemesh_runtime::{ConfigError, Secret};
 use serde::Deserialize;
@@ -70,13 +71,21 @@ pub struct ServiceConfig {
     #[serde(default)]
     pub tls_ca: Option<PathBuf>,
     /// `VPS_TLS_CERT`: this instance's client certificate (PEM), for mTLS
-    /// gateways; its DNS SAN (or CN) must be the instance id.
+    /// gateways. Its SPIFFE ID must name this instance and its environment
+    /// (`spiffe://<VPS_TLS_TRUST_DOMAIN>/env/<VPS_ENVIRONMENT>/instance/<VPS_INSTANCE_ID>`),
+    /// or in the older form its DNS SAN (or CN) the instance id: checked at
+    /// start.
     #[serde(default)]
     pub tls_cert: Option<PathBuf>,
     /// `VPS_TLS_KEY`: the private key of `VPS_TLS_CERT` (PEM).
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
-    /// The TLS material read from the files above at start.
+    /// `VPS_TLS_TRUST_DOMAIN`: the SPIFFE trust domain of this instance's
+    /// certificate, as the gateways' `GATEWAY_TLS_TRUST_DOMAIN`.
+    #[serde(default = "defaults::trust_domain")]
+    pub tls_trust_domain: String,
+    /// The TLS material read from the files above (at start, and again
+    /// when they change).
     #[serde(skip)]
     pub tls: ClientTls,
 }
@@ -109,6 +118,9 @@ mod defaults {
     }
     pub fn database_pool_size() -> usize {
         16
+    }
+    pub fn trust_domain() -> String {
+        gatemesh_runtime::identity::DEFAULT_TRUST_DOMAIN.into()
     }
 }
 
@@ -149,6 +161,7 @@ impl ServiceConfig {
         // stops the instance instead of being refused forever.
         check_label("VPS_INSTANCE_ID", &self.instance_id(), 128)?;
         check_label("VPS_ENVIRONMENT", &self.environment, 64)?;
+        check_trust_domain("VPS_TLS_TRUST_DOMAIN", &self.tls_trust_domain)?;
         ensure(
             !self.allocate_ips || (urls.len() == 1 && self.inventory_file.is_some()),
             "VPS_ALLOCATE_IPS",
@@ -424,6 +437,6 @@ mod tests {
             ("VPS_GATEWAY_API_SECRET", "s"),
         ]))
         .unwrap();
-        assert!(c.tls.ca_pem.is_none() && c.tls.identity.is_none());
+        assert!(!c.tls.has_ca() && !c.tls.has_identity());
     }
 }

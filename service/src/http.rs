@@ -206,6 +206,12 @@ impl HttpState {
         reasons.extend(gatemesh_runtime::limits::fd_pressure());
         reasons.extend(gatemesh_runtime::telemetry::export_problem());
         reasons.extend(self.http.problem());
+        reasons.extend(
+            self.links
+                .first()
+                .and_then(|l| l.tls_problem())
+                .map(|p| format!("tls: {p}")),
+        );
         let status = if up == 0 {
             HealthStatus::Unhealthy
         } else if reasons.is_empty() {

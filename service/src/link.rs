@@ -14,7 +14,7 @@ use gatemesh_engine::{
     AtInstance, Conn, ConnConfig, Disconnect, End, FromGateway, Heartbeat, Outbound, SendError,
     Session, StreamObserver,
 };
-use gatemesh_handlers::{Caller, DispatchConfig, Handlers};
+use gatemesh_handlers::{Caller, DispatchConfig, Handlers, Proof};
 use gatemesh_proto::pb::gateway_message::Kind as InKind;
 use gatemesh_proto::pb::instance_message::Kind;
 use gatemesh_proto::{GatewayMethod, PROTOCOL_VERSION, SECRET_METADATA_KEY, code_name, pb};
@@ -114,6 +114,53 @@ pub struct Link {
     session: Mutex<Option<Arc<Conn<AtInstance>>>>,
 }
 
+/// Why a session failed.
+#[derive(Debug)]
+enum Failure {
+    /// The gateway refused this instance's credentials or identity
+    /// (`UNAUTHENTICATED`, `PERMISSION_DENIED`): it will again until
+    /// someone changes the configuration (the secret, the certificate,
+    /// the environment).
+    Refused { code: Code, message: String },
+    /// Anything else: the network, the gateway going away, a protocol
+    /// error.
+    Other(String),
+}
+
+impl Failure {
+    /// A status from the handshake: a refusal when its code says so.
+    fn from_handshake(status: &tonic::Status) -> Self {
+        match status.code() {
+            Code::Unauthenticated | Code::PermissionDenied => Failure::Refused {
+                code: status.code(),
+                message: status.message().to_string(),
+            },
+            code => Failure::Other(format!(
+                "refused: {}: {}",
+                code_name(code),
+                status.message()
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Refused { code, message } => {
+                write!(f, "refused: {}: {message}", code_name(*code))
+            }
+            Failure::Other(message) => f.write_str(message),
+        }
+    }
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Failure::Other(message)
+    }
+}
+
 /// How a session ended when it was not an error.
 enum Ended {
     Shutdown,
@@ -150,6 +197,12 @@ impl Link {
         self.status.subscribe()
     }
 
+    /// Why the TLS files as they are now do not load (the previous ones
+    /// stay in use); the same for every link of the instance.
+    pub fn tls_problem(&self) -> Option<String> {
+        self.config.tls.problem()
+    }
+
     /// Keeps the link up until `shutdown` fires.
     pub(crate) async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(
@@ -162,13 +215,13 @@ impl Link {
             // link: the engine has cleaned the stream up, and the link
             // dials again.
             let session = AssertUnwindSafe(self.session(&shutdown, &mut backoff)).catch_unwind();
-            let (error, reconnect_after) = match session.await {
+            let (failure, reconnect_after) = match session.await {
                 Ok(Ok(Ended::Shutdown)) => break,
                 Ok(Ok(Ended::Closed {
                     reason,
                     reconnect_after,
-                })) => (reason, reconnect_after),
-                Ok(Err(error)) => (error, Duration::ZERO),
+                })) => (Failure::Other(reason), reconnect_after),
+                Ok(Err(failure)) => (failure, Duration::ZERO),
                 Err(panic) => {
                     let what = panic
                         .downcast_ref::<&str>()
@@ -177,17 +230,33 @@ impl Link {
                         .unwrap_or("a non-text panic");
                     tracing::error!(gateway = %self.url, panic = what, "the link's session panicked");
                     (
-                        format!("internal error: the session panicked: {what}"),
+                        Failure::Other(format!("internal error: the session panicked: {what}")),
                         Duration::ZERO,
                     )
                 }
             };
-            let delay = backoff.next_delay().max(reconnect_after);
+            let error = failure.to_string();
             self.status.send_modify(|s| {
                 s.connected = false;
                 s.last_error = Some(error.clone());
             });
-            tracing::warn!(gateway = %self.url, %error, retry_in_ms = delay.as_millis() as u64, "gateway link down");
+            let delay = match &failure {
+                // Refused for who it is: dialing sooner changes nothing.
+                Failure::Refused { code, message } => {
+                    let delay = self.config.reconnect_max;
+                    tracing::error!(gateway = %self.url, code = code_name(*code), reason = %message,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "the gateway refused this instance's credentials or identity; fix the \
+                         secret, certificate or environment: retrying only at VPS_RECONNECT_MAX_MS");
+                    delay
+                }
+                Failure::Other(_) => {
+                    let delay = backoff.next_delay().max(reconnect_after);
+                    tracing::warn!(gateway = %self.url, %error, retry_in_ms = delay.as_millis() as u64,
+                        "gateway link down");
+                    delay
+                }
+            };
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = shutdown.cancelled() => break,
@@ -203,12 +272,12 @@ impl Link {
         &self,
         shutdown: &CancellationToken,
         backoff: &mut Backoff,
-    ) -> Result<Ended, String> {
+    ) -> Result<Ended, Failure> {
         let https = self.url.starts_with("https://");
         let endpoint = self.endpoint(https)?;
         let channel = tokio::select! {
             channel = endpoint.connect() => channel.map_err(|e| {
-                let hint = if https && self.config.tls.ca_pem.is_none() {
+                let hint = if https && !self.config.tls.has_ca() {
                     " (verified against the system roots: set VPS_TLS_CA for a private CA)"
                 } else {
                     ""
@@ -250,32 +319,32 @@ impl Link {
             let mut inbound = client
                 .register_gateway(request)
                 .await
-                .map_err(|s| format!("refused: {}: {}", code_name(s.code()), s.message()))?
+                .map_err(|s| Failure::from_handshake(&s))?
                 .into_inner();
             match inbound.message().await {
                 Ok(Some(pb::GatewayMessage {
                     kind: Some(InKind::Welcome(welcome)),
                 })) => Ok((inbound, welcome)),
-                Ok(Some(_)) => Err("the gateway's first message was not welcome".to_string()),
-                Ok(None) => Err("the gateway closed the stream during the handshake".to_string()),
-                Err(s) => Err(format!(
-                    "handshake failed: {}: {}",
-                    code_name(s.code()),
-                    s.message()
+                Ok(Some(_)) => Err(Failure::Other(
+                    "the gateway's first message was not welcome".to_string(),
                 )),
+                Ok(None) => Err(Failure::Other(
+                    "the gateway closed the stream during the handshake".to_string(),
+                )),
+                Err(s) => Err(Failure::from_handshake(&s)),
             }
         };
         let (inbound, welcome) = tokio::select! {
             result = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake) => {
-                result.map_err(|_| "no welcome within 10 s".to_string())??
+                result.map_err(|_| Failure::Other("no welcome within 10 s".to_string()))??
             }
             _ = shutdown.cancelled() => return Ok(Ended::Shutdown),
         };
         if welcome.protocol_version != PROTOCOL_VERSION {
-            return Err(format!(
+            return Err(Failure::Other(format!(
                 "gateway speaks protocol {}, this instance {PROTOCOL_VERSION}",
                 welcome.protocol_version
-            ));
+            )));
         }
         backoff.connected();
         *self.session.lock() = Some(conn.clone());
@@ -291,7 +360,7 @@ impl Link {
         conn.dispatcher()
             .set_max_answer_bytes(usize::try_from(welcome.max_message_bytes).unwrap_or(usize::MAX));
         let session = Session {
-            peer: Caller::new(welcome.gateway_id.clone(), "gateway"),
+            peer: Caller::new(welcome.gateway_id.clone(), "gateway", Proof::Dialed),
             heartbeat: heartbeat(&welcome),
             max_payload: 0,
         };
@@ -320,7 +389,7 @@ impl Link {
                     .unwrap_or_else(|| "gateway closed the stream".into()),
                 reconnect_after: parting.reconnect_after,
             }),
-            other => Err(other.to_string()),
+            other => Err(Failure::Other(other.to_string())),
         }
     }
 

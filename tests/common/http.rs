@@ -8,9 +8,23 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// `GET path` on `addr`; the status code and the body.
 pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    get_with(addr, path, &[]).await
+}
+
+/// `GET path` with extra request `headers`; the status code and the body.
+pub async fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
+    read_response(stream).await
+}
+
+async fn read_response(mut stream: TcpStream) -> (u16, String) {
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.unwrap();
     let text = String::from_utf8(raw).expect("a UTF-8 response");
@@ -62,6 +76,20 @@ pub async fn serve(gateway: &gatemesh_gateway::Gateway) -> SocketAddr {
             .serve_http(listener, std::future::pending::<()>()),
     );
     addr
+}
+
+/// Serves `gateway`'s operator endpoints as on a port off loopback (bound
+/// to every address, reached through loopback): `/instances` asks for a
+/// secret there.
+pub async fn serve_exposed(gateway: &gatemesh_gateway::Gateway) -> SocketAddr {
+    let listener = TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(
+        gateway
+            .clone()
+            .serve_http(listener, std::future::pending::<()>()),
+    );
+    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 /// The value of the sample `name{labels}` in a Prometheus text body, where

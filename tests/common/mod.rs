@@ -6,6 +6,7 @@
 pub mod e2e;
 pub mod fds;
 pub mod http;
+pub mod logs;
 pub mod process;
 pub mod tls;
 

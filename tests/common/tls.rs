@@ -1,16 +1,27 @@
 //! Certificates made inside the test with rcgen: a CA, a gateway
-//! certificate for 127.0.0.1, client certificates named after instances.
+//! certificate for 127.0.0.1, client certificates named after instances:
+//! in the SPIFFE form (`spiffe://gatemesh/env/<env>/instance/<id>`, the
+//! form the gateway binds an environment to) or the older DNS-SAN form.
 
 use gatemesh_gateway::GatewayTls;
 use gatemesh_proto::pb;
 use gatemesh_service::tls::{ClientIdentity, ClientTls};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    KeyUsagePurpose, SanType,
 };
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use super::TestGateway;
+
+/// The trust domain of the test certificates: the gateway's and the
+/// instance's default (`GATEWAY_TLS_TRUST_DOMAIN`, `VPS_TLS_TRUST_DOMAIN`).
+pub const TRUST_DOMAIN: &str = "gatemesh";
+
+/// The SPIFFE ID of instance `id` of `env` in [`TRUST_DOMAIN`].
+pub fn spiffe_id(env: &str, id: &str) -> String {
+    format!("spiffe://{TRUST_DOMAIN}/env/{env}/instance/{id}")
+}
 
 /// A certificate and its key, PEM.
 #[derive(Clone)]
@@ -63,7 +74,46 @@ impl Ca {
         self.issue(params, ExtendedKeyUsagePurpose::ServerAuth)
     }
 
-    /// A client certificate whose DNS SAN is `id`.
+    /// An instance's certificate in the SPIFFE form: its URI SAN is
+    /// [`spiffe_id`]`(env, id)`. It carries `id` as a DNS SAN too, as many
+    /// issuers add one, and what a gateway reading only DNS SANs would
+    /// take for the instance's name.
+    pub fn instance(&self, env: &str, id: &str) -> Issued {
+        self.with_uri(&spiffe_id(env, id), Some(id), None)
+    }
+
+    /// [`Ca::instance`] valid only until `not_after`: a short-lived
+    /// certificate of the kind SPIRE or an ACME-style rotation issues.
+    pub fn instance_until(&self, env: &str, id: &str, not_after: std::time::SystemTime) -> Issued {
+        self.with_uri(&spiffe_id(env, id), Some(id), Some(not_after))
+    }
+
+    /// A client certificate whose URI SAN is `uri` (and DNS SAN `dns`).
+    pub fn with_uri(
+        &self,
+        uri: &str,
+        dns: Option<&str>,
+        not_after: Option<std::time::SystemTime>,
+    ) -> Issued {
+        let mut params =
+            CertificateParams::new(dns.map(str::to_string).into_iter().collect::<Vec<_>>())
+                .unwrap();
+        params
+            .subject_alt_names
+            .push(SanType::URI(uri.try_into().unwrap()));
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "ignored-when-a-san-exists");
+        if let Some(not_after) = not_after {
+            params.not_before =
+                (std::time::SystemTime::now() - std::time::Duration::from_secs(3600)).into();
+            params.not_after = not_after.into();
+        }
+        self.issue(params, ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    /// A client certificate in the older form: its DNS SAN is `id`, no
+    /// SPIFFE ID.
     pub fn client(&self, id: &str) -> Issued {
         let mut params = CertificateParams::new(vec![id.to_string()]).unwrap();
         params
@@ -92,20 +142,20 @@ impl Ca {
 /// `client_ca` when given.
 pub fn gateway_tls(ca: &Ca, client_ca: Option<&Ca>) -> GatewayTls {
     let server = ca.server(&["127.0.0.1", "localhost"]);
-    GatewayTls {
-        cert_pem: server.cert_pem.into_bytes(),
-        key_pem: server.key_pem.into_bytes(),
-        client_ca_pem: client_ca.map(|c| c.pem.clone().into_bytes()),
-    }
+    GatewayTls::from_pem(
+        server.cert_pem.as_bytes(),
+        server.key_pem.as_bytes(),
+        client_ca.map(|c| c.pem.as_bytes()),
+    )
+    .unwrap()
 }
 
 /// The instance side: trust `ca`, present `identity` when given.
 pub fn client_tls(ca: &Ca, identity: Option<&Issued>) -> ClientTls {
-    ClientTls {
-        ca_pem: Some(ca.pem.clone().into_bytes()),
-        identity: identity.map(Issued::identity),
-        domain: None,
-    }
+    ClientTls::from_pem(
+        Some(ca.pem.clone().into_bytes()),
+        identity.map(Issued::identity),
+    )
 }
 
 pub fn https_url(gw: &TestGateway) -> String {
@@ -178,6 +228,15 @@ impl Issued {
         std::fs::write(&key, &self.key_pem).unwrap();
         (cert, key)
     }
+}
+
+/// Replaces `path` with `content` the way a rotating agent does: written
+/// beside it, then renamed over it, so a reader sees the old file or the
+/// new one, never half of one.
+pub fn replace_file(path: &std::path::Path, content: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, content).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
 }
 
 impl Ca {
