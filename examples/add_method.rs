@@ -38,13 +38,13 @@ pub async fn ping(_ctx: Context, request: PingRequest) -> Result<PingResponse, S
 async fn main() -> anyhow::Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
-    let gateway = Gateway::new(GatewayConfig::with_secret("example"));
+    let gateway = Gateway::new(GatewayConfig::with_secret("add-method-example"));
     let server = tokio::spawn(gateway.clone().serve(listener, std::future::pending()));
 
     let mut registry = Registry::new();
     // Step 3: one registration line.
     registry.method::<Ping>(ping)?;
-    let options = InstanceOptions::new("prod-1", "prod", Secret::new("example"));
+    let options = InstanceOptions::new("prod-1", "prod", Secret::new("add-method-example"));
     let instance = Instance::new(options, registry).start([url.clone()]);
     instance.wait_connected().await;
     gateway.instances().wait_until(|i| !i.is_empty()).await;
@@ -61,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
     println!("{} answered {:?}", answer.instance, answer.value.text);
 
     println!(
-        "from the CLI: GATEMESH_GATEWAY={url} GATEWAY_API_SECRET=example \
+        "from the CLI: GATEMESH_GATEWAY={url} GATEWAY_API_SECRET=add-method-example \
          gatemesh call Ping --json '{{\"text\":\"hello\"}}'"
     );
     if std::env::args().nth(1).as_deref() == Some("serve") {

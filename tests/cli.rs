@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const SECRET: &str = "cli-test-secret";
+const SECRET: &str = "gatemesh-cli-test-secret";
 const PROD_MAC: &str = "52:54:00:12:34:56";
 
 /// A child process, killed when dropped.

@@ -15,7 +15,7 @@ use common::process::{Proc, binary, free_port, gateway_env};
 use common::tls::Ca;
 use serde_json::Value;
 
-const SECRET: &str = "cli-tls-secret";
+const SECRET: &str = "gatemesh-cli-tls-secret";
 
 /// A directory removed when dropped.
 struct TempDir(PathBuf);

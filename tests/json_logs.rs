@@ -165,7 +165,7 @@ async fn json_logs_are_typed_traced_spelled_once_and_bounded_in_a_flood() {
     let mut intruder = Proc::spawn_logged(
         "intruder",
         &binary("vps-service"),
-        &service_env("intruder", "not-the-secret"),
+        &service_env("intruder", "not-the-secret-at-all"),
         &intruder_log,
     );
 

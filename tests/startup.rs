@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 
 use common::process::{binary, free_port};
 
+/// A secret the daemons start with (at least 16 characters, no placeholder).
+const OK_SECRET: &str = "startup-test-secret";
+
 /// Runs `name` with exactly `env` and returns its exit code and stderr.
 /// A binary still running after 60 s (it should have refused to start) is
 /// killed and fails the test.
@@ -65,7 +68,7 @@ fn both_binaries_answer_help_and_version_and_refuse_unknown_arguments() {
         (
             "vps-gateway",
             &[
-                ("GATEWAY_API_SECRET", "s"),
+                ("GATEWAY_API_SECRET", OK_SECRET),
                 ("GATEWAY_BIND", "127.0.0.1"),
                 ("GATEWAY_GRPC_PORT", &port),
             ],
@@ -74,7 +77,7 @@ fn both_binaries_answer_help_and_version_and_refuse_unknown_arguments() {
             "vps-service",
             &[
                 ("VPS_GATEWAY_URL", "http://127.0.0.1:1"),
-                ("VPS_GATEWAY_API_SECRET", "s"),
+                ("VPS_GATEWAY_API_SECRET", OK_SECRET),
             ],
         ),
     ];
@@ -127,7 +130,7 @@ fn the_gateway_refuses_bad_settings_in_one_line() {
     let port = free_port().to_string();
     let http = free_port().to_string();
     let base = [
-        ("GATEWAY_API_SECRET", "s"),
+        ("GATEWAY_API_SECRET", OK_SECRET),
         ("GATEWAY_BIND", "127.0.0.1"),
         ("GATEWAY_GRPC_PORT", port.as_str()),
         ("GATEWAY_HTTP_PORT", http.as_str()),
@@ -162,6 +165,17 @@ fn the_gateway_refuses_bad_settings_in_one_line() {
         &with(&[("GATEWAY_API_SECRET", "two\nlines")]),
         &["GATEWAY_API_SECRET: expected printable ASCII"],
     );
+    // deploy/env/vps-gateway.env.example's value, copied unchanged.
+    assert_refused(
+        "vps-gateway",
+        &with(&[("GATEWAY_API_SECRET", "change-me")]),
+        &["GATEWAY_API_SECRET: a placeholder"],
+    );
+    assert_refused(
+        "vps-gateway",
+        &with(&[("GATEWAY_API_SECRET", "s3cret")]),
+        &["GATEWAY_API_SECRET: too short to be a secret (6 characters, at least 16)"],
+    );
     assert_refused(
         "vps-gateway",
         &with(&[("RUST_LOG", "info,gatemesh=loud")]),
@@ -194,7 +208,7 @@ fn the_instance_checks_its_id_environment_and_secret_before_dialling() {
     let url = format!("http://127.0.0.1:{}", free_port());
     let base = [
         ("VPS_GATEWAY_URL", url.as_str()),
-        ("VPS_GATEWAY_API_SECRET", "s"),
+        ("VPS_GATEWAY_API_SECRET", OK_SECRET),
     ];
     let with = |extra: &[(&'static str, &'static str)]| {
         let mut env = base.to_vec();
@@ -215,6 +229,16 @@ fn the_instance_checks_its_id_environment_and_secret_before_dialling() {
         "vps-service",
         &with(&[("VPS_GATEWAY_API_SECRET", "s\n")]),
         &["VPS_GATEWAY_API_SECRET: expected printable ASCII"],
+    );
+    assert_refused(
+        "vps-service",
+        &with(&[("VPS_GATEWAY_API_SECRET", "change-me")]),
+        &["VPS_GATEWAY_API_SECRET: a placeholder"],
+    );
+    assert_refused(
+        "vps-service",
+        &with(&[("VPS_GATEWAY_API_SECRET", "s3cret")]),
+        &["VPS_GATEWAY_API_SECRET: too short to be a secret (6 characters"],
     );
     assert_refused(
         "vps-service",
@@ -253,7 +277,7 @@ fn the_gateway_raises_its_fd_limit_and_health_says_when_it_runs_short() {
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("RUST_LOG", "info")
-        .env("GATEWAY_API_SECRET", "s")
+        .env("GATEWAY_API_SECRET", OK_SECRET)
         .env("GATEWAY_BIND", "127.0.0.1")
         .env("GATEWAY_GRPC_PORT", free_port().to_string())
         .env("GATEWAY_HTTP_PORT", http_port.to_string())
@@ -330,7 +354,7 @@ fn logs_are_plain_text_off_a_terminal_and_json_fields_are_json_values() {
     let port = taken.local_addr().unwrap().port().to_string();
     let http = free_port().to_string();
     let base = [
-        ("GATEWAY_API_SECRET", "s"),
+        ("GATEWAY_API_SECRET", OK_SECRET),
         ("GATEWAY_BIND", "127.0.0.1"),
         ("GATEWAY_GRPC_PORT", port.as_str()),
         ("GATEWAY_HTTP_PORT", http.as_str()),

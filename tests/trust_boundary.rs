@@ -398,7 +398,7 @@ async fn a_dev_scoped_secret_saying_hello_as_prod_is_refused() {
     let secrets = dir.join("api-secrets");
     std::fs::write(
         &secrets,
-        "# instance secrets: <environments> <secret>\n\ndev  s3cret-dev\nprod s3cret-prod\n",
+        "# instance secrets: <environments> <secret>\n\ndev  s3cret-dev-0123456\nprod s3cret-prod\n",
     )
     .unwrap();
     let reservations = dir.join("vps.dhcp-hosts");
@@ -411,7 +411,7 @@ async fn a_dev_scoped_secret_saying_hello_as_prod_is_refused() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let gw = TestGateway::serve(node.gateway.clone(), listener);
 
-    let dev = Dial::plain(gw.addr, "s3cret-dev");
+    let dev = Dial::plain(gw.addr, "s3cret-dev-0123456");
     assert_eq!(
         hello_code(dev, "dev-1", "prod").await,
         Code::PermissionDenied
@@ -466,7 +466,7 @@ async fn a_dev_scoped_secret_saying_hello_as_prod_is_refused() {
 fn a_bad_secrets_file_line_stops_the_gateway_naming_the_file_and_line() {
     let dir = TempDir::new("trust-bad-secrets");
     let secrets = dir.join("api-secrets");
-    std::fs::write(&secrets, "dev s3cret-dev\n\nprod\n").unwrap();
+    std::fs::write(&secrets, "dev s3cret-dev-0123456\n\nprod\n").unwrap();
     let out = Command::new(binary("vps-gateway"))
         .env_clear()
         .env("GATEWAY_API_SECRETS_FILE", &secrets)
@@ -711,7 +711,7 @@ async fn wrong_secrets_are_counted_by_port_and_reason_and_logged_once_a_minute_p
 
     for _ in 0..3 {
         assert_eq!(
-            hello_code(Dial::plain(gw.addr, "guess"), "i-1", "dev").await,
+            hello_code(Dial::plain(gw.addr, "a-wrong-guess-0000"), "i-1", "dev").await,
             Code::Unauthenticated
         );
     }
@@ -721,7 +721,10 @@ async fn wrong_secrets_are_counted_by_port_and_reason_and_logged_once_a_minute_p
     };
     assert_eq!(hello_code(none, "i-1", "dev").await, Code::Unauthenticated);
     let err = admin(&gw)
-        .list_instances(with_secret(pb::ListInstancesRequest {}, "guess"))
+        .list_instances(with_secret(
+            pb::ListInstancesRequest {},
+            "a-wrong-guess-0000",
+        ))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
@@ -813,17 +816,17 @@ async fn an_instance_refused_for_its_identity_backs_off_to_the_maximum_and_says_
     let plain = gateway(&[]).await;
     check(
         "a wrong secret",
-        base(&plain, "guess", "dev"),
+        base(&plain, "a-wrong-guess-0000", "dev"),
         "UNAUTHENTICATED",
     )
     .await;
     let dir = TempDir::new("trust-backoff");
     let secrets = dir.join("api-secrets");
-    std::fs::write(&secrets, "dev s3cret-dev\n").unwrap();
+    std::fs::write(&secrets, "dev s3cret-dev-0123456\n").unwrap();
     let scoped = gateway(&[("GATEWAY_API_SECRETS_FILE", path(&secrets))]).await;
     check(
         "a dev secret saying hello as prod",
-        base(&scoped, "s3cret-dev", "prod"),
+        base(&scoped, "s3cret-dev-0123456", "prod"),
         "PERMISSION_DENIED",
     )
     .await;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use gatemesh_runtime::env::{
     Env, bind_addr, check_label, check_secret, ensure, fields, id_or_hostname, is_label, range,
+    weak_secret,
 };
 use gatemesh_runtime::identity::check_trust_domain;
 use gatemesh_runtime::ops::{OpsDefaults, OpsSettings};
@@ -266,6 +267,31 @@ impl GatewayConfig {
     pub fn with_secret(secret: &str) -> Self {
         Self::from_vars([("GATEWAY_API_SECRET".to_string(), secret.to_string())])
             .expect("defaults are valid")
+    }
+
+    /// Each secret shorter than
+    /// [`MIN_SECRET_LEN`](gatemesh_runtime::env::MIN_SECRET_LEN): where it is set and its
+    /// length. The daemon does not start with one
+    /// ([`refuse_weak_secrets`](gatemesh_runtime::env::refuse_weak_secrets)).
+    pub fn weak_secrets(&self) -> Vec<(String, usize)> {
+        let mut secrets = Vec::new();
+        if let Some(secret) = &self.api_secret {
+            secrets.push(("GATEWAY_API_SECRET".to_string(), secret));
+        }
+        for (var, scoped) in [
+            ("GATEWAY_API_SECRETS_FILE", &self.instance_secrets),
+            ("GATEWAY_CALLER_SECRETS_FILE", &self.caller_secrets),
+        ] {
+            secrets.extend(
+                scoped
+                    .iter()
+                    .map(|s| (format!("a secret of {var}"), &s.secret)),
+            );
+        }
+        secrets
+            .into_iter()
+            .filter_map(|(at, s)| weak_secret(s.expose()).map(|len| (at, len)))
+            .collect()
     }
 
     fn validate(&self) -> Result<(), ConfigError> {

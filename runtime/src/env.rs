@@ -228,10 +228,41 @@ where
     }
 }
 
+/// Secrets shorter than this stop the daemons at start ([`weak_secret`]).
+pub const MIN_SECRET_LEN: usize = 16;
+
+/// What the examples and docs write where a secret goes, and the words a
+/// hurried operator types there: refused, whatever the case or the
+/// punctuation (`CHANGE_ME`, `change-me`).
+const PLACEHOLDERS: [&str; 10] = [
+    "changeme",
+    "changethis",
+    "replaceme",
+    "placeholder",
+    "secret",
+    "password",
+    "example",
+    "todo",
+    "fixme",
+    "xxx",
+];
+
 /// A shared secret must travel as a gRPC metadata (HTTP header) value:
-/// visible ASCII and inner spaces only, no surrounding whitespace.
+/// visible ASCII and inner spaces only, no surrounding whitespace; and it
+/// must not be a placeholder left as the example file has it, which would
+/// let in anyone who has read that file.
 pub fn check_secret(var: &str, secret: &str) -> Result<(), ConfigError> {
     ensure(!secret.is_empty(), var, "a non-empty secret")?;
+    let letters: String = secret
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    if PLACEHOLDERS.contains(&letters.as_str()) {
+        return Err(ConfigError(format!(
+            "{var}: a placeholder, not a secret: generate one (e.g. `openssl rand -hex 32`)"
+        )));
+    }
     let visible = secret.bytes().all(|b| (0x20..0x7f).contains(&b));
     let trimmed = !secret.starts_with(' ') && !secret.ends_with(' ');
     ensure(
@@ -239,6 +270,26 @@ pub fn check_secret(var: &str, secret: &str) -> Result<(), ConfigError> {
         var,
         "printable ASCII without leading or trailing spaces (it travels as a gRPC header)",
     )
+}
+
+/// The length of `secret` when it is shorter than [`MIN_SECRET_LEN`],
+/// too easy to guess for the daemons to start with it.
+pub fn weak_secret(secret: &str) -> Option<usize> {
+    (secret.len() < MIN_SECRET_LEN).then_some(secret.len())
+}
+
+/// The daemons' check at start: the first secret [`weak_secret`] finds
+/// short, as one line naming where it is set and its length, never the
+/// secret. (An embedding program picks its own secrets; tests use short
+/// ones.)
+pub fn refuse_weak_secrets(weak: &[(String, usize)]) -> Result<(), ConfigError> {
+    match weak.first() {
+        None => Ok(()),
+        Some((at, length)) => Err(ConfigError(format!(
+            "{at}: too short to be a secret ({length} characters, at least {MIN_SECRET_LEN}): \
+             generate one (e.g. `openssl rand -hex 32`)"
+        ))),
+    }
 }
 
 /// A listen address: an IP address, or a host name resolved now (its
@@ -383,6 +434,22 @@ mod tests {
                 "the secret is never shown"
             );
         }
+        // The examples' and docs' placeholders, copied as they are, would
+        // let in anyone who read them.
+        for placeholder in [
+            "change-me",
+            "CHANGE_ME",
+            "changeme",
+            "secret",
+            "Password",
+            "replace-me",
+        ] {
+            let e = check_secret("X_S", placeholder).unwrap_err().to_string();
+            assert!(e.starts_with("X_S: a placeholder"), "{placeholder:?}: {e}");
+        }
+        check_secret("X_S", "change-me-7f3a9c21").unwrap();
+        assert_eq!(weak_secret("short"), Some(5));
+        assert_eq!(weak_secret(&"a".repeat(MIN_SECRET_LEN)), None);
         check_label("X_ID", "inst-1.a_b:c@d/e", 128).unwrap();
         assert!(check_label("X_ID", "", 128).is_err());
         assert!(check_label("X_ID", "a b", 128).is_err());

@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub const SECRET: &str = "test-secret";
+pub const SECRET: &str = "gatemesh-test-secret";
 
 pub fn config() -> GatewayConfig {
     let mut config = GatewayConfig::with_secret(SECRET);

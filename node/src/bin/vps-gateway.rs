@@ -33,6 +33,7 @@ fn main() -> ExitCode {
 #[tokio::main]
 async fn run() -> anyhow::Result<()> {
     let settings = NodeSettings::from_vars(std::env::vars())?;
+    gatemesh_runtime::env::refuse_weak_secrets(&settings.gateway.weak_secrets())?;
     let otel =
         TelemetryConfig::from_env("vps-gateway")?.with_instance_id(settings.gateway.gateway_id());
     let telemetry = gatemesh_runtime::telemetry::init_from_env(

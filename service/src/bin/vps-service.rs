@@ -38,6 +38,10 @@ fn main() -> ExitCode {
 #[tokio::main]
 async fn run() -> anyhow::Result<()> {
     let config = ServiceConfig::from_vars(std::env::vars())?;
+    let secret = config.gateway_api_secret.expose();
+    if let Some(length) = gatemesh_runtime::env::weak_secret(secret) {
+        gatemesh_runtime::env::refuse_weak_secrets(&[("VPS_GATEWAY_API_SECRET".into(), length)])?;
+    }
     let otel = TelemetryConfig::from_env("vps-service")?
         .with_instance_id(config.instance_id())
         .with_environment(config.environment.clone());
