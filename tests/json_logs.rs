@@ -257,12 +257,24 @@ async fn json_logs_are_typed_traced_spelled_once_and_bounded_in_a_flood() {
     assert_eq!(traced["trace_id"], TRACE_ID, "{traced:?}");
     assert_eq!(traced["method"], "FindVPSByLease");
     assert_eq!(traced["span"], "gatemesh.admin");
-    let refusals = messages(&gateway_lines, "stream refused");
+    // Refusals of credentials: at most a line a minute per address (all of
+    // the flood comes from 127.0.0.1), typed like the rest.
+    let refusals: Vec<_> = gateway_lines
+        .iter()
+        .filter(|l| {
+            l.get("message")
+                .and_then(Value::as_str)
+                .is_some_and(|m| m.starts_with("refused at the boundary"))
+        })
+        .collect();
     assert!(
         !refusals.is_empty() && refusals.len() <= bound,
-        "{} stream refused lines for {FLOOD} refusals",
+        "{} refused-at-the-boundary lines for {FLOOD} refusals",
         refusals.len()
     );
+    assert_eq!(refusals[0]["port"], "grpc", "{:?}", refusals[0]);
+    assert_eq!(refusals[0]["reason"], "secret", "{:?}", refusals[0]);
+    assert!(refusals[0]["suppressed"].is_u64(), "{:?}", refusals[0]);
     let registered = messages(&gateway_lines, "instance registered");
     assert_eq!(
         registered[0]["methods"],
@@ -276,13 +288,19 @@ async fn json_logs_are_typed_traced_spelled_once_and_bounded_in_a_flood() {
     let starting = messages(&instance_lines, "starting instance");
     assert_eq!(starting[0]["gateways"], serde_json::json!([url]));
     let intruder_lines = lines(&intruder_log);
-    let down = messages(&intruder_lines, "gateway link down");
-    assert!(
-        down.iter().any(|l| l["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("UNAUTHENTICATED"))),
-        "{down:?}"
-    );
-    assert!(down[0]["retry_in_ms"].is_u64());
+    // Refused for its credentials: an ERROR with the code as gRPC spells
+    // it, typed fields, and the retry at the maximum.
+    let refused: Vec<_> = intruder_lines
+        .iter()
+        .filter(|l| {
+            l.get("message")
+                .and_then(Value::as_str)
+                .is_some_and(|m| m.starts_with("the gateway refused this instance's credentials"))
+        })
+        .collect();
+    assert!(!refused.is_empty(), "{intruder_lines:?}");
+    assert_eq!(refused[0]["code"], "UNAUTHENTICATED", "{:?}", refused[0]);
+    assert_eq!(refused[0]["level"], "ERROR", "{:?}", refused[0]);
+    assert!(refused[0]["retry_in_ms"].is_u64());
     let _ = std::fs::remove_dir_all(&dir);
 }
