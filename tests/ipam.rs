@@ -252,12 +252,25 @@ async fn instances_allocate_typed_and_only_their_environment_releases() {
         ),
         Code::ResourceExhausted
     );
+    // Each environment lists its own reservations only; the pool is the
+    // node's, the same for all.
     let listed = prod
         .call::<ListIPs>(pb::ListIPsRequest::default(), T)
         .await
         .unwrap();
-    assert_eq!(listed.reservations.len(), 3);
+    let envs: Vec<&str> = listed
+        .reservations
+        .iter()
+        .map(|r| r.environment.as_str())
+        .collect();
+    assert_eq!(envs, ["prod"]);
     assert_eq!(listed.pool.unwrap().size, 3);
+    let listed = beta
+        .call::<ListIPs>(pb::ListIPsRequest::default(), T)
+        .await
+        .unwrap();
+    assert_eq!(listed.reservations.len(), 2);
+    assert!(listed.reservations.iter().all(|r| r.environment == "beta"));
 
     // /health and /metrics see it.
     let http = serve(&gw.gateway).await;

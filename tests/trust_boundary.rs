@@ -430,6 +430,20 @@ async fn a_dev_scoped_secret_saying_hello_as_prod_is_refused() {
     // Each secret says hello as its own environment; the shared secret
     // (GATEWAY_API_SECRET) as any.
     let mut prod_1 = hello(prod, "prod-1", "prod").await.unwrap();
+    // A dev secret may name any id of dev, but not one a stream of another
+    // environment holds: that would push prod-1 off and take its calls.
+    assert_eq!(
+        hello_code(dev, "prod-1", "dev").await,
+        Code::PermissionDenied
+    );
+    let held: Vec<(String, String)> = gw
+        .gateway
+        .instances()
+        .snapshot()
+        .iter()
+        .map(|p| (p.id().to_string(), p.info.environment().to_string()))
+        .collect();
+    assert_eq!(held, [("prod-1".to_string(), "prod".to_string())]);
     let mut dev_1 = hello(dev, "dev-1", "dev").await.unwrap();
     let _beta_1 = hello(Dial::plain(gw.addr, SECRET), "beta-1", "beta")
         .await
@@ -542,21 +556,68 @@ async fn a_dev_scoped_caller_cannot_reach_prod_through_the_admin_api() {
     gw.wait_instances(2).await;
     let mut client = admin(&gw);
 
-    // Naming prod, or a prod instance: refused.
-    for (env, instance) in [("prod", ""), ("", "prod-1"), ("dev", "prod-1")] {
+    // Naming prod: refused.
+    for env in ["prod", "staging"] {
         let err = client
-            .call(with_secret(
-                find(pb::Strategy::All, env, instance),
-                "ops-dev",
-            ))
+            .call(with_secret(find(pb::Strategy::All, env, ""), "ops-dev"))
             .await
             .unwrap_err();
-        assert_eq!(
-            err.code(),
-            Code::PermissionDenied,
-            "{env} {instance}: {err:?}"
-        );
+        assert_eq!(err.code(), Code::PermissionDenied, "{env}: {err:?}");
     }
+    // Naming a prod instance: refused, and told exactly what an id that is
+    // connected nowhere is told, so ids of other environments cannot be
+    // probed.
+    let told = |id: &'static str, env: &'static str| {
+        let mut client = admin(&gw);
+        async move {
+            let err = client
+                .call(with_secret(find(pb::Strategy::All, env, id), "ops-dev"))
+                .await
+                .unwrap_err();
+            (err.code(), err.message().replace(id, "<id>"))
+        }
+    };
+    let nowhere = told("nowhere-1", "").await;
+    assert_eq!(nowhere.0, Code::Unavailable, "{nowhere:?}");
+    assert_eq!(told("prod-1", "").await, nowhere);
+    assert_eq!(told("prod-1", "dev").await, told("nowhere-1", "dev").await);
+    // The plain gRPC path is confined the same way.
+    let channel = Endpoint::from_shared(gw.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut methods = pb::instance_methods_client::InstanceMethodsClient::new(channel);
+    let plain = |route: &[(&'static str, &'static str)]| {
+        let mut request = tonic::Request::new(pb::FindVpsByLeaseRequest {
+            ip: String::new(),
+            mac: "52:54:00:aa:bb:cc".into(),
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", "Bearer ops-dev".parse().unwrap());
+        for (key, value) in route {
+            request.metadata_mut().insert(*key, value.parse().unwrap());
+        }
+        request
+    };
+    let err = methods
+        .find_vps_by_lease(plain(&[("gatemesh-environment", "prod")]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let err = methods
+        .find_vps_by_lease(plain(&[("gatemesh-instance", "prod-1")]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.message().replace("prod-1", "<id>")),
+        nowhere,
+        "{err:?}"
+    );
+    let answer = methods.find_vps_by_lease(plain(&[])).await.unwrap();
+    assert_eq!(answer.metadata().get("gatemesh-instance").unwrap(), "dev-1");
+    assert_eq!(answer.into_inner().vps_id, "vps-dev");
     // No filter: only its environments are asked.
     let all = client
         .call(with_secret(find(pb::Strategy::All, "", ""), "ops-dev"))
@@ -677,7 +738,12 @@ async fn a_legacy_dns_san_certificate_is_refused_unless_allowed_for_its_environm
         Code::PermissionDenied
     );
     let _dev = hello(dial, "dev-1", "dev").await.unwrap();
-    let _beta = hello(dial, "dev-1", "beta").await.unwrap();
+    // The certificate may be dev-1 of beta too, but not while dev-1 of dev
+    // holds the id: a stream of another environment does not take it over.
+    assert_eq!(
+        hello_code(dial, "dev-1", "beta").await,
+        Code::PermissionDenied
+    );
     // SPIFFE certificates work beside them.
     let prod = ca.instance("prod", "prod-1");
     let _prod = hello(Dial::tls(gw.addr, &ca, &prod), "prod-1", "prod")

@@ -279,7 +279,7 @@ impl pb::gateway_admin_server::GatewayAdmin for AdminService {
             .route_call(request.method, request.payload, route, &principal)
             .instrument(span.clone())
             .await;
-        if let Err(AdminError::Refused(refusal)) = &result {
+        if let Err(AdminError::Refused { refusal, .. }) = &result {
             self.refusals.record(Port::Grpc, refusal, remote);
         }
         let result = result.map_err(AdminError::into_status);
@@ -306,15 +306,28 @@ impl pb::gateway_admin_server::GatewayAdmin for AdminService {
 /// A failed admin call: refused at the trust boundary (counted as such),
 /// or failed for any other reason.
 enum AdminError {
-    Refused(Refusal),
+    /// `told`: what the caller is told, which may say less than the
+    /// refusal ([`CallError::InstanceOutsideScope`]).
+    Refused {
+        refusal: Refusal,
+        told: Status,
+    },
     Failed(Status),
 }
 
 impl AdminError {
     fn into_status(self) -> Status {
         match self {
-            AdminError::Refused(refusal) => Status::from(&refusal),
-            AdminError::Failed(status) => status,
+            AdminError::Refused { told, .. } | AdminError::Failed(told) => told,
+        }
+    }
+}
+
+impl From<Refusal> for AdminError {
+    fn from(refusal: Refusal) -> Self {
+        AdminError::Refused {
+            told: Status::from(&refusal),
+            refusal,
         }
     }
 }
@@ -327,9 +340,12 @@ impl From<Status> for AdminError {
 
 impl From<CallError> for AdminError {
     fn from(e: CallError) -> Self {
-        match e {
-            CallError::OutsideScope(why) => AdminError::Refused(Refusal::Environment(why)),
-            other => AdminError::Failed(other.into()),
+        match e.refusal() {
+            Some(refusal) => AdminError::Refused {
+                refusal,
+                told: e.into(),
+            },
+            None => AdminError::Failed(e.into()),
         }
     }
 }
@@ -347,7 +363,7 @@ impl AdminService {
         if let Some(known) = self.mesh.catalogue().get(&method)
             && known.served_by == Side::Gateway
         {
-            let caller = principal.local_caller().map_err(AdminError::Refused)?;
+            let caller = principal.local_caller().map_err(AdminError::from)?;
             let (payload, latency) = self.local.call(known, payload, &route, caller).await?;
             return Ok(Response::new(pb::CallResponse {
                 results: vec![pb::InstanceResult {

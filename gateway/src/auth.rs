@@ -78,10 +78,9 @@ impl CallerAuth {
 
 impl CallerAuth {
     /// Counts and logs `refusal` of a caller already established (e.g. a
-    /// call outside its environments), and the status the call ends with.
-    pub(crate) fn refused(&self, refusal: &Refusal, remote: Option<SocketAddr>) -> Status {
+    /// call outside its environments).
+    pub(crate) fn record(&self, refusal: &Refusal, remote: Option<SocketAddr>) {
         self.refusals.record(Port::Grpc, refusal, remote);
-        refusal.into()
     }
 }
 

@@ -225,12 +225,15 @@ impl Mesh {
                 .map_err(|_| CallError::Draining)?
                 .ok_or_else(|| CallError::NotConnected(id.clone()))?;
             if !route.within.allows(peer.info.environment()) {
-                return Err(CallError::OutsideScope(format!(
-                    "instance {id:?} is of environment {:?}, outside this caller's environments \
-                     ({})",
-                    peer.info.environment(),
-                    route.within
-                )));
+                return Err(CallError::InstanceOutsideScope {
+                    id: id.clone(),
+                    why: format!(
+                        "instance {id:?} is of environment {:?}, outside this caller's \
+                         environments ({})",
+                        peer.info.environment(),
+                        route.within
+                    ),
+                });
             }
             if !peer.info.methods.contains(method) {
                 return Err(CallError::NotServed {
@@ -255,7 +258,9 @@ impl Mesh {
             .routable(method, route.environment.as_deref(), &route.within)
             .map_err(|_| CallError::Draining)?;
         if peers.is_empty() {
-            if self.inner.catalogue.get(method).is_none() && !instances.anyone_serves(method) {
+            if self.inner.catalogue.get(method).is_none()
+                && !instances.anyone_serves(method, &route.within)
+            {
                 return Err(CallError::UnknownMethod(method.to_string()));
             }
             return Err(CallError::NoResponders {

@@ -69,6 +69,13 @@ pub enum CallError {
     /// may not reach ([`Route::within`](crate::Route::within)).
     #[error("{0}")]
     OutsideScope(String),
+    /// The caller named an instance of an environment it may not reach:
+    /// refused (and counted) as [`Self::OutsideScope`], but told what
+    /// [`Self::NotConnected`] tells, so that a caller confined to dev
+    /// cannot find out which ids prod's instances have. `why` is for the
+    /// gateway's log and counters only.
+    #[error("instance {id} is not connected")]
+    InstanceOutsideScope { id: String, why: String },
     #[error("gateway is draining")]
     Draining,
 }
@@ -107,6 +114,7 @@ impl CallError {
         match self {
             Self::NoResponders { .. }
             | Self::NotConnected(_)
+            | Self::InstanceOutsideScope { .. }
             | Self::Unreachable(_)
             | Self::Disconnected(_)
             | Self::Draining => Code::Unavailable,
@@ -125,6 +133,17 @@ impl CallError {
                     _ => Code::Unavailable,
                 }
             }
+        }
+    }
+
+    /// The refusal at the trust boundary this is, if it is one: the
+    /// caller's port counts and logs it ([`crate::refusal::Refusals`]).
+    pub fn refusal(&self) -> Option<crate::refusal::Refusal> {
+        match self {
+            Self::OutsideScope(why) | Self::InstanceOutsideScope { why, .. } => {
+                Some(crate::refusal::Refusal::Environment(why.clone()))
+            }
+            _ => None,
         }
     }
 

@@ -41,6 +41,17 @@ pub type Targets = smallvec::SmallVec<[Arc<Peer>; 4]>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Closed;
 
+/// Why [`Instances::insert`] refused a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InsertRefused {
+    /// The gateway is draining.
+    Closed,
+    /// A stream of another environment holds the id: a new stream takes
+    /// an id over only within its environment, so a credential for one
+    /// environment cannot push another's instance off and take its calls.
+    HeldByAnotherEnvironment,
+}
+
 impl Default for Instances {
     fn default() -> Self {
         Self {
@@ -55,13 +66,19 @@ impl Instances {
         Self::default()
     }
 
-    /// Registers `peer`; returns the older stream it replaces, if any, or
-    /// `Closed` once [`Self::close`] has run.
-    pub fn insert(&self, peer: Arc<Peer>) -> Result<Option<Arc<Peer>>, Closed> {
+    /// Registers `peer`; returns the older stream of its id it replaces
+    /// (of the same environment), if any.
+    pub fn insert(&self, peer: Arc<Peer>) -> Result<Option<Arc<Peer>>, InsertRefused> {
         let old = {
             let mut map = self.by_id.write();
             if map.closed {
-                return Err(Closed);
+                return Err(InsertRefused::Closed);
+            }
+            if map
+                .get(peer.id())
+                .is_some_and(|held| held.info.environment() != peer.info.environment())
+            {
+                return Err(InsertRefused::HeldByAnotherEnvironment);
             }
             map.peers.insert(peer.id().clone(), peer)
         };
@@ -154,11 +171,13 @@ impl Instances {
     }
 
     /// Whether any connected instance lists `method`, draining or not.
-    pub fn anyone_serves(&self, method: &str) -> bool {
+    /// (Only instances of the environments `within` allows are asked, so
+    /// that a confined caller learns nothing of the others'.)
+    pub fn anyone_serves(&self, method: &str, within: &Scope) -> bool {
         self.by_id
             .read()
             .values()
-            .any(|p| p.info.methods.contains(method))
+            .any(|p| p.info.methods.contains(method) && within.allows(p.info.environment()))
     }
 
     /// Every connected instance, sorted by id.

@@ -38,8 +38,7 @@ use crate::admin::LocalMethods;
 use crate::auth::CallerAuth;
 use crate::credentials::Principal;
 use crate::headers::ForwardHeaders;
-use crate::refusal::Refusal;
-use crate::{CallError, Mesh, Reply, Route, Strategy};
+use crate::{Mesh, Reply, Route, Strategy};
 
 /// Request metadata: only instances of this environment.
 pub const ENVIRONMENT: &str = "gatemesh-environment";
@@ -66,7 +65,10 @@ pub(crate) const ROUTING_KEYS: [&str; 3] = [ENVIRONMENT, INSTANCE, STRATEGY];
 /// The deadline the mesh keeps is this much shorter than the caller's
 /// (at most), so that the mesh's own `DEADLINE_EXCEEDED`, which names the
 /// deadline, reaches the caller before tonic's timer cancels the call.
-const DEADLINE_MARGIN: Duration = Duration::from_millis(5);
+/// 5 ms was too little on a loaded machine (the caller's own timer won,
+/// and it saw a bare `CANCELLED`); a tenth of the deadline, at most 50 ms,
+/// leaves the answer time to travel.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(50);
 
 /// The methods of every catalogue service, as one tower service that
 /// dispatches on the request's path. Clone is cheap.
@@ -248,7 +250,7 @@ impl Call {
             metadata.remove(key);
         }
         let timeout = grpc_timeout(headers)?.map(|t| {
-            t.saturating_sub(DEADLINE_MARGIN.min(t / 20))
+            t.saturating_sub(DEADLINE_MARGIN.min(t / 10))
                 .max(Duration::from_millis(1))
         });
         let route = Route {
@@ -273,9 +275,10 @@ impl Call {
         let span = crate::trace::admin_span(name, self.strategy, &mut route.metadata);
         async {
             if self.method.served_by == Side::Gateway {
-                let caller = principal
-                    .local_caller()
-                    .map_err(|refusal| auth.refused(&refusal, remote))?;
+                let caller = principal.local_caller().map_err(|refusal| {
+                    auth.record(&refusal, remote);
+                    Status::from(&refusal)
+                })?;
                 let (payload, latency) = self
                     .inner
                     .local
@@ -289,15 +292,18 @@ impl Call {
                 };
                 return Ok(vec![reply]);
             }
-            match self.inner.mesh.call_raw(name, payload, &route).await {
-                Ok(replies) => Ok(replies),
-                // A call outside the caller's environments is a refusal at
-                // the trust boundary, counted as one.
-                Err(CallError::OutsideScope(why)) => {
-                    Err(auth.refused(&Refusal::Environment(why), remote))
-                }
-                Err(e) => Err(e.into()),
-            }
+            self.inner
+                .mesh
+                .call_raw(name, payload, &route)
+                .await
+                .map_err(|e| {
+                    // A call outside the caller's environments is a refusal
+                    // at the trust boundary, counted as one.
+                    if let Some(refusal) = e.refusal() {
+                        auth.record(&refusal, remote);
+                    }
+                    Status::from(e)
+                })
         }
         .instrument(span)
         .await

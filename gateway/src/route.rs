@@ -39,7 +39,8 @@ pub struct Route {
     /// The environments the caller may reach (a confined caller of the
     /// admin API): without a filter, only their instances are asked;
     /// naming another environment, or an instance of one, is refused
-    /// ([`CallError::OutsideScope`](crate::CallError::OutsideScope)).
+    /// ([`CallError::OutsideScope`](crate::CallError::OutsideScope),
+    /// [`CallError::InstanceOutsideScope`](crate::CallError::InstanceOutsideScope)).
     pub within: Scope,
     /// The call's deadline; the gateway's default when `None`.
     pub timeout: Option<Duration>,

@@ -15,6 +15,7 @@ use gatemesh_proto::pb::instance_message::Kind as InKind;
 use gatemesh_proto::{PROTOCOL_VERSION, pb};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::instances::InsertRefused;
 use crate::peer::PeerInfo;
 use crate::refusal::{Port, Refusal};
 use crate::state::Shared;
@@ -86,7 +87,9 @@ async fn handshake(
     };
     validate_hello(&hello).inspect_err(|status| {
         Stats::bump(&shared.stats.refused_streams);
-        tracing::warn!(
+        // Any holder of a secret can repeat this at will.
+        gatemesh_runtime::limited!(
+            tracing::Level::WARN,
             remote = remote_addr.map(tracing::field::display),
             reason = status.message(),
             "hello refused"
@@ -140,7 +143,16 @@ fn register(
     });
     let outbound = Outbound::new(conn.clone(), rx);
     match shared.instances.insert(peer.clone()) {
-        Err(_closed) => return Err(Status::unavailable("gateway is draining")),
+        Err(InsertRefused::Closed) => return Err(Status::unavailable("gateway is draining")),
+        Err(InsertRefused::HeldByAnotherEnvironment) => {
+            let refusal = Refusal::Identity(format!(
+                "instance id {:?} is held by an instance of another environment",
+                peer.id()
+            ));
+            Stats::bump(&shared.stats.refused_streams);
+            shared.refusals.record(Port::Grpc, &refusal, remote_addr);
+            return Err(Status::from(&refusal));
+        }
         Ok(Some(old)) => {
             Stats::bump(&shared.stats.replaced);
             tracing::info!(instance = %old.id(), old_conn = old.conn_id(), new_conn = peer.conn_id(),

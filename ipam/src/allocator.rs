@@ -256,7 +256,8 @@ impl Ipam {
         }
     }
 
-    /// `ListIPs`: one page of the durable table, sorted by address.
+    /// `ListIPs`: one page of the caller's environment's part of the
+    /// durable table, sorted by address.
     pub fn list(
         &self,
         caller: &Caller,
@@ -286,9 +287,18 @@ impl Ipam {
                 return Err(e);
             }
         };
+        // A caller sees its environment's reservations only (the admin
+        // API with a secret of every environment, its empty environment,
+        // sees all): which VMs another environment runs, with their MACs
+        // and organizations, is that environment's business.
+        let own = &**caller.environment();
         let table = self.table();
-        let mut reservations: Vec<pb::IpReservation> =
-            table.after(after).take(page + 1).map(Into::into).collect();
+        let mut reservations: Vec<pb::IpReservation> = table
+            .after(after)
+            .filter(|r| own.is_empty() || r.environment == own)
+            .take(page + 1)
+            .map(Into::into)
+            .collect();
         let next_page_token = if reservations.len() > page {
             reservations.truncate(page);
             reservations
