@@ -35,6 +35,9 @@ pub enum NeverForwarded {
     Proxy,
     /// It belongs to the gRPC call or its connection.
     Transport,
+    /// gatemesh's own (`gatemesh-environment`, `gatemesh-instance`,
+    /// `gatemesh-strategy`, ...): the gateway reads it, instances never.
+    Routing,
 }
 
 /// Credential headers by name.
@@ -96,6 +99,8 @@ impl NeverForwarded {
             Some(Self::Proxy)
         } else if TRANSPORT.contains(&name) {
             Some(Self::Transport)
+        } else if name.starts_with("gatemesh-") {
+            Some(Self::Routing)
         } else {
             None
         }
@@ -106,6 +111,7 @@ impl NeverForwarded {
             Self::Credential => "carries a credential",
             Self::Proxy => "is set by proxies",
             Self::Transport => "belongs to the gRPC transport",
+            Self::Routing => "steers the call at the gateway",
         }
     }
 }
@@ -291,6 +297,8 @@ mod tests {
             ("forwarded", "is set by proxies"),
             ("x-real-ip", "is set by proxies"),
             ("content-type", "belongs to the gRPC transport"),
+            ("gatemesh-environment", "steers the call at the gateway"),
+            ("gatemesh-anything", "steers the call at the gateway"),
         ] {
             let e = ForwardHeaders::parse(&format!("x-request-id,{name}")).unwrap_err();
             assert_eq!(e, format!("{name:?} {why}: never forwarded to instances"));

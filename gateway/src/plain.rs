@@ -58,10 +58,6 @@ pub const INSTANCES: &str = "gatemesh-instances";
 /// `<instance> <CODE>: <message>`.
 pub const FAILED: &str = "gatemesh-failed";
 
-/// The request metadata a caller steers a call with; never passed on to
-/// instances.
-pub(crate) const ROUTING_KEYS: [&str; 3] = [ENVIRONMENT, INSTANCE, STRATEGY];
-
 /// The deadline the mesh keeps is this much shorter than the caller's
 /// (at most), so that the mesh's own `DEADLINE_EXCEEDED`, which names the
 /// deadline, reaches the caller before tonic's timer cancels the call.
@@ -245,10 +241,9 @@ impl Call {
             forwarded.dropped as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
-        let mut metadata = forwarded.metadata;
-        for key in ROUTING_KEYS {
-            metadata.remove(key);
-        }
+        // The routing keys never cross: `gatemesh-*` names are refused in
+        // the allow-list (crate::headers::NeverForwarded::Routing).
+        let metadata = forwarded.metadata;
         let timeout = grpc_timeout(headers)?.map(|t| {
             t.saturating_sub(DEADLINE_MARGIN.min(t / 10))
                 .max(Duration::from_millis(1))
