@@ -445,9 +445,15 @@ mod tests {
         assert!(again.existing);
         assert_eq!(again.reservation, a.reservation);
         let list = second
-            .list(&caller("beta"), pb::ListIPsRequest::default())
+            .list(&caller("prod"), pb::ListIPsRequest::default())
             .unwrap();
         assert_eq!(list.reservations, vec![a.reservation.unwrap()]);
+        assert_eq!(list.pool.unwrap().used, 1);
+        // Another environment's caller sees the pool, not prod's VMs.
+        let list = second
+            .list(&caller("beta"), pb::ListIPsRequest::default())
+            .unwrap();
+        assert!(list.reservations.is_empty());
         assert_eq!(list.pool.unwrap().used, 1);
     }
 
