@@ -137,7 +137,9 @@ impl LeaseTable {
         config: &DhcpConfig,
         now: Instant,
     ) -> Synced {
-        let current: HashMap<Key, Lease> = current
+        // In the table's order (by address), so that of two leases whose
+        // names clash the same one wins at every sync and in every run.
+        let current: BTreeMap<Key, Lease> = current
             .into_iter()
             .map(|lease| ((lease.ip, lease.hardware.clone()), lease))
             .collect();
@@ -158,7 +160,7 @@ impl LeaseTable {
     /// the vanish grace.
     fn drop_missing(
         &mut self,
-        current: &HashMap<Key, Lease>,
+        current: &BTreeMap<Key, Lease>,
         config: &DhcpConfig,
         now: Instant,
     ) -> Synced {
