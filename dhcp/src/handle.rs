@@ -25,9 +25,21 @@ pub enum PageError {
 pub struct DhcpHandle {
     pub(crate) status: watch::Receiver<DhcpStatus>,
     pub(crate) queries: mpsc::Sender<Query>,
+    /// The environments whose instances name the leases
+    /// (`GATEWAY_DHCP_ENVIRONMENTS`); empty: any.
+    pub(crate) namers: std::sync::Arc<[String]>,
 }
 
 impl DhcpHandle {
+    /// Whether a caller of `environment` may read the leases: the names
+    /// come from the instances of the naming environments, which are
+    /// theirs to see (and a caller of every environment's, empty).
+    pub fn may_read(&self, environment: &str) -> bool {
+        environment.is_empty()
+            || self.namers.is_empty()
+            || self.namers.iter().any(|e| e == environment)
+    }
+
     /// The latest status.
     pub fn status(&self) -> DhcpStatus {
         self.status.borrow().clone()

@@ -44,6 +44,7 @@ impl DhcpManager {
         let handle = DhcpHandle {
             status: status_rx,
             queries: queries_tx,
+            namers: config.namespace.environments.clone().into(),
         };
         (
             Self {
