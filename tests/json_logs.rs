@@ -97,6 +97,22 @@ fn messages<'a>(
         .collect()
 }
 
+/// The lines whose message starts with `prefix` (a message that explains
+/// itself after its first words).
+fn messages_starting<'a>(
+    lines: &'a [serde_json::Map<String, Value>],
+    prefix: &str,
+) -> Vec<&'a serde_json::Map<String, Value>> {
+    lines
+        .iter()
+        .filter(|l| {
+            l.get("message")
+                .and_then(Value::as_str)
+                .is_some_and(|m| m.starts_with(prefix))
+        })
+        .collect()
+}
+
 /// An admin call to an instance that is not connected: `UNAVAILABLE`, a
 /// `call failed` WARN.
 async fn failing_call(admin: &mut Admin, traceparent: Option<&str>) {
@@ -259,14 +275,7 @@ async fn json_logs_are_typed_traced_spelled_once_and_bounded_in_a_flood() {
     assert_eq!(traced["span"], "gatemesh.admin");
     // Refusals of credentials: at most a line a minute per address (all of
     // the flood comes from 127.0.0.1), typed like the rest.
-    let refusals: Vec<_> = gateway_lines
-        .iter()
-        .filter(|l| {
-            l.get("message")
-                .and_then(Value::as_str)
-                .is_some_and(|m| m.starts_with("refused at the boundary"))
-        })
-        .collect();
+    let refusals = messages_starting(&gateway_lines, "refused at the boundary");
     assert!(
         !refusals.is_empty() && refusals.len() <= bound,
         "{} refused-at-the-boundary lines for {FLOOD} refusals",
@@ -290,14 +299,10 @@ async fn json_logs_are_typed_traced_spelled_once_and_bounded_in_a_flood() {
     let intruder_lines = lines(&intruder_log);
     // Refused for its credentials: an ERROR with the code as gRPC spells
     // it, typed fields, and the retry at the maximum.
-    let refused: Vec<_> = intruder_lines
-        .iter()
-        .filter(|l| {
-            l.get("message")
-                .and_then(Value::as_str)
-                .is_some_and(|m| m.starts_with("the gateway refused this instance's credentials"))
-        })
-        .collect();
+    let refused = messages_starting(
+        &intruder_lines,
+        "the gateway refused this instance's credentials",
+    );
     assert!(!refused.is_empty(), "{intruder_lines:?}");
     assert_eq!(refused[0]["code"], "UNAUTHENTICATED", "{:?}", refused[0]);
     assert_eq!(refused[0]["level"], "ERROR", "{:?}", refused[0]);

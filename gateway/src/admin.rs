@@ -250,15 +250,9 @@ impl pb::gateway_admin_server::GatewayAdmin for AdminService {
         // The caller's gRPC headers on the allow-list go on to the
         // instances as metadata; a `traceparent` among them makes this call
         // part of its trace.
-        let forwarded = self
+        let mut metadata = self
             .forward
-            .metadata(request.metadata())
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        self.local.stats.headers_not_forwarded.fetch_add(
-            forwarded.dropped as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        let mut metadata = forwarded.metadata;
+            .crossing(request.metadata(), &self.local.stats.headers_not_forwarded)?;
         let request = request.into_inner();
         let strategy = match request.strategy() {
             pb::Strategy::Unspecified | pb::Strategy::FirstValid => Strategy::FirstValid,

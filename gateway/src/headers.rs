@@ -202,6 +202,22 @@ impl ForwardHeaders {
         }
         Ok(forwarded)
     }
+
+    /// [`Self::metadata`] as a call through the gateway takes it (the
+    /// admin API, the methods served as plain gRPC): the headers left
+    /// behind added to `dropped` (`gatemesh_gateway_headers_not_forwarded_total`),
+    /// an invalid one the call's `INVALID_ARGUMENT`.
+    pub(crate) fn crossing(
+        &self,
+        headers: &MetadataMap,
+        dropped: &std::sync::atomic::AtomicU64,
+    ) -> Result<Metadata, tonic::Status> {
+        let forwarded = self
+            .metadata(headers)
+            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+        dropped.fetch_add(forwarded.dropped as u64, Ordering::Relaxed);
+        Ok(forwarded.metadata)
+    }
 }
 
 #[cfg(test)]

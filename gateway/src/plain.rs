@@ -231,19 +231,12 @@ impl Call {
     fn route(&self, request: &Request<Bytes>) -> Result<(Route, Principal), Status> {
         let principal = self.inner.auth.principal_of(request)?;
         let headers = request.metadata();
-        // The caller's headers on the allow-list, as for the admin API.
-        let forwarded = self
+        // The caller's headers on the allow-list, as for the admin API; the
+        // routing keys never cross (`gatemesh-*` names cannot be on it).
+        let metadata = self
             .inner
             .forward
-            .metadata(headers)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        self.inner.local.stats.headers_not_forwarded.fetch_add(
-            forwarded.dropped as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        // The routing keys never cross: `gatemesh-*` names are refused in
-        // the allow-list (crate::headers::NeverForwarded::Routing).
-        let metadata = forwarded.metadata;
+            .crossing(headers, &self.inner.local.stats.headers_not_forwarded)?;
         let timeout = grpc_timeout(headers)?.map(|t| {
             t.saturating_sub(DEADLINE_MARGIN.min(t / 10))
                 .max(Duration::from_millis(1))
